@@ -1,0 +1,31 @@
+# Two commands for a fresh machine:  `make lab` (install, prepare, open the suite)  and  `make test`.
+# Both are idempotent: a second run reuses the environment, the converted model and the prepared data.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.adainfer-installed
+
+.PHONY: lab test install prepare quick-notebooks reproduce benchmark clean-cache
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+prepare: install
+	$(PY) -m adainfer_lib.prepare
+
+lab: prepare
+	$(VENV)/bin/jupyter lab notebooks/
+
+test: prepare
+	$(PY) -m pytest
+
+benchmark: prepare
+	$(PY) benchmarks/trace_throughput.py
+
+clean-cache:
+	rm -rf data/traces data/policies

@@ -1,0 +1,325 @@
+"""The logit lens over every layer, at the last prompt position: ``trace`` → ``LayerTrace``.
+
+For each prompt, one batched forward pass (left padding, attention mask) records the residual stream
+``h_l`` at the last position after every layer (``h_0`` = the input of the first decoder layer, i.e. the
+embeddings with positions). Each state goes through the model's own final norm and unembedding, so layer
+``L`` reproduces the model's logits, and we keep per example × layer: the top-k tokens, ``top_prob``,
+``gap`` (top-1 minus top-2 probability), entropy, KL to the final layer, the cosine between consecutive
+states, and (given label words) the label-word logits.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import time
+import zipfile
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from io import BytesIO
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .cache import atomic_write_bytes, content_key
+from .models import LensModel
+from .paths import data_dir
+
+TRACE_FORMAT_VERSION = 1
+_ARRAYS = ("top_ids", "top_probs", "top_prob", "gap", "entropy", "kl_to_final", "cos_prev", "label_logits", "n_tokens")
+
+
+class CorruptCacheError(ValueError):
+    """A cached trace that cannot be read back or does not match what was asked for."""
+
+
+@dataclass
+class LayerTrace:
+    """Logit-lens statistics of ``n`` prompts at layers ``0..L`` (last prompt position).
+
+    Arrays (``n`` examples, ``L + 1`` layers, ``k`` top tokens, ``C`` label words):
+    ``top_ids``/``top_probs`` (n, L+1, k); ``top_prob``, ``gap``, ``entropy``, ``kl_to_final``, ``cos_prev``
+    (n, L+1) — full-vocabulary statistics are NaN when traced with ``full_vocab=False``, and ``cos_prev`` is
+    NaN at layer 0; ``label_logits`` (n, L+1, C) raw logits of the label words; ``n_tokens`` (n,).
+    """
+
+    model_name: str
+    n_layers: int
+    top_ids: np.ndarray
+    top_probs: np.ndarray
+    top_prob: np.ndarray
+    gap: np.ndarray
+    entropy: np.ndarray
+    kl_to_final: np.ndarray
+    cos_prev: np.ndarray
+    label_logits: np.ndarray
+    n_tokens: np.ndarray
+    label_words: list[str] = field(default_factory=list)
+    label_ids: list[int] = field(default_factory=list)
+    token_strings: dict[int, str] = field(default_factory=dict)
+    meta: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        n, layers = self.top_prob.shape
+        if layers != self.n_layers + 1:
+            raise ValueError(f"expected {self.n_layers + 1} layers (0..L), got {layers}")
+        for name in ("gap", "entropy", "kl_to_final", "cos_prev"):
+            if getattr(self, name).shape != (n, layers):
+                raise ValueError(f"{name} has shape {getattr(self, name).shape}, expected {(n, layers)}")
+        if self.top_ids.shape != self.top_probs.shape or self.top_ids.shape[:2] != (n, layers):
+            raise ValueError(f"top_ids {self.top_ids.shape} / top_probs {self.top_probs.shape} do not match {(n, layers)}")
+        if self.label_logits.shape != (n, layers, len(self.label_words)):
+            raise ValueError(
+                f"label_logits has shape {self.label_logits.shape}, expected {(n, layers, len(self.label_words))}"
+            )
+        if self.n_tokens.shape != (n,):
+            raise ValueError(f"n_tokens has shape {self.n_tokens.shape}, expected {(n,)}")
+
+    @property
+    def n_examples(self) -> int:
+        return self.top_prob.shape[0]
+
+    @property
+    def layers(self) -> np.ndarray:
+        """Layer numbers ``0..L``."""
+        return np.arange(self.n_layers + 1)
+
+    def label_probs(self) -> np.ndarray:
+        """Label-word probabilities renormalised over the label words: (n, L+1, C)."""
+        z = self.label_logits - self.label_logits.max(axis=-1, keepdims=True)
+        e = np.exp(z)
+        return e / e.sum(axis=-1, keepdims=True)
+
+    def top_tokens(self, example: int) -> pd.DataFrame:
+        """Top-k tokens of one example: one row per layer, columns ``token_i`` and ``prob_i``."""
+        rows = {}
+        for i in range(self.top_ids.shape[2]):
+            rows[f"token_{i + 1}"] = [self.token_strings.get(int(t), "?") for t in self.top_ids[example, :, i]]
+            rows[f"prob_{i + 1}"] = self.top_probs[example, :, i]
+        return pd.DataFrame(rows, index=pd.Index(self.layers, name="layer"))
+
+    def to_frame(self) -> pd.DataFrame:
+        """Tidy table, one row per example × layer: example, layer, top_prob, gap, entropy, kl_to_final,
+        cos_prev, top_token, and ``p_<word>`` per label word (renormalised over the label words)."""
+        n, layers = self.top_prob.shape
+        frame = pd.DataFrame(
+            {
+                "example": np.repeat(np.arange(n), layers),
+                "layer": np.tile(np.arange(layers), n),
+                "top_prob": self.top_prob.ravel(),
+                "gap": self.gap.ravel(),
+                "entropy": self.entropy.ravel(),
+                "kl_to_final": self.kl_to_final.ravel(),
+                "cos_prev": self.cos_prev.ravel(),
+                "top_token": [self.token_strings.get(int(t), "?") for t in self.top_ids[..., 0].ravel()]
+                if self.top_ids.shape[2]
+                else None,
+            }
+        )
+        probs = self.label_probs()
+        for c, word in enumerate(self.label_words):
+            frame[f"p_{word.strip()}"] = probs[..., c].ravel()
+        return frame
+
+    # ---- persistence -------------------------------------------------------------------------------
+    def to_bytes(self) -> bytes:
+        """An ``.npz`` archive (no pickles): the arrays plus a JSON header."""
+        header = {
+            "format_version": TRACE_FORMAT_VERSION,
+            "model_name": self.model_name,
+            "n_layers": self.n_layers,
+            "label_words": self.label_words,
+            "label_ids": self.label_ids,
+            "token_strings": {str(k): v for k, v in self.token_strings.items()},
+            "meta": self.meta,
+        }
+        buffer = BytesIO()
+        np.savez_compressed(buffer, header=np.array(json.dumps(header)), **{k: getattr(self, k) for k in _ARRAYS})
+        return buffer.getvalue()
+
+    def save(self, path: str | Path) -> Path:
+        """Write atomically (temporary file, then rename)."""
+        path = Path(path)
+        atomic_write_bytes(path, self.to_bytes())
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> LayerTrace:
+        """Read a saved trace; ``CorruptCacheError`` if it is truncated, unreadable or of another format."""
+        try:
+            with np.load(path, allow_pickle=False) as archive:
+                header = json.loads(str(archive["header"]))
+                arrays = {k: archive[k] for k in _ARRAYS}
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError, json.JSONDecodeError) as err:
+            raise CorruptCacheError(f"cannot read trace {path}: {err}") from err
+        if header.get("format_version") != TRACE_FORMAT_VERSION:
+            raise CorruptCacheError(f"trace {path} has format {header.get('format_version')}, expected {TRACE_FORMAT_VERSION}")
+        return cls(
+            model_name=header["model_name"],
+            n_layers=header["n_layers"],
+            label_words=header["label_words"],
+            label_ids=header["label_ids"],
+            token_strings={int(k): v for k, v in header["token_strings"].items()},
+            meta=header["meta"],
+            **arrays,
+        )
+
+
+# ---- extraction ------------------------------------------------------------------------------------
+
+
+@contextmanager
+def record_last_states(model: LensModel) -> Iterator[list[torch.Tensor]]:
+    """Hooks that record the last-position residual state entering layer 0 and leaving every layer.
+
+    Yields a list that fills with L + 1 tensors of shape (batch, hidden) during one forward pass.
+    """
+    states: list[torch.Tensor] = []
+
+    def first_input(_module, args, kwargs):
+        hidden = args[0] if args else kwargs["hidden_states"]
+        states.append(hidden[:, -1].detach())
+
+    def layer_output(_module, _args, output):
+        hidden = output[0] if isinstance(output, tuple) else output
+        states.append(hidden[:, -1].detach())
+
+    handles = [model.layers[0].register_forward_pre_hook(first_input, with_kwargs=True)]
+    handles += [layer.register_forward_hook(layer_output) for layer in model.layers]
+    try:
+        yield states
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _forward_kwargs(model: LensModel) -> dict:
+    """Keep only the last position's logits where the model's forward supports it."""
+    params = inspect.signature(model.hf_model.forward).parameters
+    kwargs = {"use_cache": False}
+    if "logits_to_keep" in params:
+        kwargs["logits_to_keep"] = 1
+    return kwargs
+
+
+def encode(model: LensModel, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
+    """Tokenize with left padding onto the model's device: input_ids, attention_mask and position_ids
+    (batch, seq). Positions count real tokens only, so a padded prompt sees the positions it would see
+    alone (this matters for learned absolute positions: GPT-2, OPT)."""
+    enc = model.tokenizer(list(prompts), return_tensors="pt", padding=True)
+    mask = enc["attention_mask"]
+    batch = {"input_ids": enc["input_ids"], "attention_mask": mask, "position_ids": (mask.cumsum(-1) - 1).clamp_min(0)}
+    return {k: v.to(model.device) for k, v in batch.items()}
+
+
+def last_states(model: LensModel, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """One forward pass: residual states (L+1, batch, hidden) at the last position, and the model's
+    own last-position logits (batch, vocab)."""
+    with torch.no_grad(), record_last_states(model) as states:
+        out = model.hf_model(**encode(model, prompts), **_forward_kwargs(model))
+    return torch.stack(states), out.logits[:, -1]
+
+
+def _batch_stats(model: LensModel, states: torch.Tensor, label_ids: torch.Tensor, top_k: int, full_vocab: bool) -> dict:
+    """Statistics of one batch of states (L+1, B, hidden) → arrays (B, L+1, ...)."""
+    layers, batch = states.shape[:2]
+    flat = states.reshape(layers * batch, -1)
+    out: dict[str, np.ndarray] = {}
+    cos = torch.nn.functional.cosine_similarity(states[1:], states[:-1], dim=-1)
+    out["cos_prev"] = torch.cat([torch.full((1, batch), float("nan")), cos.float().cpu()]).T.numpy()
+    if full_vocab:
+        logits = model.lens(flat).float()
+        label = logits[:, label_ids]
+        logp = torch.log_softmax(logits, dim=-1).reshape(layers, batch, -1)
+        del logits
+        probs = logp.exp()
+        top_probs, top_ids = probs.topk(max(top_k, 2), dim=-1)
+        out["top_prob"] = top_probs[..., 0].T.numpy()
+        out["gap"] = (top_probs[..., 0] - top_probs[..., 1]).T.numpy()
+        out["entropy"] = (-(probs * logp).sum(-1)).T.numpy()
+        out["kl_to_final"] = (probs * (logp - logp[-1:])).sum(-1).clamp_min(0).T.numpy()
+        out["top_ids"] = top_ids[..., :top_k].permute(1, 0, 2).numpy().astype(np.int32)
+        out["top_probs"] = top_probs[..., :top_k].permute(1, 0, 2).numpy()
+    else:
+        label = model.label_lens(flat, label_ids).float()
+        nan = np.full((batch, layers), np.nan, dtype=np.float32)
+        out.update(top_prob=nan, gap=nan, entropy=nan, kl_to_final=nan)
+        out["top_ids"] = np.zeros((batch, layers, 0), np.int32)
+        out["top_probs"] = np.zeros((batch, layers, 0), np.float32)
+    out["label_logits"] = label.reshape(layers, batch, -1).permute(1, 0, 2).cpu().numpy()
+    return out
+
+
+def trace_cache_path(model: LensModel, prompts: Sequence[str], label_words: Sequence[str], top_k: int, full_vocab: bool) -> Path:
+    """Cache file for these exact inputs (model weights, prompts, label words, options, format)."""
+    key = content_key(model.cache_id, list(prompts), list(label_words), top_k, full_vocab, TRACE_FORMAT_VERSION)
+    return data_dir() / "traces" / f"{model.cache_id}-{key}.npz"
+
+
+def trace(
+    model: LensModel,
+    prompts: Sequence[str],
+    *,
+    label_words: Sequence[str] | None = None,
+    batch_size: int = 8,
+    top_k: int = 5,
+    full_vocab: bool = True,
+    cache: bool = False,
+    progress: bool = True,
+) -> LayerTrace:
+    """Logit-lens statistics of ``prompts`` at every layer (see ``LayerTrace``).
+
+    Prompts are batched by token length (left padded), and only the last position goes through the lens.
+    ``full_vocab=False`` computes only the label-word rows of the unembedding (cheap for 262k vocabularies).
+    ``cache=True`` reads/writes ``data/traces/`` keyed by model, prompts, label words and options; a corrupt
+    or stale file is rebuilt.
+    """
+    from tqdm.auto import tqdm
+
+    prompts = list(prompts)
+    if not prompts:
+        raise ValueError("trace() needs at least one prompt; got an empty list.")
+    empty = [i for i, p in enumerate(prompts) if not isinstance(p, str) or not p.strip()]
+    if empty:
+        raise ValueError(f"Prompts must be non-empty strings; prompt(s) {empty[:5]} are empty.")
+    label_words = list(label_words or [])
+    label_ids = model.token_ids(label_words)
+    if not full_vocab and not label_words:
+        raise ValueError("full_vocab=False keeps only label-word rows, so label_words are required.")
+    path = trace_cache_path(model, prompts, label_words, top_k, full_vocab) if cache else None
+    if path is not None and path.exists():
+        try:
+            return LayerTrace.load(path)
+        except CorruptCacheError:
+            path.unlink(missing_ok=True)  # rebuilt below
+
+    lengths = [len(ids) for ids in model.tokenizer(prompts)["input_ids"]]
+    order = np.argsort(lengths, kind="stable")
+    ids_tensor = torch.tensor(label_ids, dtype=torch.long, device=model.device)
+    chunks: list[dict] = []
+    start = time.perf_counter()
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    for batch in tqdm(batches, desc=f"trace {model.name}", disable=not progress or len(batches) < 3):
+        states, _ = last_states(model, [prompts[i] for i in batch])
+        chunks.append(_batch_stats(model, states, ids_tensor, top_k, full_vocab))
+    inverse = np.argsort(order)
+    arrays = {k: np.concatenate([c[k] for c in chunks])[inverse] for k in chunks[0]}
+    arrays = {k: v.astype(np.float32) if v.dtype.kind == "f" else v for k, v in arrays.items()}
+    unique_ids = np.unique(arrays["top_ids"])
+    result = LayerTrace(
+        model_name=model.name,
+        n_layers=model.n_layers,
+        n_tokens=np.asarray(lengths, dtype=np.int32),
+        label_words=label_words,
+        label_ids=label_ids,
+        token_strings={int(t): model.tokenizer.decode([int(t)]) for t in unique_ids},
+        meta={"model_cache_id": model.cache_id, "top_k": top_k, "full_vocab": full_vocab,
+              "seconds": round(time.perf_counter() - start, 3), "weights": model.weights_note},
+        **arrays,
+    )
+    if path is not None:
+        result.save(path)
+    return result

@@ -1,0 +1,45 @@
+"""The set-up cell every chapter runs: seeds, plotting theme, no gradients, quick mode."""
+
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass
+
+from .models import DEFAULT_MODEL
+
+
+@dataclass(frozen=True)
+class NotebookSettings:
+    """What a chapter needs to know about this run.
+
+    ``quick`` (``ADAINFER_QUICK=1``) shrinks every n so CI can execute the chapter in a minute or two;
+    ``model`` is the model name the chapter should load (``ADAINFER_MODEL`` overrides the cell's choice).
+    """
+
+    quick: bool
+    model: str
+    seed: int
+
+    def n(self, full: int, quick: int) -> int:
+        """``quick`` examples in quick mode, ``full`` otherwise (``ADAINFER_N`` caps both)."""
+        cap = int(os.environ.get("ADAINFER_N", "0") or 0)
+        value = quick if self.quick else full
+        return min(value, cap) if cap else value
+
+
+def setup_notebook(model: str = DEFAULT_MODEL, *, seed: int = 0) -> NotebookSettings:
+    """Seed everything, set the seaborn theme, turn gradients off; returns the run's settings."""
+    import numpy as np
+    import seaborn as sns
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.set_grad_enabled(False)
+    sns.set_theme(context="notebook", style="whitegrid", palette="colorblind")
+    os.environ.setdefault("HF_HUB_OFFLINE", "0" if os.environ.get("ADAINFER_ONLINE") else "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    quick = os.environ.get("ADAINFER_QUICK", "0") not in ("", "0", "false", "False")
+    return NotebookSettings(quick=quick, model=os.environ.get("ADAINFER_MODEL", model), seed=seed)

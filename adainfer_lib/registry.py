@@ -1,0 +1,108 @@
+"""Architecture registry: where each model family keeps its decoder layers, final norm and unembedding.
+
+The logit lens needs three pieces of every causal LM: the list of decoder layers, the final norm that the
+model applies after the last layer, and the unembedding (LM head). Families name them differently, and a
+silent heuristic that guesses wrong (a missing RMSNorm, a forgotten projection) corrupts every statistic.
+So support is explicit: one ``ArchitectureSpec`` per family, looked up by ``config.model_type``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class ArchitectureSpec:
+    """Dotted attribute paths, relative to the ``*ForCausalLM`` module, of the parts the lens needs."""
+
+    family: str
+    model_types: tuple[str, ...]
+    layers: str
+    final_norm: str
+    unembed: str
+    # Applied after the final norm and before the unembedding (OPT-350m projects 1024 -> 512 here).
+    post_norm: tuple[str, ...] = ()
+
+
+_LLAMA_LIKE = dict(layers="model.layers", final_norm="model.norm", unembed="lm_head")
+
+ARCHITECTURES: tuple[ArchitectureSpec, ...] = (
+    ArchitectureSpec("Llama / SmolLM", ("llama",), **_LLAMA_LIKE),
+    ArchitectureSpec("Mistral", ("mistral",), **_LLAMA_LIKE),
+    ArchitectureSpec("Qwen2 / Qwen3", ("qwen2", "qwen3"), **_LLAMA_LIKE),
+    ArchitectureSpec("Gemma / Gemma2 / Gemma3", ("gemma", "gemma2", "gemma3_text"), **_LLAMA_LIKE),
+    ArchitectureSpec(
+        "OPT",
+        ("opt",),
+        layers="model.decoder.layers",
+        final_norm="model.decoder.final_layer_norm",
+        unembed="lm_head",
+        post_norm=("model.decoder.project_out",),
+    ),
+    ArchitectureSpec(
+        "GPT-2", ("gpt2",), layers="transformer.h", final_norm="transformer.ln_f", unembed="lm_head",
+    ),
+    ArchitectureSpec(
+        "GPT-NeoX / Pythia",
+        ("gpt_neox",),
+        layers="gpt_neox.layers",
+        final_norm="gpt_neox.final_layer_norm",
+        unembed="lm_head",  # "embed_out" before transformers 5
+    ),
+)
+
+
+class UnsupportedArchitectureError(ValueError):
+    """The model's family is not in the registry, so we cannot lens it safely."""
+
+
+def supported_model_types() -> list[str]:
+    """All ``config.model_type`` values the registry knows."""
+    return sorted(t for spec in ARCHITECTURES for t in spec.model_types)
+
+
+def spec_for(model_type: str) -> ArchitectureSpec:
+    """The registry entry for ``model_type``, or a clear error naming what is supported."""
+    for spec in ARCHITECTURES:
+        if model_type in spec.model_types:
+            return spec
+    families = "; ".join(f"{s.family} ({', '.join(s.model_types)})" for s in ARCHITECTURES)
+    raise UnsupportedArchitectureError(
+        f"Architecture {model_type!r} is not in the adainfer registry, so its final norm and unembedding "
+        f"cannot be located safely. Supported: {families}. To add one, append an ArchitectureSpec to "
+        "adainfer_lib.registry.ARCHITECTURES."
+    )
+
+
+def get_submodule(root: nn.Module, path: str) -> nn.Module:
+    """``root.a.b.c`` for ``path == "a.b.c"``; a missing or ``None`` part is the identity."""
+    module: nn.Module | None = root
+    for part in path.split("."):
+        module = getattr(module, part, None)
+        if module is None:
+            return nn.Identity()
+    return module
+
+
+def layer_list(root: nn.Module, spec: ArchitectureSpec) -> nn.ModuleList:
+    """The decoder layers of ``root``; raises if the path does not lead to a ``ModuleList``."""
+    layers = get_submodule(root, spec.layers)
+    if not isinstance(layers, nn.ModuleList):
+        raise UnsupportedArchitectureError(
+            f"{spec.family}: expected decoder layers at {spec.layers!r}, found {type(layers).__name__}"
+        )
+    return layers
+
+
+def final_logit_softcap(config) -> float | None:
+    """Gemma-2-style tanh soft-capping of the logits, if the config asks for it."""
+    cap = getattr(config, "final_logit_softcapping", None)
+    return float(cap) if cap else None
+
+
+def apply_softcap(logits: torch.Tensor, cap: float | None) -> torch.Tensor:
+    """``cap * tanh(logits / cap)``, or ``logits`` unchanged when ``cap`` is None."""
+    return logits if cap is None else cap * torch.tanh(logits / cap)

@@ -1,0 +1,81 @@
+"""Shared fixtures: tiny random models of every registered architecture, and the real default model."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+torch.set_grad_enabled(False)
+
+TINY = dict(hidden=32, layers=3, heads=4, ffn=64)
+
+
+def tiny_config(model_type: str, vocab_size: int):
+    """A small random config of ``model_type`` (3 layers, hidden 32) with the given vocabulary."""
+    from transformers import (GemmaConfig, Gemma3TextConfig, GPT2Config, GPTNeoXConfig, LlamaConfig, MistralConfig,
+                              OPTConfig, Qwen2Config)
+
+    h, n, a, f = TINY["hidden"], TINY["layers"], TINY["heads"], TINY["ffn"]
+    rotary = dict(vocab_size=vocab_size, hidden_size=h, num_hidden_layers=n, num_attention_heads=a,
+                  intermediate_size=f, max_position_embeddings=512, tie_word_embeddings=False)
+    builders = {
+        "llama": lambda: LlamaConfig(num_key_value_heads=2, **rotary),
+        "mistral": lambda: MistralConfig(num_key_value_heads=2, sliding_window=None, **rotary),
+        "qwen2": lambda: Qwen2Config(num_key_value_heads=2, **rotary),
+        "gemma": lambda: GemmaConfig(num_key_value_heads=2, head_dim=8, **rotary),
+        "gemma3_text": lambda: Gemma3TextConfig(num_key_value_heads=2, head_dim=8, sliding_window=4,
+                                                final_logit_softcapping=30.0, **rotary),
+        "opt": lambda: OPTConfig(vocab_size=vocab_size, hidden_size=h, num_hidden_layers=n, num_attention_heads=a,
+                                 ffn_dim=f, max_position_embeddings=512, word_embed_proj_dim=16,
+                                 tie_word_embeddings=False),
+        "gpt2": lambda: GPT2Config(vocab_size=vocab_size, n_embd=h, n_layer=n, n_head=a, n_positions=512,
+                                   tie_word_embeddings=False),
+        "gpt_neox": lambda: GPTNeoXConfig(vocab_size=vocab_size, hidden_size=h, num_hidden_layers=n,
+                                          num_attention_heads=a, intermediate_size=f, max_position_embeddings=512,
+                                          tie_word_embeddings=False),
+    }
+    return builders[model_type]()
+
+
+TINY_TYPES = ["llama", "mistral", "qwen2", "gemma", "gemma3_text", "opt", "gpt2", "gpt_neox"]
+
+
+@pytest.fixture(scope="session")
+def default_tokenizer():
+    """The default model's tokenizer (loaded from the prepared offline model; no weights)."""
+    from transformers import AutoTokenizer
+
+    from adainfer_lib.models import DEFAULT_MODEL, prepare_offline_model
+
+    return AutoTokenizer.from_pretrained(prepare_offline_model(DEFAULT_MODEL))
+
+
+def make_tiny_model(model_type: str, tokenizer, seed: int = 0):
+    """A ``LensModel`` around a random tiny model of ``model_type`` (float32, eval mode)."""
+    from transformers import AutoModelForCausalLM
+
+    from adainfer_lib.models import LensModel
+
+    torch.manual_seed(seed)
+    config = tiny_config(model_type, vocab_size=len(tokenizer))
+    config._attn_implementation = "eager" if model_type.startswith("gemma") else "sdpa"
+    hf = AutoModelForCausalLM.from_config(config).float().eval()
+    return LensModel.wrap(hf, tokenizer, name=f"tiny-{model_type}")
+
+
+@pytest.fixture(scope="session", params=TINY_TYPES)
+def tiny_model(request, default_tokenizer):
+    """One tiny random model per registered architecture."""
+    return make_tiny_model(request.param, default_tokenizer)
+
+
+@pytest.fixture(scope="session")
+def default_model():
+    """The real default model (SmolLM2-135M-Instruct, offline)."""
+    from adainfer_lib import load_model
+
+    return load_model()

@@ -1,0 +1,78 @@
+"""Model loading and the architecture registry."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from adainfer_lib import ModelNotFoundError, UnsupportedArchitectureError, load_model, supported_model_types
+from adainfer_lib.models import LensModel
+from adainfer_lib.registry import ARCHITECTURES, spec_for
+
+from conftest import TINY_TYPES
+
+
+def test_every_registered_family_has_a_tiny_model_under_test():
+    registered = {t for spec in ARCHITECTURES for t in spec.model_types}
+    # qwen3 shares Qwen2's layout; gemma2 shares Gemma's: both covered by their siblings' tiny models.
+    assert registered - set(TINY_TYPES) <= {"qwen3", "gemma2"}
+
+
+def test_unknown_architecture_names_what_is_supported():
+    with pytest.raises(UnsupportedArchitectureError, match="llama") as err:
+        spec_for("bert")
+    assert "bert" in str(err.value)
+    assert "gpt2" in supported_model_types()
+
+
+def test_wrap_refuses_unsupported_model(default_tokenizer):
+    from transformers import BertConfig, BertLMHeadModel
+
+    bert = BertLMHeadModel(BertConfig(vocab_size=100, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                      intermediate_size=32, is_decoder=True))
+    with pytest.raises(UnsupportedArchitectureError, match="not in the adainfer registry"):
+        LensModel.wrap(bert, default_tokenizer)
+
+
+def test_unknown_name_says_which_lookups_failed(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelNotFoundError) as err:
+        load_model("no-such-org/no-such-model-xyz")
+    message = str(err.value)
+    assert "not an offline alias" in message and "not a local folder" in message and "hub" in message
+
+
+def test_empty_name_is_refused():
+    with pytest.raises(ModelNotFoundError):
+        load_model("  ")
+
+
+def test_local_folder_of_unsupported_architecture_is_refused_before_loading(tmp_path):
+    from transformers import BertConfig
+
+    BertConfig(vocab_size=100, hidden_size=16, num_hidden_layers=1, num_attention_heads=2).save_pretrained(tmp_path)
+    with pytest.raises(UnsupportedArchitectureError):
+        load_model(str(tmp_path))
+
+
+def test_local_folder_loads(tmp_path, tiny_model):
+    tiny_model.hf_model.save_pretrained(tmp_path)
+    tiny_model.tokenizer.save_pretrained(tmp_path)
+    loaded = load_model(str(tmp_path))
+    assert loaded.n_layers == tiny_model.n_layers
+    assert loaded.tokenizer.padding_side == "left"
+    assert torch.equal(loaded.unembed.weight, tiny_model.unembed.weight)
+
+
+def test_label_word_must_be_one_token(tiny_model):
+    assert len(tiny_model.token_ids([" positive", " negative"])) == 2
+    with pytest.raises(ValueError, match="exactly one token"):
+        tiny_model.token_ids([" supercalifragilistic"])
+
+
+@pytest.mark.slow
+def test_default_model_is_real_smollm2(default_model):
+    assert default_model.n_layers == 30
+    assert default_model.vocab_size == 49152
+    assert default_model.hf_model.config.hidden_size == 576
+    assert "Q4_1" in default_model.weights_note
