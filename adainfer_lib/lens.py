@@ -223,33 +223,45 @@ def last_states(model: LensModel, prompts: Sequence[str]) -> tuple[torch.Tensor,
     return torch.stack(states), out.logits[:, -1]
 
 
+def lens_stats(model: LensModel, states: torch.Tensor, label_ids: torch.Tensor, *, full_vocab: bool, top_k: int) -> dict:
+    """Lens statistics of N residual states (N, hidden): per-row ``top_prob``, ``gap``, ``entropy`` (N,)
+    (NaN without ``full_vocab``), ``top_ids``/``top_probs`` (N, k), ``label_logits`` (N, C) and, with
+    ``full_vocab``, ``logp`` (N, vocab). The one place where a state becomes lens statistics."""
+    n = states.shape[0]
+    if not full_vocab:
+        nan = torch.full((n,), float("nan"))
+        return {"top_prob": nan, "gap": nan, "entropy": nan, "top_ids": torch.zeros((n, 0), dtype=torch.long),
+                "top_probs": torch.zeros((n, 0)), "label_logits": model.label_lens(states, label_ids).float()}
+    logits = model.lens(states).float()
+    logp = torch.log_softmax(logits, dim=-1)
+    probs = logp.exp()
+    top_probs, top_ids = probs.topk(max(top_k, 2), dim=-1)
+    return {
+        "top_prob": top_probs[:, 0],
+        "gap": top_probs[:, 0] - top_probs[:, 1],
+        "entropy": -(probs * logp).sum(-1),
+        "top_ids": top_ids[:, :top_k],
+        "top_probs": top_probs[:, :top_k],
+        "label_logits": logits[:, label_ids],
+        "logp": logp,
+    }
+
+
 def _batch_stats(model: LensModel, states: torch.Tensor, label_ids: torch.Tensor, top_k: int, full_vocab: bool) -> dict:
-    """Statistics of one batch of states (L+1, B, hidden) → arrays (B, L+1, ...)."""
+    """Statistics of one batch of states (L+1, B, hidden) → arrays (B, L+1, ...), adding KL to the final
+    layer and the cosine between consecutive states."""
     layers, batch = states.shape[:2]
-    flat = states.reshape(layers * batch, -1)
-    out: dict[str, np.ndarray] = {}
-    cos = torch.nn.functional.cosine_similarity(states[1:], states[:-1], dim=-1)
-    out["cos_prev"] = torch.cat([torch.full((1, batch), float("nan")), cos.float().cpu()]).T.numpy()
-    if full_vocab:
-        logits = model.lens(flat).float()
-        label = logits[:, label_ids]
-        logp = torch.log_softmax(logits, dim=-1).reshape(layers, batch, -1)
-        del logits
-        probs = logp.exp()
-        top_probs, top_ids = probs.topk(max(top_k, 2), dim=-1)
-        out["top_prob"] = top_probs[..., 0].T.numpy()
-        out["gap"] = (top_probs[..., 0] - top_probs[..., 1]).T.numpy()
-        out["entropy"] = (-(probs * logp).sum(-1)).T.numpy()
-        out["kl_to_final"] = (probs * (logp - logp[-1:])).sum(-1).clamp_min(0).T.numpy()
-        out["top_ids"] = top_ids[..., :top_k].permute(1, 0, 2).numpy().astype(np.int32)
-        out["top_probs"] = top_probs[..., :top_k].permute(1, 0, 2).numpy()
+    stats = lens_stats(model, states.reshape(layers * batch, -1), label_ids, full_vocab=full_vocab, top_k=top_k)
+    logp = stats.pop("logp", None)
+    out = {k: v.reshape(layers, batch, *v.shape[1:]).transpose(0, 1).cpu().numpy() for k, v in stats.items()}
+    out["top_ids"] = out["top_ids"].astype(np.int32)
+    if logp is None:
+        out["kl_to_final"] = np.full((batch, layers), np.nan, dtype=np.float32)
     else:
-        label = model.label_lens(flat, label_ids).float()
-        nan = np.full((batch, layers), np.nan, dtype=np.float32)
-        out.update(top_prob=nan, gap=nan, entropy=nan, kl_to_final=nan)
-        out["top_ids"] = np.zeros((batch, layers, 0), np.int32)
-        out["top_probs"] = np.zeros((batch, layers, 0), np.float32)
-    out["label_logits"] = label.reshape(layers, batch, -1).permute(1, 0, 2).cpu().numpy()
+        logp = logp.reshape(layers, batch, -1)
+        out["kl_to_final"] = (logp.exp() * (logp - logp[-1:])).sum(-1).clamp_min(0).T.cpu().numpy()
+    cos = torch.nn.functional.cosine_similarity(states[1:], states[:-1], dim=-1).float().cpu()
+    out["cos_prev"] = torch.cat([torch.full((1, batch), float("nan")), cos]).T.numpy()
     return out
 
 

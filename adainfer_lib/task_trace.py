@@ -1,0 +1,106 @@
+"""A task's prompts traced through the lens, with gold labels and calibrated decisions at every layer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from .calibration import CALIBRATION_METHODS, DEFAULT_CALIBRATION, Calibration, fit_calibration
+from .lens import LayerTrace, trace
+from .models import LensModel
+
+
+@dataclass(frozen=True)
+class TaskTrace:
+    """``trace`` of one split of a task, its ``gold`` labels (n,), and the fitted calibrations.
+
+    All decisions use the ``method`` calibration (``batch`` by default); ``with_calibration`` switches.
+    """
+
+    trace: LayerTrace
+    gold: np.ndarray
+    calibrations: dict[str, Calibration]
+    task_name: str
+    label_names: list[str]
+    split: str = "test"
+    method: str = DEFAULT_CALIBRATION
+
+    def __post_init__(self) -> None:
+        if len(self.gold) != self.trace.n_examples:
+            raise ValueError(f"{len(self.gold)} gold labels for {self.trace.n_examples} traced examples")
+        if self.method not in self.calibrations:
+            raise ValueError(f"calibration {self.method!r} not fitted; have {sorted(self.calibrations)}")
+
+    @property
+    def n_layers(self) -> int:
+        return self.trace.n_layers
+
+    @property
+    def n_examples(self) -> int:
+        return self.trace.n_examples
+
+    @property
+    def calibration(self) -> Calibration:
+        return self.calibrations[self.method]
+
+    def with_calibration(self, method: str) -> TaskTrace:
+        """The same trace, deciding with another calibration method."""
+        return replace(self, method=method)
+
+    def scores(self) -> np.ndarray:
+        """Calibrated label scores (n, L+1, C)."""
+        return self.calibration.apply(self.trace.label_logits)
+
+    def predictions(self) -> np.ndarray:
+        """Predicted label id at every layer (n, L+1)."""
+        return self.scores().argmax(-1)
+
+    def final_predictions(self) -> np.ndarray:
+        """The full model's prediction (n,): layer L."""
+        return self.predictions()[:, -1]
+
+    def accuracy_by_layer(self) -> np.ndarray:
+        """Share of examples whose layer-l prediction is the gold label (L+1,)."""
+        return (self.predictions() == self.gold[:, None]).mean(0)
+
+    def consistency_by_layer(self) -> np.ndarray:
+        """Share of examples whose layer-l prediction equals the full model's (L+1,)."""
+        preds = self.predictions()
+        return (preds == preds[:, -1:]).mean(0)
+
+    def earliest_consistent_layer(self) -> np.ndarray:
+        """Oracle exit (n,): the earliest layer from which the prediction equals the final one and stays."""
+        preds = self.predictions()
+        agrees = preds == preds[:, -1:]
+        # Reverse cumulative AND: stays[l] is True when layers l..L all agree with the final prediction.
+        stays = np.flip(np.logical_and.accumulate(np.flip(agrees, axis=1), axis=1), axis=1)
+        return np.argmax(stays, axis=1)
+
+
+def fit_task_calibrations(model: LensModel, task, *, n_unlabelled: int = 200, cache: bool = True,
+                          progress: bool = True) -> dict[str, Calibration]:
+    """All calibration methods, fitted on the task's train split only (label-word lens, cached)."""
+    prompts = task.prompts("train")[:n_unlabelled]
+    unlabelled = trace(model, prompts, label_words=task.label_words, full_vocab=False, cache=cache, progress=progress)
+    content_free = trace(model, [task.content_free_prompt()], label_words=task.label_words, full_vocab=False,
+                         cache=cache, progress=False)
+    return {
+        "raw": fit_calibration("raw", unlabelled=unlabelled.label_logits),
+        "contextual": fit_calibration("contextual", content_free=content_free.label_logits),
+        "batch": fit_calibration("batch", unlabelled=unlabelled.label_logits),
+    }
+
+
+def trace_task(model: LensModel, task, *, split: str = "test", calibration: str = DEFAULT_CALIBRATION,
+               full_vocab: bool = True, cache: bool = True, batch_size: int = 8, n_unlabelled: int = 200,
+               progress: bool = True) -> TaskTrace:
+    """Trace ``task``'s ``split`` prompts through the lens and fit its calibrations on the train split."""
+    if calibration not in CALIBRATION_METHODS:
+        raise ValueError(f"Unknown calibration {calibration!r}; choose one of {CALIBRATION_METHODS}.")
+    dataset = getattr(task, split)
+    layer_trace = trace(model, task.prompts(split), label_words=task.label_words, full_vocab=full_vocab,
+                        cache=cache, batch_size=batch_size, progress=progress)
+    calibrations = fit_task_calibrations(model, task, n_unlabelled=n_unlabelled, cache=cache, progress=progress)
+    return TaskTrace(trace=layer_trace, gold=np.asarray(dataset["label"]), calibrations=calibrations,
+                     task_name=task.name, label_names=list(task.label_names), split=split, method=calibration)
