@@ -4,7 +4,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
+import uuid
 from pathlib import Path
 
 
@@ -18,9 +18,9 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write ``data`` to ``path`` via a temp file in the same folder, fsync, then ``os.replace``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.tmp"  # same folder: os.replace is atomic
     try:
-        with os.fdopen(fd, "wb") as f:
+        with open(tmp, "xb") as f:  # a plain open keeps the umask's permissions (mkstemp forces 0600)
             f.write(data)
             f.flush()
             os.fsync(f.fileno())

@@ -1,0 +1,264 @@
+"""Tasks: splits, balance, leakage, reproducibility, label words, errors (no hub access needed)."""
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter
+from pathlib import Path
+
+import datasets
+import numpy as np
+import pytest
+
+from adainfer_lib import sources
+from adainfer_lib.tasks import Task, available_tasks, balanced_quota, load_task
+
+LABEL_LINE = {"sentiment": "Sentiment:", "topic": "Topic:", "mmlu": "Answer:"}
+
+
+@pytest.fixture(scope="module")
+def prepared() -> None:
+    sources.prepare_sources()
+
+
+@pytest.fixture(scope="module")
+def tasks(prepared) -> dict[str, Task]:
+    return {"sentiment": load_task("sentiment", n=60, seed=0), "topic": load_task("topic", n=50, shots=5, seed=0),
+            "mmlu": load_task("mmlu", n=40, seed=0)}
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    """The default model's tokenizer (models.load_model), or the converted SmolLM2 copy in /tmp/smol."""
+    try:
+        from adainfer_lib.models import load_model
+    except ImportError:
+        if not Path("/tmp/smol").exists():
+            pytest.skip("neither adainfer_lib.models nor /tmp/smol is available")
+        from transformers import AutoTokenizer
+        return AutoTokenizer.from_pretrained("/tmp/smol")
+    return load_model().tokenizer
+
+
+def demo_labels(task: Task, prompt: str) -> list[str]:
+    """Label words of the demonstrations in a prompt (the lines "<Label line> <word>")."""
+    key = LABEL_LINE[task.name]
+    return [" " + line[len(key):].strip() for line in prompt.splitlines() if line.startswith(key + " ")]
+
+
+def demo_texts(task: Task, key: str) -> list[str]:
+    return [task.train[i]["text"] for i in task.demo_indices(key)]
+
+
+# --------------------------------------------------------------------------- splits
+
+
+@pytest.mark.parametrize("name", ["sentiment", "topic", "mmlu"])
+def test_train_test_disjoint_and_balanced(tasks, name):
+    task = tasks[name]
+    assert not set(task.train["text"]) & set(task.test["text"])
+    assert len(task.train) == 500
+    for ds in (task.test, task.train):
+        counts = Counter(ds["label"])
+        assert set(counts) == set(range(len(task.label_words)))
+        assert max(counts.values()) - min(counts.values()) <= 1
+
+
+def test_train_does_not_depend_on_n(prepared):
+    a, b = load_task("sentiment", n=20), load_task("sentiment", n=300)
+    assert a.train["text"] == b.train["text"]
+    assert set(a.test["text"]) <= set(b.test["text"])
+
+
+def test_n_none_takes_the_rest(prepared):
+    task = load_task("topic", n=None, n_train=300)
+    assert len(task.train) == 300 and len(task.test) + 300 == sources.source_info("topic")["rows"]
+
+
+def test_n_too_large(prepared):
+    with pytest.raises(ValueError, match="n_train"):
+        load_task("topic", n=2000)
+
+
+def test_balanced_quota():
+    rng = np.random.default_rng(0)
+    assert balanced_quota([10, 10], 4, rng).tolist() == [2, 2]
+    assert balanced_quota([1, 10, 10], 9, rng).tolist() == [1, 4, 4]
+    assert sorted(balanced_quota([5, 5, 5], 4, rng).tolist()) == [1, 1, 2]
+    with pytest.raises(ValueError):
+        balanced_quota([1, 1], 3, rng)
+
+
+# --------------------------------------------------------------------------- prompts
+
+
+@pytest.mark.parametrize("name", ["sentiment", "topic", "mmlu"])
+def test_prompt_shape_and_shot_balance(tasks, name):
+    task = tasks[name]
+    prompts = task.prompts()
+    assert len(prompts) == len(task.test)
+    per_label = task.shots // len(task.label_words)
+    for text, prompt in zip(task.test["text"], prompts):
+        assert prompt.endswith(task.template.render(text)) and prompt.endswith(LABEL_LINE[name])
+        labels = demo_labels(task, prompt)
+        assert len(labels) == task.shots
+        assert Counter(labels) == {w: per_label for w in task.label_words}
+
+
+@pytest.mark.parametrize("name", ["sentiment", "topic", "mmlu"])
+def test_no_leakage(tasks, name):
+    task = tasks[name]
+    for split in ("test", "train"):
+        ds = task.test if split == "test" else task.train
+        for i, (text, prompt) in enumerate(zip(ds["text"], task.prompts(split))):
+            demos = prompt[: -len(task.template.render(text))]
+            assert text not in demos
+    for i, text in enumerate(task.train["text"][:50]):
+        assert i not in task.demo_indices(text, exclude=[i])
+        assert text not in task.prompt_for(text)[: -len(task.template.render(text))]
+
+
+def test_demos_vary_but_are_reproducible(tasks, prepared):
+    task = tasks["sentiment"]
+    assert len({tuple(task.demo_indices(t)) for t in task.test["text"]}) > len(task.test) // 2
+    assert load_task("sentiment", n=60, seed=0).prompts() == task.prompts()
+    other = load_task("sentiment", n=60, seed=1)
+    assert other.prompts() != task.prompts() and other.test["text"] != task.test["text"]
+    assert other.cache_id != task.cache_id
+    assert load_task("sentiment", n=60, shots=2).cache_id != task.cache_id
+
+
+def test_prompt_for_matches_prompts(tasks):
+    for task in tasks.values():
+        assert [task.prompt_for(t) for t in task.test["text"][:5]] == task.prompts()[:5]
+    free = tasks["sentiment"].prompt_for("An unseen review.")
+    assert free.endswith("Review: An unseen review.\nSentiment:") and free.count("Review:") == 5
+
+
+def test_content_free_prompt(tasks):
+    task = tasks["sentiment"]
+    text = task.test["text"][0]
+    free = task.content_free_prompt(text=text)
+    assert free == task.prompts()[0][: -len(task.template.render(text))] + task.template.render("N/A")
+    assert task.content_free_prompt("").endswith("Review: \nSentiment:")
+    assert task.content_free_prompt() == task.content_free_prompt()
+
+
+def test_mmlu_demos_prefer_same_subject(tasks):
+    task = tasks["mmlu"]
+    groups = np.asarray(task.train["subject"])
+    same = [np.mean(groups[task.demo_indices(t)] == s) for t, s in zip(task.test["text"], task.test["subject"])]
+    assert np.mean(same) > 0.5  # about 9 train rows per subject: most slots find one
+
+
+def test_zero_shot(prepared):
+    task = load_task("sentiment", n=4, shots=0)
+    assert task.prompts()[0] == task.template.render(task.test["text"][0])
+
+
+def test_label_words(tasks):
+    assert tasks["sentiment"].label_words == [" negative", " positive"]
+    assert tasks["topic"].label_words == [" business", " entertainment", " politics", " sports", " tech"]
+    assert tasks["mmlu"].label_words == [" A", " B", " C", " D"]
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def test_unknown_task_lists_available():
+    with pytest.raises(ValueError, match="sentiment.*topic.*mmlu"):
+        load_task("imdb")
+    assert {"sentiment", "topic", "mmlu", "commonsense_qa", "boolq", "piqa"} <= set(available_tasks())
+
+
+def test_hub_only_task_offline():
+    with pytest.raises(ValueError, match="source='hub'"):
+        load_task("boolq")
+
+
+def test_missing_prepared_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("ADAINFER_DATA", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="python -m adainfer_lib.prepare"):
+        load_task("sentiment", n=10)
+
+
+def test_hub_unreachable(monkeypatch):
+    def offline(*args, **kwargs):
+        raise ConnectionError("no network")
+    monkeypatch.setattr(sources.datasets, "load_dataset", offline)
+    with pytest.raises(sources.DataSourceError, match="hub"):
+        load_task("sentiment", source="hub")
+
+
+def test_hub_task_with_a_fake_hub(monkeypatch):
+    def fake(path, config=None, **kwargs):
+        assert path == "google/boolq"
+        split = lambda k, off: datasets.Dataset.from_dict({  # noqa: E731
+            "question": [f"is {i} even" for i in range(off, off + k)],
+            "passage": [f"Passage {i}." for i in range(off, off + k)],
+            "answer": [i % 2 == 0 for i in range(off, off + k)]})
+        return datasets.DatasetDict({"train": split(40, 0), "validation": split(10, 100)})
+    monkeypatch.setattr(sources.datasets, "load_dataset", fake)
+    task = load_task("boolq", source="hub", n=6, n_train=20)
+    assert task.label_words == [" no", " yes"] and task.source == "hub"
+    assert len(task.test) == 6 and len(task.train) == 20 and Counter(task.test["label"]) == {0: 3, 1: 3}
+    prompt = task.prompts()[0]
+    assert prompt.startswith("Passage: Passage ") and prompt.endswith("?\nAnswer:") and prompt.count("Answer:") == 5
+    assert task.cache_id == load_task("boolq", source="hub", n=6, n_train=20).cache_id
+
+
+class CharTokenizer:
+    """Whitespace-prefixed known words are one token, anything else one token per character."""
+
+    vocab = [" negative", " positive", " A", " B"]
+
+    def encode(self, text, add_special_tokens=False):
+        ids, i = [], 0
+        while i < len(text):
+            w = next((w for w in self.vocab if text.startswith(w, i)), None)
+            ids.append(1000 + self.vocab.index(w) if w else ord(text[i]))
+            i += len(w) if w else 1
+        return ids
+
+    def convert_ids_to_tokens(self, ids):
+        return [self.vocab[i - 1000] if i >= 1000 else chr(i) for i in ids]
+
+
+def test_check_label_words_fake_tokenizer(tasks):
+    task = tasks["sentiment"]
+    assert task.check_label_words(CharTokenizer()) == [1000, 1001]
+    bad = dataclasses.replace(task, label_words=[" neg", " positive"])
+    with pytest.raises(ValueError, match=r"' neg'.*4 tokens"):
+        bad.check_label_words(CharTokenizer())
+    same = dataclasses.replace(task, label_words=[" positive", " positive"])
+    with pytest.raises(ValueError, match="share a token"):
+        same.check_label_words(CharTokenizer())
+
+
+# --------------------------------------------------------------------------- real tokenizer
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["sentiment", "topic", "mmlu"])
+def test_label_words_single_token(tasks, tokenizer, name):
+    task = tasks[name]
+    ids = task.check_label_words(tokenizer)
+    assert ids == [tokenizer.encode(w, add_special_tokens=False)[0] for w in task.label_words]
+    prompt = task.prompts()[0]
+    # inside a demonstration, the label word is the same single token as after the prompt's end
+    demo_ids = tokenizer.encode(prompt, add_special_tokens=False)
+    assert sum(demo_ids.count(i) for i in ids) >= task.shots
+
+
+@pytest.mark.slow
+def test_bad_label_word(tasks, tokenizer):
+    bad = dataclasses.replace(tasks["sentiment"], label_words=[" supercalifragilistic", " positive"])
+    with pytest.raises(ValueError, match="' supercalifragilistic'.*tokens"):
+        bad.check_label_words(tokenizer)
+
+
+@pytest.mark.slow
+def test_prompt_lengths(tasks, tokenizer):
+    """4-5 shot sentiment and topic prompts stay short enough for CPU tracing."""
+    for name, limit in [("sentiment", 300), ("topic", 512)]:
+        lengths = [len(tokenizer.encode(p)) for p in tasks[name].prompts()]
+        assert max(lengths) <= limit, (name, max(lengths))
