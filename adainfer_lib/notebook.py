@@ -8,6 +8,11 @@ from dataclasses import dataclass
 
 from .models import DEFAULT_MODEL
 
+# Shots per task in the chapters. MMLU prompts are long (4-shot: 614 tokens on average, up to 1,700), so on
+# a CPU the chapters use 1-shot MMLU; pass shots=5 on a GPU to match the paper's protocol.
+STUDY_SHOTS = {"sentiment": 4, "topic": 4, "mmlu": 1}
+STUDY_SIZES = {"n": (500, 24), "n_train": (250, 40)}  # (full, quick)
+
 
 @dataclass(frozen=True)
 class NotebookSettings:
@@ -26,6 +31,20 @@ class NotebookSettings:
         cap = int(os.environ.get("ADAINFER_N", "0") or 0)
         value = quick if self.quick else full
         return min(value, cap) if cap else value
+
+    def task(self, name: str, **overrides):
+        """``name`` as every chapter studies it: same sizes, shots and seed, hence shared trace caches."""
+        from .tasks import load_task
+
+        kwargs = {"n": self.n(*STUDY_SIZES["n"]), "n_train": self.n(*STUDY_SIZES["n_train"]),
+                  "shots": STUDY_SHOTS.get(name, 4), "seed": self.seed}
+        return load_task(name, **{**kwargs, **overrides})
+
+    def load_model(self, **kwargs):
+        """The chapter's model (``ADAINFER_MODEL`` overrides the name given to ``setup_notebook``)."""
+        from .models import load_model
+
+        return load_model(self.model, **kwargs)
 
 
 def setup_notebook(model: str = DEFAULT_MODEL, *, seed: int = 0) -> NotebookSettings:

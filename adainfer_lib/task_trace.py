@@ -78,11 +78,14 @@ class TaskTrace:
         return np.argmax(stays, axis=1)
 
 
-def fit_task_calibrations(model: LensModel, task, *, n_unlabelled: int = 200, cache: bool = True,
-                          progress: bool = True) -> dict[str, Calibration]:
-    """All calibration methods, fitted on the task's train split only (label-word lens, cached)."""
-    prompts = task.prompts("train")[:n_unlabelled]
-    unlabelled = trace(model, prompts, label_words=task.label_words, full_vocab=False, cache=cache, progress=progress)
+def fit_task_calibrations(model: LensModel, task, *, full_vocab: bool = True, cache: bool = True,
+                          batch_size: int = 8, progress: bool = True) -> dict[str, Calibration]:
+    """All calibration methods, fitted on the task's train split only (its labels unused).
+
+    Traces the whole train split with the same options as ``trace_task(split="train")``, so the two share
+    one cached trace (exit classifiers are fitted on that split too)."""
+    unlabelled = trace(model, task.prompts("train"), label_words=task.label_words, full_vocab=full_vocab,
+                       cache=cache, batch_size=batch_size, progress=progress)
     content_free = trace(model, [task.content_free_prompt()], label_words=task.label_words, full_vocab=False,
                          cache=cache, progress=False)
     return {
@@ -93,14 +96,34 @@ def fit_task_calibrations(model: LensModel, task, *, n_unlabelled: int = 200, ca
 
 
 def trace_task(model: LensModel, task, *, split: str = "test", calibration: str = DEFAULT_CALIBRATION,
-               full_vocab: bool = True, cache: bool = True, batch_size: int = 8, n_unlabelled: int = 200,
-               progress: bool = True) -> TaskTrace:
+               full_vocab: bool = True, cache: bool = True, batch_size: int = 8, progress: bool = True) -> TaskTrace:
     """Trace ``task``'s ``split`` prompts through the lens and fit its calibrations on the train split."""
     if calibration not in CALIBRATION_METHODS:
         raise ValueError(f"Unknown calibration {calibration!r}; choose one of {CALIBRATION_METHODS}.")
     dataset = getattr(task, split)
     layer_trace = trace(model, task.prompts(split), label_words=task.label_words, full_vocab=full_vocab,
                         cache=cache, batch_size=batch_size, progress=progress)
-    calibrations = fit_task_calibrations(model, task, n_unlabelled=n_unlabelled, cache=cache, progress=progress)
+    calibrations = fit_task_calibrations(model, task, full_vocab=full_vocab, cache=cache, batch_size=batch_size,
+                                         progress=progress)
     return TaskTrace(trace=layer_trace, gold=np.asarray(dataset["label"]), calibrations=calibrations,
                      task_name=task.name, label_names=list(task.label_names), split=split, method=calibration)
+
+
+def calibration_report(tt: TaskTrace) -> "pd.DataFrame":
+    """One row per calibration method: accuracy of the full model, share of its most frequent predicted
+    label (1.0 = a constant prediction), and what the oracle exit would save with that decision rule."""
+    import pandas as pd
+
+    rows = []
+    for method in tt.calibrations:
+        view = tt.with_calibration(method)
+        final = view.final_predictions()
+        rows.append({
+            "task": tt.task_name,
+            "calibration": method,
+            "n": tt.n_examples,
+            "accuracy_full": float((final == tt.gold).mean()),
+            "most_frequent_label_share": float(np.bincount(final).max() / len(final)),
+            "oracle_layers_saved": float(1 - view.earliest_consistent_layer().mean() / tt.n_layers),
+        })
+    return pd.DataFrame(rows)

@@ -1,0 +1,95 @@
+"""Static figures for the layer statistics (seaborn). Each returns its matplotlib Axes or Figure and is
+titled with the model, the task and n."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from .lens import LayerTrace
+from .task_trace import TaskTrace
+
+
+def figure_title(what: str, model: str, task: str, n: int) -> str:
+    """``"<what> — <model>, <task>, n=<n>"``: the title convention of every figure in the suite."""
+    return f"{what} — {model}, {task}, n={n}"
+
+
+def visible_token(token: str, width: int = 10) -> str:
+    """A token as it can be read in a figure cell: spaces as ␣, newlines as ⏎, cut to ``width``."""
+    return token.replace(" ", "␣").replace("\n", "⏎").replace("\t", "⇥")[:width] or "∅"
+
+
+def layer_summary(tt: TaskTrace) -> pd.DataFrame:
+    """Per layer (L+1 rows): accuracy vs gold, consistency with the final layer, and the share of examples
+    already settled (their prediction equals the final one from this layer on)."""
+    earliest = tt.earliest_consistent_layer()
+    layers = np.arange(tt.n_layers + 1)
+    return pd.DataFrame({
+        "task": tt.task_name,
+        "layer": layers,
+        "layer_frac": layers / tt.n_layers,
+        "accuracy": tt.accuracy_by_layer(),
+        "consistency": tt.consistency_by_layer(),
+        "settled": (earliest[:, None] <= layers[None, :]).mean(0),
+        "n": tt.n_examples,
+    })
+
+
+def top_token_heatmap(trace: LayerTrace, examples: list[int], labels: list[str], *, title: str, every: int = 1):
+    """Tuned-lens-style grid: one column per prompt, one row per layer; the cell shows the lens's top-1
+    token and its colour the top-1 probability."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    layers = trace.layers[::every]
+    probs = trace.top_probs[examples][:, ::every, 0].T  # (layers, examples)
+    tokens = np.array([[visible_token(trace.token_strings.get(int(t), "?")) for t in trace.top_ids[e, ::every, 0]]
+                       for e in examples]).T
+    fig, ax = plt.subplots(figsize=(2.0 + 1.6 * len(examples), 0.32 * len(layers) + 1.5))
+    sns.heatmap(probs, annot=tokens, fmt="", cmap="Blues", vmin=0, vmax=1, ax=ax, annot_kws={"fontsize": 8},
+                cbar_kws={"label": "top-1 probability"}, yticklabels=layers, xticklabels=labels)
+    ax.invert_yaxis()
+    ax.set(xlabel="prompt", ylabel="layer (0 = embeddings)", title=title)
+    fig.tight_layout()
+    return fig
+
+
+def layer_curves(summary: pd.DataFrame, *, title: str):
+    """Accuracy and consistency by layer, one line per task (``summary`` from ``layer_summary``, stacked)."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    long = summary.melt(id_vars=["task", "layer"], value_vars=["accuracy", "consistency"], var_name="measure")
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4), sharey=True)
+    for ax, measure in zip(axes, ["accuracy", "consistency"]):
+        sns.lineplot(long[long.measure == measure], x="layer", y="value", hue="task", marker="o", ax=ax)
+        ax.set(title=f"{measure} of the lens's decision at layer l", ylim=(0, 1.02), ylabel=measure)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def settled_curves(summary: pd.DataFrame, *, title: str):
+    """Share of examples whose answer has appeared and stays, by layer: how many could stop by then."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    sns.lineplot(summary, x="layer", y="settled", hue="task", marker="o", ax=ax)
+    ax.set(ylim=(0, 1.02), ylabel="share settled (could stop here)", title=title)
+    fig.tight_layout()
+    return fig
+
+
+def earliest_layer_hist(earliest: pd.DataFrame, n_layers: int, *, title: str):
+    """Distribution of the earliest consistent layer per task (``earliest``: columns task, layer)."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    fig, ax = plt.subplots(figsize=(9, 4))
+    sns.histplot(earliest, x="layer", hue="task", bins=np.arange(n_layers + 2) - 0.5, stat="probability",
+                 common_norm=False, element="step", ax=ax)
+    ax.set(xlabel="earliest layer from which the prediction equals the final one and stays", title=title)
+    fig.tight_layout()
+    return fig
