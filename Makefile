@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.adainfer-installed
 
-.PHONY: lab test install prepare quick-notebooks reproduce benchmark clean-cache
+.PHONY: lab test install prepare reproduce benchmark clean-cache
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,10 @@ test: prepare
 
 benchmark: prepare
 	$(PY) benchmarks/trace_throughput.py
+	$(PY) benchmarks/early_exit_speed.py
 
 clean-cache:
 	rm -rf data/traces data/policies
+
+reproduce: prepare
+	$(PY) tools/reproduce.py

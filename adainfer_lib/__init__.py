@@ -9,5 +9,10 @@ __version__ = "0.1.0"
 from .calibration import CALIBRATION_METHODS, Calibration
 from .notebook import NotebookSettings, setup_notebook
 from .task_trace import TaskTrace, calibration_report, trace_task
-from . import plots
+from . import exercises, plots
 from .tasks import Task, available_tasks, load_task
+from .features import (ONLINE_FEATURES, feature_auc, feature_correlations, feature_table, label_features,
+                       lens_check_cost, per_layer_auc, permutation_importance_table, split_by_example)
+from .policy import (ExitPolicy, choose_threshold, compare_policies, oracle_exit_layers, simulate, simulate_exits,
+                     threshold_sweep, tune_threshold)
+from . import plots_features

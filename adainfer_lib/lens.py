@@ -223,6 +223,7 @@ def last_states(model: LensModel, prompts: Sequence[str]) -> tuple[torch.Tensor,
     return torch.stack(states), out.logits[:, -1]
 
 
+@torch.no_grad()
 def lens_stats(model: LensModel, states: torch.Tensor, label_ids: torch.Tensor, *, full_vocab: bool, top_k: int) -> dict:
     """Lens statistics of N residual states (N, hidden): per-row ``top_prob``, ``gap``, ``entropy`` (N,)
     (NaN without ``full_vocab``), ``top_ids``/``top_probs`` (N, k), ``label_logits`` (N, C) and, with
@@ -247,6 +248,7 @@ def lens_stats(model: LensModel, states: torch.Tensor, label_ids: torch.Tensor, 
     }
 
 
+@torch.no_grad()
 def _batch_stats(model: LensModel, states: torch.Tensor, label_ids: torch.Tensor, top_k: int, full_vocab: bool) -> dict:
     """Statistics of one batch of states (L+1, B, hidden) → arrays (B, L+1, ...), adding KL to the final
     layer and the cosine between consecutive states."""

@@ -124,7 +124,7 @@ class LensModel:
     @property
     def cache_id(self) -> str:
         """Identifies these weights for trace caches: name, dtype, config and a weight fingerprint."""
-        w = self.unembed.weight
+        w = self.unembed.weight.detach()
         fingerprint = float(w[:: max(1, w.shape[0] // 64)].double().sum())
         digest = hashlib.sha256(
             json.dumps(

@@ -40,6 +40,21 @@ class NotebookSettings:
                   "shots": STUDY_SHOTS.get(name, 4), "seed": self.seed}
         return load_task(name, **{**kwargs, **overrides})
 
+    def save_result(self, obj, name: str):
+        """Save a table (CSV) or figure (PNG) for the README: under ``results/`` in full mode, under
+        ``build/quick-results/`` in quick mode (so a CI run never overwrites the published numbers)."""
+        from .paths import REPO_ROOT
+
+        folder = REPO_ROOT / ("build/quick-results" if self.quick else "results")
+        folder.mkdir(parents=True, exist_ok=True)
+        if hasattr(obj, "to_csv"):
+            path = folder / f"{name}.csv"
+            obj.to_csv(path, index=False, float_format="%.4f")
+        else:
+            path = folder / f"{name}.png"
+            obj.savefig(path, dpi=110, bbox_inches="tight")
+        return path
+
     def load_model(self, **kwargs):
         """The chapter's model (``ADAINFER_MODEL`` overrides the name given to ``setup_notebook``)."""
         from .models import load_model

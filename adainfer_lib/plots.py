@@ -93,3 +93,31 @@ def earliest_layer_hist(earliest: pd.DataFrame, n_layers: int, *, title: str):
     ax.set(xlabel="earliest layer from which the prediction equals the final one and stays", title=title)
     fig.tight_layout()
     return fig
+
+
+def adainfer_idea(tt: TaskTrace, example: int, *, gap_threshold: float = 0.4, title: str):
+    """The idea of AdaInfer on one real example: the label-word ``top_prob`` and ``gap`` grow over the
+    layers; a rule that stops once the gap crosses a threshold skips every layer after it."""
+    import matplotlib.pyplot as plt
+
+    scores = tt.scores()[example]  # (L+1, C)
+    probs = np.exp(scores - scores.max(-1, keepdims=True))
+    probs /= probs.sum(-1, keepdims=True)
+    top2 = np.sort(probs, axis=-1)[:, ::-1][:, :2]
+    layers = np.arange(tt.n_layers + 1)
+    crossed = np.flatnonzero((top2[:, 0] - top2[:, 1]) >= gap_threshold)
+    stop = int(crossed[crossed >= 1][0]) if np.any(crossed >= 1) else tt.n_layers
+    preds = scores.argmax(-1)
+    fig, ax = plt.subplots(figsize=(9, 4))
+    ax.plot(layers, top2[:, 0], marker="o", label="top prob (label words)")
+    ax.plot(layers, top2[:, 0] - top2[:, 1], marker="s", label="gap = top-1 − top-2")
+    ax.axhline(gap_threshold, ls=":", c="gray", label=f"gap threshold {gap_threshold}")
+    ax.axvspan(stop + 0.5, tt.n_layers + 0.5, color="tab:red", alpha=0.08, label="layers skipped")
+    ax.axvline(stop, c="tab:red", lw=2)
+    ax.text(stop, 1.02, f" exit at layer {stop}: '{tt.label_names[preds[stop]]}'\n"
+                        f" full model (layer {tt.n_layers}): '{tt.label_names[preds[-1]]}'",
+            va="bottom", fontsize=9)
+    ax.set(xlabel="layer", ylabel="probability", ylim=(0, 1.2), xlim=(-0.5, tt.n_layers + 0.5), title=title)
+    ax.legend(loc="center left", fontsize=8)
+    fig.tight_layout()
+    return fig

@@ -44,6 +44,34 @@ def tiny_config(model_type: str, vocab_size: int):
 TINY_TYPES = ["llama", "mistral", "qwen2", "gemma", "gemma3_text", "opt", "gpt2", "gpt_neox"]
 
 
+def make_trace(label_logits):
+    """A ``LayerTrace`` holding only label logits (n, L+1, C); full-vocabulary statistics are zero."""
+    import numpy as np
+
+    from adainfer_lib.lens import LayerTrace
+
+    n, layers, n_labels = label_logits.shape
+    zeros = np.zeros((n, layers), np.float32)
+    return LayerTrace(model_name="m", n_layers=layers - 1, top_ids=np.zeros((n, layers, 0), np.int32),
+                      top_probs=np.zeros((n, layers, 0), np.float32), top_prob=zeros, gap=zeros, entropy=zeros,
+                      kl_to_final=zeros, cos_prev=zeros, label_logits=label_logits.astype(np.float32),
+                      n_tokens=np.ones(n, np.int32), label_words=[f" w{i}" for i in range(n_labels)],
+                      label_ids=list(range(n_labels)))
+
+
+def task_trace_from_predictions(preds, gold):
+    """A raw-calibrated ``TaskTrace`` whose decisions per layer are exactly ``preds`` (n, L+1), 2 labels."""
+    import numpy as np
+
+    from adainfer_lib.calibration import fit_calibration
+    from adainfer_lib.task_trace import TaskTrace
+
+    preds = np.asarray(preds)
+    logits = np.stack([np.zeros(preds.shape), np.where(preds == 1, 1.0, -1.0)], axis=-1)
+    return TaskTrace(make_trace(logits), gold=np.asarray(gold), calibrations={"raw": fit_calibration("raw", unlabelled=logits)},
+                     task_name="synthetic", label_names=["a", "b"], method="raw")
+
+
 @pytest.fixture(scope="session")
 def default_tokenizer():
     """The default model's tokenizer (loaded from the prepared offline model; no weights)."""

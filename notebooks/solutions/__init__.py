@@ -1,0 +1,1 @@
+"""Reference solutions of the chapters' exercises (tests run every checker against them)."""

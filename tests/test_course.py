@@ -1,0 +1,71 @@
+"""The course layer: navigation lines in sync, exercise checkers accept the solutions and reject wrong answers."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from adainfer_lib import exercises
+
+from conftest import task_trace_from_predictions
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tools"))
+sys.path.insert(0, str(ROOT / "notebooks"))
+
+from solutions import ch01  # noqa: E402
+from sync_navigation import chapters, stale_chapters  # noqa: E402
+
+
+def test_navigation_lines_are_in_sync():
+    assert len(chapters()) >= 1
+    assert stale_chapters() == [], "run `python tools/sync_navigation.py`"
+
+
+def test_navigation_check_detects_a_stale_line(tmp_path):
+    import shutil
+
+    import nbformat
+
+    for path in chapters():
+        shutil.copy(path, tmp_path / path.name)
+    first = sorted(tmp_path.glob("*.ipynb"))[0]
+    nb = nbformat.read(first, as_version=4)
+    nb.cells[0].source = nb.cells[0].source.replace("[Index](00_index.ipynb)", "[Index](old.ipynb)")
+    nbformat.write(nb, first)
+    assert stale_chapters(tmp_path) == [first.name]
+    stale_chapters(tmp_path, fix=True)
+    assert stale_chapters(tmp_path) == []
+
+
+@pytest.fixture
+def flipping_trace():
+    rng = np.random.default_rng(0)
+    preds = (rng.random((40, 9)) < np.linspace(0.3, 0.9, 9)).astype(int)
+    preds[0] = [1, 1, 0, 0, 1, 1, 1, 1, 1]  # agrees at layer 0, flips, settles at 4
+    return task_trace_from_predictions(preds, gold=rng.integers(0, 2, 40))
+
+
+def test_chapter_01_checkers(flipping_trace):
+    tt = flipping_trace
+    answer = ch01.exercise_1(tt)
+    assert exercises.check_01_first_layer_reaching(tt, answer)
+    assert not exercises.check_01_first_layer_reaching(tt, tt.n_layers + 5)
+    assert not exercises.check_01_first_layer_reaching(tt, ...)
+    wrong = answer + 1 if answer < tt.n_layers else answer - 1
+    assert not exercises.check_01_first_layer_reaching(tt, wrong)
+
+    raw = ch01.exercise_2(tt)
+    assert exercises.check_01_raw_oracle(tt, **raw)
+    assert not exercises.check_01_raw_oracle(tt, oracle_layers_saved=raw["oracle_layers_saved"] + 0.1,
+                                             accuracy_full=raw["accuracy_full"])
+    assert not exercises.check_01_raw_oracle(tt, oracle_layers_saved=..., accuracy_full=...)
+
+    example = ch01.exercise_3(tt)
+    assert example is not None and exercises.check_01_flip_example(tt, example)
+    never_flips = next(i for i in range(tt.n_examples) if not exercises.flips_back(tt, i))
+    feedback = exercises.check_01_flip_example(tt, never_flips)
+    assert not feedback and "never agrees" in str(feedback)

@@ -1,0 +1,65 @@
+"""Run every chapter in full mode and regenerate ``results/`` (tables and figures the README shows).
+
+For each notebook in order: execute it with nbclient (``ADAINFER_QUICK=0``), write the executed copy and
+an HTML rendering under ``build/reproduce/``, and record its wall-clock time in
+``results/chapter_times.csv``. The chapters themselves save their tables and figures to ``results/``
+(``NotebookSettings.save_result``). Usage: ``python tools/reproduce.py [01 04 ...]`` (default: all).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import platform
+import time
+from pathlib import Path
+
+import nbformat
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "build" / "reproduce"
+RESULTS = ROOT / "results"
+
+
+def execute(path: Path) -> float:
+    """Execute ``path`` in full mode; write the executed notebook and its HTML; return the seconds taken."""
+    from nbclient import NotebookClient
+    from nbconvert import HTMLExporter
+
+    nb = nbformat.read(path, as_version=4)
+    os.environ["ADAINFER_QUICK"] = "0"
+    start = time.perf_counter()
+    NotebookClient(nb, timeout=3600, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}).execute()
+    seconds = time.perf_counter() - start
+    OUT.mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, OUT / path.name)
+    html, _ = HTMLExporter().from_notebook_node(nb)
+    (OUT / path.with_suffix(".html").name).write_text(html, encoding="utf-8")
+    return seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("chapters", nargs="*", help="chapter numbers to run (default: all)")
+    args = parser.parse_args()
+    paths = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    if args.chapters:
+        paths = [p for p in paths if p.name[:2] in args.chapters]
+    RESULTS.mkdir(exist_ok=True)
+    times_path = RESULTS / "chapter_times.csv"
+    times = pd.read_csv(times_path) if times_path.exists() else pd.DataFrame(columns=["chapter", "minutes", "date", "machine"])
+    for path in paths:
+        print(f"running {path.name} (full mode) ...", flush=True)
+        seconds = execute(path)
+        print(f"  {seconds / 60:.1f} min", flush=True)
+        row = {"chapter": path.stem, "minutes": round(seconds / 60, 1), "date": dt.date.today().isoformat(),
+               "machine": f"{os.cpu_count()} cores, {platform.machine()}"}
+        times = pd.concat([times[times.chapter != path.stem], pd.DataFrame([row])]).sort_values("chapter")
+        times.to_csv(times_path, index=False)
+    print(f"executed notebooks and HTML: {OUT}; tables and figures: {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()
