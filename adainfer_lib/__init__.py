@@ -16,3 +16,4 @@ from .features import (ONLINE_FEATURES, feature_auc, feature_correlations, featu
 from .policy import (ExitPolicy, choose_threshold, compare_policies, oracle_exit_layers, simulate, simulate_exits,
                      threshold_sweep, tune_threshold)
 from . import plots_features
+from .widgets import ExitExplorer, load_saved_policies

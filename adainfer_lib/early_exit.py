@@ -1,0 +1,557 @@
+"""Real early exit: the forward pass stops at the exit layer, and the layers after it never run.
+
+``run_early_exit(model, prompts, policy)`` runs the Hugging Face model itself (its own embeddings, masks
+and positions, inputs from ``lens.encode``) with hooks on the decoder layers:
+
+- a **forward hook** on layer ``l`` (for ``l >= policy.min_layer`` only: below it there is no check at all)
+  reads the last-position state ``h_l``, computes its lens statistics with ``lens.lens_stats`` (the label
+  rows of the unembedding only, unless ``policy.needs_full_vocab``), the online features (calibrated label
+  features with the policy's calibration offsets at layer ``l``, ``cos_prev``, ``layer``, ``layer_frac``),
+  asks ``policy.stop_proba_online`` and marks the rows that stop (proba >= ``policy.threshold``; every row
+  stops at layer ``L``). When every row of the batch has stopped it raises a private exception that aborts
+  the forward pass, caught outside: no later layer executes, not even the final norm or the LM head;
+- with ``batch_size > 1``, a **forward pre-hook** on every layer keeps running only the unfinished rows: it
+  slices the hidden states and every per-example tensor argument of the layer (the 4-D attention mask,
+  ``position_embeddings`` (cos, sin), ``position_ids``: those with ``ndim >= 2`` whose first dimension is
+  the batch size) down to the rows still active. Checked on every registered family in transformers 5.24
+  (Llama, Mistral, Qwen2, Gemma, Gemma-3, OPT, GPT-2 (mask passed positionally), GPT-NeoX): their decoder
+  layers return a tensor and take every per-example input as an argument, so slicing is exact there
+  (``tests/test_early_exit.py`` checks batched == one by one for each). No family needed a fallback.
+
+The prediction is the argmax of the calibrated label scores at the exit layer, the same rule as
+``TaskTrace.predictions`` (so a run that exits at layer ``k`` equals the logit lens of a full run at ``k``).
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .calibration import Calibration, label_log_softmax
+from .lens import encode, lens_stats
+from .models import LensModel
+
+#: Features ``run_early_exit`` computes at every checked layer (full-vocabulary ones are NaN unless the
+#: policy needs the full vocabulary, or ``full_vocab=True``).
+ONLINE_FEATURE_NAMES = ("layer", "layer_frac", "top_prob", "gap", "entropy", "cos_prev", "label_top_prob", "label_gap")
+
+
+class _StopForward(Exception):
+    """Raised inside a layer hook once every row of the batch has exited: aborts the forward pass."""
+
+
+# ---------------------------------------------------------------------------------------------------
+# Results
+
+
+@dataclass
+class ExitResult:
+    """What ``run_early_exit`` returns for ``n`` prompts (``L`` layers, ``C`` label words).
+
+    - ``predictions`` (n,): label id, argmax of the calibrated scores at the exit layer;
+    - ``exit_layers`` (n,): the layer each prompt exited at (1..L; ``L`` = ran the full model);
+    - ``stop_proba`` (n, L+1): the policy's stop probability at every visited layer (NaN elsewhere: layers
+      below ``min_layer`` are never checked, layers after the exit never run);
+    - ``label_logits`` (n, C): raw label-word logits at the exit layer; ``scores`` (n, C): calibrated;
+    - ``exit_states`` (n, hidden): the residual state at the last position at the exit layer;
+    - ``exit_features``: the online features at the exit layer, name -> (n,);
+    - ``seconds`` (n,): wall-clock per example (the batch's time divided by its size; exact at batch
+      size 1), tokenization included; ``check_seconds`` (n,): the part spent in exit checks;
+      ``batch_seconds``: wall-clock of each batch.
+    """
+
+    model_name: str
+    n_layers: int
+    label_words: list[str]
+    predictions: np.ndarray
+    exit_layers: np.ndarray
+    stop_proba: np.ndarray
+    label_logits: np.ndarray
+    scores: np.ndarray
+    exit_states: np.ndarray
+    exit_features: dict[str, np.ndarray]
+    seconds: np.ndarray
+    check_seconds: np.ndarray
+    batch_seconds: list[float]
+    batch_size: int
+    min_layer: int
+    threshold: float
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def n_examples(self) -> int:
+        return len(self.predictions)
+
+    @property
+    def mean_exit_layer(self) -> float:
+        return float(np.mean(self.exit_layers))
+
+    @property
+    def layers_saved(self) -> float:
+        """1 - mean(exit layer) / L: the hardware-independent saving."""
+        return 1.0 - self.mean_exit_layer / self.n_layers
+
+    @property
+    def ideal_speedup(self) -> float:
+        """L / mean(exit layer): the speedup if time were proportional to the layers run."""
+        return self.n_layers / self.mean_exit_layer
+
+    def accuracy(self, gold: Sequence[int]) -> float:
+        return float(np.mean(self.predictions == np.asarray(gold)))
+
+    def to_frame(self) -> pd.DataFrame:
+        """One row per example: prediction, exit layer, wall-clock seconds, check seconds."""
+        return pd.DataFrame({"example": np.arange(self.n_examples), "prediction": self.predictions,
+                             "exit_layer": self.exit_layers, "seconds": self.seconds,
+                             "check_seconds": self.check_seconds})
+
+
+@dataclass
+class FullResult:
+    """The dense model on ``n`` prompts: ``predictions`` (n,), raw ``label_logits`` (n, C), calibrated
+    ``scores`` (n, C) at layer L, wall-clock ``seconds`` (n,) per example and ``batch_seconds``."""
+
+    predictions: np.ndarray
+    label_logits: np.ndarray
+    scores: np.ndarray
+    seconds: np.ndarray
+    batch_seconds: list[float]
+
+    def accuracy(self, gold: Sequence[int]) -> float:
+        return float(np.mean(self.predictions == np.asarray(gold)))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Resolving what the policy carries
+
+
+def _label_features(scores: np.ndarray) -> dict[str, np.ndarray]:
+    """``features.label_features`` where it exists (the single definition), else the same rule here:
+    probabilities = softmax of the calibrated scores; top-1 probability, top-1 minus top-2, argmax."""
+    try:
+        from .features import label_features
+    except ImportError:  # features.py not there yet
+        probs = np.exp(label_log_softmax(scores))
+        top = -np.sort(-probs, axis=-1)
+        gap = top[:, 0] - (top[:, 1] if probs.shape[1] > 1 else 0.0)
+        return {"label_top_prob": top[:, 0], "label_gap": gap, "pred": probs.argmax(-1)}
+    return label_features(scores)
+
+
+def _meta(policy) -> dict:
+    meta = getattr(policy, "metadata", None)
+    if callable(meta):
+        meta = meta()
+    return meta if isinstance(meta, dict) else {}
+
+
+def resolve_offsets(policy, calibration=None, *, n_layers: int, n_labels: int) -> np.ndarray:
+    """Calibration offsets (L+1, C) for the online label features and the prediction.
+
+    ``calibration`` (a ``Calibration``, an array (L+1, C) or ``"raw"``) wins; otherwise the policy's own
+    (``policy.calibration``, ``policy.calibration_offsets`` or ``metadata["calibration_offsets"]``).
+    """
+    source = calibration
+    if source is None:
+        for name in ("calibration", "calibration_offsets", "offsets"):
+            value = getattr(policy, name, None)
+            if value is not None and not isinstance(value, str):
+                source = value
+                break
+        else:
+            meta = _meta(policy)
+            source = meta.get("calibration_offsets", meta.get("calibration"))
+    if isinstance(source, str) and source == "raw":
+        return np.zeros((n_layers + 1, n_labels))
+    if isinstance(source, Calibration):
+        source = source.offsets
+    if isinstance(source, dict) and "offsets" in source:
+        source = source["offsets"]
+    if source is None:
+        raise ValueError(
+            "run_early_exit needs calibration offsets for the label scores: the policy carries none "
+            "(policy.calibration / metadata['calibration_offsets']), so pass calibration=<Calibration | "
+            "array (L+1, C) | 'raw'>.")
+    offsets = np.asarray(source, dtype=np.float64)
+    if offsets.shape != (n_layers + 1, n_labels):
+        raise ValueError(f"calibration offsets have shape {offsets.shape}, expected {(n_layers + 1, n_labels)} "
+                         "(L+1 layers x label words): fitted for another model or task?")
+    return offsets
+
+
+def resolve_label_words(policy, label_words: Sequence[str] | None) -> list[str]:
+    words = label_words or getattr(policy, "label_words", None) or _meta(policy).get("label_words")
+    if not words:
+        raise ValueError("run_early_exit needs the task's label words (label_words=task.label_words).")
+    return list(words)
+
+
+def _accepts(fn: Callable, name: str) -> bool:
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+    return name in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+
+# ---------------------------------------------------------------------------------------------------
+# One batch
+
+
+def _slice_rows(value, idx: torch.Tensor, batch: int, cache: dict):
+    """``value`` with every per-example tensor (ndim >= 2, first dim == batch) cut to rows ``idx``;
+    tuples, lists and dicts are walked. ``cache`` reuses a tensor's slice across layers."""
+    if torch.is_tensor(value):
+        if value.ndim >= 2 and value.shape[0] == batch:
+            hit = cache.get(id(value))
+            if hit is None or hit[0] is not value:
+                hit = (value, value.index_select(0, idx.to(value.device)))
+                cache[id(value)] = hit
+            return hit[1]
+        return value
+    if isinstance(value, tuple):
+        return tuple(_slice_rows(v, idx, batch, cache) for v in value)
+    if isinstance(value, list):
+        return [_slice_rows(v, idx, batch, cache) for v in value]
+    if isinstance(value, dict):
+        return {k: _slice_rows(v, idx, batch, cache) for k, v in value.items()}
+    return value
+
+
+class _BatchRun:
+    """Hook state for one batch: which original rows the running hidden states hold, who has exited."""
+
+    def __init__(self, model: LensModel, policy, *, batch: int, offsets: np.ndarray, label_ids: torch.Tensor,
+                 full_vocab: bool, min_layer: int, threshold: float, rows_offset: int, pass_rows: bool):
+        self.model, self.policy = model, policy
+        self.L = model.n_layers
+        self.batch = batch
+        self.offsets, self.label_ids = offsets, label_ids
+        self.full_vocab, self.min_layer, self.threshold = full_vocab, min_layer, threshold
+        self.rows_offset, self.pass_rows = rows_offset, pass_rows
+        self.rows = torch.arange(batch)  # original rows held by the running hidden states, in order
+        self.done = np.zeros(batch, dtype=bool)
+        self.prev: torch.Tensor | None = None  # (batch, hidden) last state of the previous layer
+        self.slice_cache: dict = {}
+        self.check_seconds = 0.0
+        self.history: list[dict] = []
+        C = len(label_ids)
+        self.exit_layer = np.full(batch, -1)
+        self.stop_proba = np.full((batch, self.L + 1), np.nan)
+        self.label_logits = np.zeros((batch, C))
+        self.scores = np.zeros((batch, C))
+        self.states: list[torch.Tensor | None] = [None] * batch
+        self.features: dict[str, np.ndarray] = {k: np.full(batch, np.nan) for k in ONLINE_FEATURE_NAMES}
+
+    # ---- hooks -----------------------------------------------------------------------------------
+    def pre_hook(self, index: int):
+        def hook(_module, args, kwargs):
+            hidden = args[0] if args else kwargs["hidden_states"]
+            if index == 0:
+                self._layer_state(0, hidden[:, -1])
+            keep = ~self.done[self.rows.numpy()]
+            if not keep.all():  # rows exited since the last layer: drop them from the running states
+                positions = torch.from_numpy(np.flatnonzero(keep)).to(hidden.device)
+                hidden = hidden.index_select(0, positions)
+                self.rows = self.rows[torch.from_numpy(keep)]
+                self.slice_cache = {}
+            if len(self.rows) == self.batch:
+                return None
+            idx = self.rows
+            if args:
+                args = (hidden, *_slice_rows(args[1:], idx, self.batch, self.slice_cache))
+            else:
+                kwargs = {**kwargs, "hidden_states": hidden}
+            kwargs = {k: (v if k == "hidden_states" else _slice_rows(v, idx, self.batch, self.slice_cache))
+                      for k, v in kwargs.items()}
+            return args, kwargs
+
+        return hook
+
+    def post_hook(self, index: int):
+        layer = index + 1
+
+        def hook(_module, _args, output):
+            hidden = output[0] if isinstance(output, tuple) else output
+            self._layer_state(layer, hidden[:, -1])
+
+        return hook
+
+    # ---- the check -------------------------------------------------------------------------------
+    def _layer_state(self, layer: int, h: torch.Tensor) -> None:
+        """State ``h`` (active rows, hidden) after ``layer``: keep it for cos_prev; check if due."""
+        if layer >= self.min_layer:
+            start = time.perf_counter()
+            self._check(layer, h)
+            self.check_seconds += time.perf_counter() - start
+        if layer < self.L:
+            if self.prev is None:
+                self.prev = torch.zeros((self.batch, h.shape[-1]), dtype=h.dtype, device=h.device)
+            self.prev[self.rows.to(h.device)] = h
+        if self.done.all():
+            raise _StopForward
+
+    def _check(self, layer: int, h: torch.Tensor) -> None:
+        rows = self.rows.numpy()
+        n = len(rows)
+        stats = lens_stats(self.model, h, self.label_ids, full_vocab=self.full_vocab, top_k=1)
+        label_logits = stats["label_logits"].double().cpu().numpy()
+        scores = label_log_softmax(label_logits) - self.offsets[layer]
+        feats = {"layer": np.full(n, float(layer)), "layer_frac": np.full(n, layer / self.L)}
+        for name in ("top_prob", "gap", "entropy"):
+            feats[name] = stats[name].double().cpu().numpy()
+        if self.prev is not None and layer > 0:
+            prev = self.prev[self.rows.to(h.device)]
+            feats["cos_prev"] = torch.nn.functional.cosine_similarity(h, prev, dim=-1).double().cpu().numpy()
+        else:
+            feats["cos_prev"] = np.full(n, np.nan)
+        feats.update({k: np.asarray(v) for k, v in _label_features(scores).items()})
+        kwargs = {"history": self.history}
+        if self.pass_rows:
+            kwargs["rows"] = rows + self.rows_offset
+        proba = np.asarray(self.policy.stop_proba_online(feats, layer, **kwargs), dtype=np.float64).reshape(n)
+        self.history.append({**feats, "layer": layer, "rows": rows})
+        self.stop_proba[rows, layer] = proba
+        stop = (proba >= self.threshold) | (layer >= self.L)
+        for pos in np.flatnonzero(stop):
+            row = rows[pos]
+            self.exit_layer[row] = layer
+            self.label_logits[row] = label_logits[pos]
+            self.scores[row] = scores[pos]
+            self.states[row] = h[pos].detach().float().cpu()
+            for name in ONLINE_FEATURE_NAMES:
+                self.features[name][row] = feats[name][pos]
+        self.done[rows[stop]] = True
+
+
+def _layer_hooks(model: LensModel, run: _BatchRun) -> list:
+    """Register only the hooks this run needs: pre-hooks to slice rows (batch > 1) and for layer-0 work;
+    forward hooks from layer ``min_layer - 1`` on (the layer before the first check feeds cos_prev)."""
+    handles = []
+    first_post = max(1, run.min_layer - 1)
+    for index, layer in enumerate(model.layers):
+        if run.batch > 1 or (index == 0 and run.min_layer <= 1):
+            handles.append(layer.register_forward_pre_hook(run.pre_hook(index), with_kwargs=True))
+        if index + 1 >= first_post:
+            handles.append(layer.register_forward_hook(run.post_hook(index)))
+    return handles
+
+
+def _forward_kwargs(model: LensModel) -> dict:
+    kwargs = {"use_cache": False}
+    if "logits_to_keep" in inspect.signature(model.hf_model.forward).parameters:
+        kwargs["logits_to_keep"] = 1
+    return kwargs
+
+
+# ---------------------------------------------------------------------------------------------------
+# Public entry points
+
+
+def run_early_exit(
+    model: LensModel,
+    prompts: Sequence[str],
+    policy,
+    *,
+    label_words: Sequence[str] | None = None,
+    calibration: Calibration | np.ndarray | str | None = None,
+    batch_size: int = 1,
+    full_vocab: bool | None = None,
+    progress: bool = False,
+) -> ExitResult:
+    """Run ``prompts`` through ``model``, stopping each at the first layer ``>= policy.min_layer`` whose
+    ``policy.stop_proba_online(features, layer, history=...)`` is ``>= policy.threshold`` (else at ``L``).
+
+    Compute really stops: layers after a row's exit do not run for that row (batch > 1: the pre-hooks drop
+    it from the running batch; when no row is left the forward pass is aborted). ``policy`` needs
+    ``threshold``, ``min_layer``, ``stop_proba_online`` and optionally ``needs_full_vocab`` (default False:
+    label rows of the unembedding only, the cheap check). ``features`` passed to the policy are arrays over
+    the rows still running: ``ONLINE_FEATURE_NAMES`` plus ``pred``; ``history`` lists the earlier checked
+    layers' features (dicts with ``layer``, ``rows`` (batch rows) and the features); a policy whose method
+    accepts ``rows=`` also gets the prompt index of each row. ``full_vocab=True`` computes the
+    full-vocabulary features even when the policy does not need them (slower checks).
+    """
+    from tqdm.auto import tqdm
+
+    prompts = list(prompts)
+    if not prompts:
+        raise ValueError("run_early_exit() needs at least one prompt; got an empty list.")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, not {batch_size}")
+    words = resolve_label_words(policy, label_words)
+    L = model.n_layers
+    offsets = resolve_offsets(policy, calibration, n_layers=L, n_labels=len(words))
+    label_ids = torch.tensor(model.token_ids(words), dtype=torch.long, device=model.device)
+    need_full = bool(getattr(policy, "needs_full_vocab", False)) if full_vocab is None else bool(full_vocab)
+    min_layer = int(min(max(int(getattr(policy, "min_layer", 1)), 0), L))
+    threshold = float(getattr(policy, "threshold"))
+    pass_rows = _accepts(policy.stop_proba_online, "rows")
+    forward_kwargs = _forward_kwargs(model)
+
+    n = len(prompts)
+    parts: list[_BatchRun] = []
+    seconds = np.zeros(n)
+    check_seconds = np.zeros(n)
+    batch_seconds: list[float] = []
+    starts = list(range(0, n, batch_size))
+    with torch.no_grad():
+        for start in tqdm(starts, desc="early exit", disable=not progress or len(starts) < 3):
+            chunk = prompts[start : start + batch_size]
+            t0 = time.perf_counter()
+            run = _BatchRun(model, policy, batch=len(chunk), offsets=offsets, label_ids=label_ids,
+                            full_vocab=need_full, min_layer=min_layer, threshold=threshold, rows_offset=start,
+                            pass_rows=pass_rows)
+            handles = _layer_hooks(model, run)
+            try:
+                model.hf_model(**encode(model, chunk), **forward_kwargs)
+            except _StopForward:
+                pass
+            finally:
+                for handle in handles:
+                    handle.remove()
+            elapsed = time.perf_counter() - t0
+            if (run.exit_layer < 0).any():  # cannot happen: layer L always stops every row
+                raise RuntimeError("early exit: some rows never reached an exit (was the model's layer list changed?)")
+            batch_seconds.append(elapsed)
+            seconds[start : start + len(chunk)] = elapsed / len(chunk)
+            check_seconds[start : start + len(chunk)] = run.check_seconds / len(chunk)
+            parts.append(run)
+
+    def cat(name: str) -> np.ndarray:
+        return np.concatenate([getattr(p, name) for p in parts])
+
+    return ExitResult(
+        model_name=model.name,
+        n_layers=L,
+        label_words=words,
+        predictions=cat("scores").argmax(-1),
+        exit_layers=cat("exit_layer"),
+        stop_proba=cat("stop_proba"),
+        label_logits=cat("label_logits"),
+        scores=cat("scores"),
+        exit_states=torch.stack([s for p in parts for s in p.states]).numpy(),
+        exit_features={k: np.concatenate([p.features[k] for p in parts]) for k in ONLINE_FEATURE_NAMES},
+        seconds=seconds,
+        check_seconds=check_seconds,
+        batch_seconds=batch_seconds,
+        batch_size=batch_size,
+        min_layer=min_layer,
+        threshold=threshold,
+        meta={"weights": model.weights_note, "full_vocab_checks": need_full},
+    )
+
+
+def run_full(
+    model: LensModel,
+    prompts: Sequence[str],
+    *,
+    label_words: Sequence[str],
+    calibration: Calibration | np.ndarray | str = "raw",
+    batch_size: int = 1,
+    progress: bool = False,
+) -> FullResult:
+    """The dense model, plain: one forward pass per batch (last-position logits only), prediction = argmax
+    of the calibrated label scores at layer L. The reference that early exit is timed against."""
+    from tqdm.auto import tqdm
+
+    prompts = list(prompts)
+    words = list(label_words)
+    L = model.n_layers
+    offsets = resolve_offsets(None, calibration, n_layers=L, n_labels=len(words))
+    label_ids = torch.tensor(model.token_ids(words), dtype=torch.long, device=model.device)
+    forward_kwargs = _forward_kwargs(model)
+    logits_parts, seconds, batch_seconds = [], np.zeros(len(prompts)), []
+    starts = list(range(0, len(prompts), batch_size))
+    with torch.no_grad():
+        for start in tqdm(starts, desc="full model", disable=not progress or len(starts) < 3):
+            chunk = prompts[start : start + batch_size]
+            t0 = time.perf_counter()
+            out = model.hf_model(**encode(model, chunk), **forward_kwargs)
+            logits_parts.append(out.logits[:, -1, label_ids].double().cpu().numpy())
+            elapsed = time.perf_counter() - t0
+            batch_seconds.append(elapsed)
+            seconds[start : start + len(chunk)] = elapsed / len(chunk)
+    label_logits = np.concatenate(logits_parts)
+    scores = label_log_softmax(label_logits) - offsets[L]
+    return FullResult(predictions=scores.argmax(-1), label_logits=label_logits, scores=scores,
+                      seconds=seconds, batch_seconds=batch_seconds)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Simple exit rules (stand-ins for a fitted ExitPolicy; also the fixed / scheduled baselines)
+
+
+@dataclass
+class FixedExitPolicy:
+    """Exit every example at ``layer`` (no check before it: ``min_layer = layer``)."""
+
+    layer: int
+    label_words: list[str] | None = None
+    calibration: object = None
+    needs_full_vocab: bool = False
+    threshold: float = 0.5
+
+    @property
+    def min_layer(self) -> int:
+        return self.layer
+
+    def stop_proba_online(self, features: dict, layer: int, history=None) -> np.ndarray:
+        return np.full(len(features["layer"]), 1.0 if layer >= self.layer else 0.0)
+
+
+@dataclass
+class ScheduledExitPolicy:
+    """Exit example ``i`` (its index in the prompts passed to ``run_early_exit``) at ``layers[i]``:
+    replays exits decided elsewhere (the oracle, random exits) with real compute skipping."""
+
+    layers: np.ndarray
+    label_words: list[str] | None = None
+    calibration: object = None
+    needs_full_vocab: bool = False
+    threshold: float = 0.5
+
+    @property
+    def min_layer(self) -> int:
+        return int(np.min(self.layers))
+
+    def stop_proba_online(self, features: dict, layer: int, history=None, rows=None) -> np.ndarray:
+        if rows is None:
+            raise ValueError("ScheduledExitPolicy needs the row indices (run it through run_early_exit)")
+        return (np.asarray(self.layers)[rows] <= layer).astype(float)
+
+
+@contextmanager
+def count_layer_rows(model: LensModel) -> Iterator[np.ndarray]:
+    """Count, per decoder layer, the rows (examples) it computes while the block runs: yields an array (L,)
+    that fills in place. After ``run_early_exit`` it shows which layers really ran, and for how many rows."""
+    counts = np.zeros(model.n_layers, dtype=int)
+
+    def hook(index):
+        def count(_module, _args, output):
+            counts[index] += (output[0] if isinstance(output, tuple) else output).shape[0]
+        return count
+
+    handles = [layer.register_forward_hook(hook(i)) for i, layer in enumerate(model.layers)]
+    try:
+        yield counts
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def measure_check_cost(result: ExitResult, full_seconds: np.ndarray) -> float:
+    """Mean cost of one exit check as a fraction of one layer's cost: (check seconds per example /
+    checks per example) / (dense seconds per example / L). ``full_seconds``: the dense model's times on the
+    same prompts."""
+    checks = (np.isfinite(result.stop_proba).sum(1)).astype(float)
+    per_check = result.check_seconds.sum() / max(checks.sum(), 1.0)
+    per_layer = float(np.mean(full_seconds)) / result.n_layers
+    return per_check / per_layer
+

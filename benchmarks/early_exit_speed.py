@@ -1,0 +1,141 @@
+"""Does early exit save wall-clock time, not just layers? Measured side by side with the full model.
+
+On the default model and N 4-shot sentiment test prompts (default 40), batch size 1:
+1. fit an exit policy on the task's TRAIN split (``ExitPolicy``, SVM by default, threshold tuned on train
+   with out-of-fold probabilities for at most 1 point of accuracy loss; ``--classifier gap``: the bare
+   calibrated label-gap threshold, grid-searched on train);
+2. time the full model (plain forward, last-position logits) and the real early exit on the same prompts,
+   interleaved (per prompt, both in alternating order), ``--repeats`` times, fastest kept per prompt;
+3. print the measured speedup (total full time / total early-exit time), the ideal speedup
+   (L / mean exit layer), their ratio (target >= 0.85), and the cost of one exit check as a fraction of one
+   layer's cost (check seconds measured inside the hooks / (full-model seconds / L)).
+
+Usage: ``python benchmarks/early_exit_speed.py [--n 40] [--n-train 250] [--classifier svm|crf|logistic|gap]
+[--features label_gap,label_top_prob,layer_frac] [--repeats 2] [--threads 0]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+import numpy as np
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+
+def fit_policy(model, task, classifier: str, features: list[str] | None, min_layer: int, max_loss: float):
+    """A policy fitted (and its threshold tuned) on the train split only."""
+    from adainfer_lib.baselines import GapThresholdPolicy
+    from adainfer_lib.task_trace import trace_task
+
+    train = trace_task(model, task, split="train", full_vocab=True, progress=False)
+    if classifier == "gap":
+        return GapThresholdPolicy.fit(train, max_drop=max_loss), train
+    try:
+        from adainfer_lib.features import feature_table
+        from adainfer_lib.policy import ExitPolicy, tune_threshold
+    except ImportError:  # the policy module is not there: fall back to the label-gap threshold
+        print("(adainfer_lib.policy not available: using the label-gap threshold policy)")
+        return GapThresholdPolicy.fit(train, max_drop=max_loss), train
+    table = feature_table(train)
+    policy = ExitPolicy(classifier=classifier, features=features, min_layer=min_layer).fit(table)
+    return tune_threshold(policy, table, max_loss=max_loss), train
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--task", default="sentiment")
+    parser.add_argument("--n", type=int, default=40, help="test prompts timed")
+    parser.add_argument("--n-train", type=int, default=250, help="train examples the policy is fitted on")
+    parser.add_argument("--classifier", default="svm", choices=["svm", "crf", "logistic", "gap"])
+    parser.add_argument("--features", default="label_gap,label_top_prob,layer_frac",
+                        help="comma-separated ONLINE_FEATURES ('paper' = gap,top_prob over the full vocabulary)")
+    parser.add_argument("--min-layer", type=int, default=0,
+                        help="first layer checked (0: chosen on train, the 5th percentile of the oracle exit)")
+    parser.add_argument("--max-loss", type=float, default=0.01)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    args = parser.parse_args()
+
+    import torch
+
+    import adainfer_lib as ai
+    from adainfer_lib.early_exit import run_early_exit, run_full
+    from adainfer_lib.evaluate import time_interleaved
+    from adainfer_lib.tasks import load_task
+
+    torch.set_grad_enabled(False)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model = ai.load_model(args.model)
+    task = load_task(args.task, n=args.n, n_train=args.n_train)
+    L = model.n_layers
+    features = None if args.features == "paper" else [f for f in args.features.split(",") if f]
+    start = time.perf_counter()
+    min_layer = args.min_layer
+    if not min_layer:
+        from adainfer_lib.task_trace import trace_task
+
+        train = trace_task(model, task, split="train", progress=False)
+        min_layer = max(1, int(np.quantile(train.earliest_consistent_layer(), 0.05)))
+    policy, train = fit_policy(model, task, args.classifier, features, min_layer, args.max_loss)
+    fit_s = time.perf_counter() - start
+    prompts = task.prompts("test")
+    words = task.label_words
+    cal = train.calibration  # fitted on the train split; the policy carries the same offsets
+
+    results, full_results = {}, {}
+
+    def full(i: int) -> float:
+        full_results[i] = run_full(model, [prompts[i]], label_words=words, calibration=cal)
+        return float(full_results[i].seconds[0])
+
+    def early(i: int) -> float:
+        res = run_early_exit(model, [prompts[i]], policy, label_words=words)
+        if i not in results or res.seconds[0] < results[i].seconds[0]:
+            results[i] = res
+        return float(res.seconds[0])
+
+    timings = time_interleaved({"full": full, "early exit": early}, range(len(prompts)), repeats=args.repeats,
+                               progress=True)
+    seconds = timings.pivot(index="example", columns="method", values="seconds")
+    exits = np.array([results[i].exit_layers[0] for i in range(len(prompts))])
+    checks = np.array([np.isfinite(results[i].stop_proba).sum() for i in range(len(prompts))])
+    check_s = np.array([results[i].check_seconds[0] for i in range(len(prompts))])
+    gold = np.asarray(task.test["label"])
+    pred_full = np.array([full_results[i].predictions[0] for i in range(len(prompts))])
+    pred_exit = np.array([results[i].predictions[0] for i in range(len(prompts))])
+
+    full_total, exit_total = seconds["full"].sum(), seconds["early exit"].sum()
+    measured = full_total / exit_total
+    ideal = L / exits.mean()
+    layer_s = full_total / len(prompts) / L
+    check_cost = (check_s.sum() / checks.sum()) / layer_s
+    tokens = np.mean([len(model.tokenizer(p)["input_ids"]) for p in prompts])
+    name = policy.__class__.__name__ + (f"({policy.classifier}, {'+'.join(policy.features_)})"
+                                        if hasattr(policy, "features_") else f"(label_gap >= {policy.threshold})")
+    print()
+    print(f"model {model.name} ({model.weights_note}), L={L}; task {task.name}, 4-shot, n={len(prompts)} test "
+          f"prompts (~{tokens:.0f} tokens), batch size 1, {args.repeats} interleaved repeats (fastest kept), "
+          f"torch threads {torch.get_num_threads()}")
+    print(f"policy {name}: threshold {policy.threshold:.2f}, min_layer {policy.min_layer}, label rows only: "
+          f"{not getattr(policy, 'needs_full_vocab', False)}; fitted on {len(task.train)} train examples "
+          f"({fit_s:.0f} s incl. tracing)")
+    print(f"accuracy: full model {np.mean(pred_full == gold):.3f}, early exit {np.mean(pred_exit == gold):.3f}; "
+          f"consistency {np.mean(pred_full == pred_exit):.3f}")
+    print(f"mean exit layer {exits.mean():.2f} / {L}  (layers saved {1 - exits.mean() / L:.1%})")
+    print(f"full model     {1000 * full_total / len(prompts):8.1f} ms / prompt  ({1000 * layer_s:.2f} ms / layer)")
+    print(f"early exit     {1000 * exit_total / len(prompts):8.1f} ms / prompt  "
+          f"({checks.mean():.1f} checks / prompt, {1000 * check_s.mean():.2f} ms of checks)")
+    print(f"measured speedup {measured:.3f}x")
+    print(f"ideal speedup    {ideal:.3f}x  (L / mean exit layer)")
+    print(f"ratio            {measured / ideal:.3f}  (target >= 0.85)")
+    print(f"one exit check   {check_cost:.3f} of one layer's cost")
+
+
+if __name__ == "__main__":
+    main()

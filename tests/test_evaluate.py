@@ -1,0 +1,269 @@
+"""Baselines (oracle, fixed, random, label-gap threshold, ShortGPT layer dropping) and the evaluation table."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from adainfer_lib.baselines import (GapThresholdPolicy, block_influence, dropped_layers, first_exit, fixed_exit_layer,
+                                    label_feature_array, layers_to_drop, oracle_exit_layers, random_exit_layers, run_dropped)
+from adainfer_lib.calibration import fit_calibration
+from adainfer_lib.early_exit import run_early_exit, run_full
+from adainfer_lib.evaluate import (best_within, pareto_curves, pareto_front, plot_exit_layers, plot_pareto,
+                                   plot_speedup, run_evaluation, shortgpt_curve, time_interleaved)
+from adainfer_lib.lens import encode, trace
+from adainfer_lib.task_trace import TaskTrace
+
+WORDS = [" negative", " positive"]
+TEXTS = ["a moving, beautifully acted film", "dull and far too long", "I loved every minute", "a waste of time",
+         "charming and funny", "ugly, loud and stupid", "the best film this year", "painfully boring"]
+
+
+class ToyTask:
+    """Duck-typed ``Task``: 2-shot sentiment prompts over a handful of texts."""
+
+    name = "toy-sentiment"
+    label_words = WORDS
+    label_names = ["negative", "positive"]
+
+    def __init__(self, n_test=6):
+        labels = [1, 0] * (len(TEXTS) // 2)
+        self.test = {"text": TEXTS[:n_test], "label": labels[:n_test]}
+        self.train = {"text": TEXTS[::-1], "label": labels[::-1]}
+
+    def prompt_for(self, text):
+        return f"Review: great.\nSentiment: positive\n\nReview: awful.\nSentiment: negative\n\nReview: {text}\nSentiment:"
+
+    def prompts(self, split="test"):
+        return [self.prompt_for(t) for t in getattr(self, split)["text"]]
+
+
+def toy_trace(model, task) -> TaskTrace:
+    t = trace(model, task.prompts("test"), label_words=WORDS, progress=False)
+    unl = trace(model, task.prompts("train"), label_words=WORDS, full_vocab=False, progress=False)
+    cals = {"raw": fit_calibration("raw", unlabelled=unl.label_logits),
+            "batch": fit_calibration("batch", unlabelled=unl.label_logits)}
+    return TaskTrace(trace=t, gold=np.asarray(task.test["label"]), calibrations=cals, task_name=task.name,
+                     label_names=task.label_names)
+
+
+@pytest.fixture(scope="module")
+def llama(default_tokenizer):
+    from conftest import make_tiny_model
+
+    return make_tiny_model("llama", default_tokenizer)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Exit layers without a classifier
+
+
+def test_first_exit_rule():
+    s = np.array([[0.9, 0.1, 0.6, 0.2], [0.0, 0.0, 0.0, 0.0], [0.0, 0.7, 0.8, 0.9]])
+    np.testing.assert_array_equal(first_exit(s, 0.5, min_layer=1), [2, 3, 1])
+    np.testing.assert_array_equal(first_exit(s, 0.5, min_layer=0), [0, 3, 1])
+    np.testing.assert_array_equal(first_exit(s, 0.75, min_layer=1), [3, 3, 2])
+
+
+def test_random_and_fixed_exits_match_the_mean_depth():
+    layers = random_exit_layers(5000, 18.3, 30, seed=1)
+    assert layers.min() >= 1 and layers.max() <= 30
+    assert abs(layers.mean() - 18.3) < 0.2
+    np.testing.assert_array_equal(layers, random_exit_layers(5000, 18.3, 30, seed=1))
+    assert not np.array_equal(layers, random_exit_layers(5000, 18.3, 30, seed=2))
+    assert abs(random_exit_layers(5000, 28.0, 30, seed=0).mean() - 28.0) < 0.1  # near the top: narrow range
+    assert fixed_exit_layer(18.3, 30) == 18 and fixed_exit_layer(40, 30) == 30
+
+
+# ---------------------------------------------------------------------------------------------------
+# ShortGPT: really removed layers
+
+
+def _identity_reference(model, drop, enc):
+    """Logits with the ``drop`` layers replaced by the identity (a forward hook returning the input)."""
+    handles = [model.layers[i].register_forward_hook(lambda m, args, out: args[0]) for i in drop]
+    try:
+        return model.hf_model(**enc, use_cache=False).logits
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def test_dropped_layers_equal_identity_layers_and_are_restored(tiny_model):
+    prompts = ["Review: a moving, beautifully acted film.\nSentiment:", "Hi there"]
+    enc = encode(tiny_model, prompts)
+    L = tiny_model.n_layers
+    original = tiny_model.layers
+    before = tiny_model.hf_model(**enc, use_cache=False).logits
+    for drop in ([0], [1], [0, 2]):
+        ref = _identity_reference(tiny_model, drop, enc)
+        with dropped_layers(tiny_model, drop) as m:
+            assert m.n_layers == L - len(drop)
+            got = tiny_model.hf_model(**enc, use_cache=False).logits
+        torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+    assert tiny_model.layers is original and tiny_model.n_layers == L
+    with pytest.raises(RuntimeError, match="inside"):
+        with dropped_layers(tiny_model, [1]):
+            raise RuntimeError("inside")
+    assert tiny_model.layers is original
+    torch.testing.assert_close(tiny_model.hf_model(**enc, use_cache=False).logits, before)
+    with pytest.raises(ValueError, match="drop"):
+        with dropped_layers(tiny_model, [L]):
+            pass
+
+
+def test_dropped_layers_keep_mixed_layer_types_aligned(default_tokenizer):
+    """Gemma-3 picks each layer's mask (sliding / full) by ``config.layer_types[i]``: removing a layer must
+    remove its type too, else the layers after it get the wrong mask."""
+    from transformers import AutoModelForCausalLM
+
+    from adainfer_lib.models import LensModel
+    from conftest import tiny_config
+
+    config = tiny_config("gemma3_text", vocab_size=len(default_tokenizer))
+    config.layer_types = ["full_attention", "sliding_attention", "full_attention"]
+    config._attn_implementation = "eager"
+    torch.manual_seed(0)
+    model = LensModel.wrap(AutoModelForCausalLM.from_config(config).eval(), default_tokenizer)
+    enc = encode(model, ["one two three four five six seven eight nine ten eleven twelve"])  # > sliding window 4
+    for drop in ([0], [1]):
+        ref = _identity_reference(model, drop, enc)
+        with dropped_layers(model, drop):
+            got = model.hf_model(**enc, use_cache=False).logits
+        torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+    assert model.hf_model.config.layer_types == ["full_attention", "sliding_attention", "full_attention"]
+
+
+def test_block_influence(tiny_model):
+    prompts = ["Review: a moving, beautifully acted film.\nSentiment:", "Hi", "1, 2, 3, 4, 5,"]
+    bi = block_influence(tiny_model, prompts, batch_size=3)
+    assert bi.shape == (tiny_model.n_layers,) and np.all(bi >= -1e-6) and np.all(bi <= 2 + 1e-6)
+    # padding tokens are left out: batched == one by one (weighted by tokens)
+    singles = [block_influence(tiny_model, [p]) for p in prompts]
+    n_tok = [len(tiny_model.tokenizer(p)["input_ids"]) for p in prompts]
+    np.testing.assert_allclose(bi, np.average(singles, axis=0, weights=n_tok), rtol=1e-4, atol=1e-5)
+    assert layers_to_drop(np.array([0.3, 0.1, 0.2, 0.5]), 2) == [1, 2]
+    assert layers_to_drop(np.array([0.3, 0.1]), 0) == []
+
+
+def test_run_dropped_calibrates_the_pruned_model(llama):
+    task = ToyTask()
+    res = run_dropped(llama, task.prompts(), [1], label_words=WORDS, calibration_prompts=task.prompts("train"))
+    assert res.predictions.shape == (6,)
+    raw = run_dropped(llama, task.prompts(), [1], label_words=WORDS)
+    np.testing.assert_allclose(res.label_logits, raw.label_logits)
+    assert llama.n_layers == 3
+
+
+# ---------------------------------------------------------------------------------------------------
+# Gap threshold policy, Pareto curves
+
+
+def test_gap_policy_replay_equals_real_run(llama):
+    task = ToyTask()
+    tt = toy_trace(llama, task)
+    seen = np.unique(np.round(label_feature_array(tt)[:, 1:-1], 6))
+    widest = np.argmax(np.diff(seen))
+    policy = GapThresholdPolicy(threshold=float((seen[widest] + seen[widest + 1]) / 2), calibration=tt.calibration,
+                                label_words=WORDS)
+    real = run_early_exit(llama, task.prompts(), policy, batch_size=3)
+    np.testing.assert_array_equal(real.exit_layers, policy.exit_layers(tt))
+    np.testing.assert_array_equal(real.predictions, tt.predictions()[np.arange(6), real.exit_layers])
+    fitted = GapThresholdPolicy.fit(tt, max_drop=0.0)
+    exits = fitted.exit_layers(tt)
+    assert np.mean(tt.predictions()[np.arange(6), exits] == tt.gold) >= np.mean(tt.final_predictions() == tt.gold)
+
+
+def test_pareto_curves(llama):
+    tt = toy_trace(llama, ToyTask())
+    L = tt.n_layers
+    policy = GapThresholdPolicy(calibration=tt.calibration, label_words=WORDS)
+    curves = pareto_curves(tt, {"gap policy": policy}, thresholds=[0.0, 0.5, 1.01])
+    assert set(curves.method) == {"gap policy", "oracle", "fixed", "random", "label gap threshold"}
+    fixed = curves[curves.method == "fixed"]
+    np.testing.assert_allclose(fixed.layers_saved, 1 - np.arange(1, L + 1) / L)
+    np.testing.assert_allclose(fixed.accuracy.iloc[-1], np.mean(tt.final_predictions() == tt.gold))
+    oracle = curves[curves.method == "oracle"].iloc[0]
+    assert oracle.consistency == 1.0 and oracle.layers_saved >= fixed[fixed.consistency == 1].layers_saved.max() - 1e-9
+    g = curves[curves.method == "gap policy"]
+    assert g.layers_saved.iloc[0] == pytest.approx(1 - 1 / L)  # threshold 0: exit at min_layer 1
+    assert g.layers_saved.iloc[-1] == 0  # unreachable threshold: full depth
+    front = pareto_front(fixed)
+    assert (np.diff(front.layers_saved) > 0).all() and (np.diff(front.accuracy) < 0).all()
+    assert set(best_within(curves, 100.0).method) == set(curves.method)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Timing and the evaluation table
+
+
+def test_time_interleaved_rotates_and_keeps_fastest():
+    order = []
+    runners = {name: (lambda i, name=name: order.append(name) or {"a": 0.2, "b": 0.1, "c": 0.3}[name])
+               for name in "abc"}
+    t = time_interleaved(runners, [0, 1, 2], repeats=2, warmup=False)
+    assert len(t) == 9 and set(t.method) == {"a", "b", "c"}
+    assert order[:3] == ["a", "b", "c"] and order[3:6] == ["b", "c", "a"]
+    assert t.groupby("method").seconds.mean().to_dict() == pytest.approx({"a": 0.2, "b": 0.1, "c": 0.3})
+
+
+def test_evaluation_table(llama):
+    task = ToyTask()
+    tt = toy_trace(llama, task)
+    L = tt.n_layers
+    policy = GapThresholdPolicy(threshold=0.3, calibration=tt.calibration, label_words=WORDS)
+    ev = run_evaluation(llama, task, {"gap": policy}, task_trace=tt, n_timing=3, batch_size=4, n_influence=4,
+                        n_calibration=4, progress=False)
+    table = ev.table
+    assert list(table.method) == ["full", "gap", "oracle", "fixed", "random", "shortgpt"]
+    for col in ("accuracy_full", "accuracy", "accuracy_change_pts", "consistency", "depth", "layers_saved",
+                "ideal_speedup", "measured_speedup", "speedup_ratio", "check_cost", "n"):
+        assert col in table.columns
+    row = table.set_index("method")
+    assert row.loc["full", "layers_saved"] == 0 and row.loc["full", "consistency"] == 1
+    assert row.loc["full", "accuracy"] == pytest.approx(np.mean(tt.final_predictions() == tt.gold))
+    saved = row.loc["gap", "layers_saved"]
+    assert saved == pytest.approx(1 - ev.exits["gap"].mean() / L)
+    assert len(ev.dropped) == round(L * saved)
+    assert row.loc["oracle", "consistency"] == 1.0
+    assert row.loc["fixed", "mean_exit_layer"] == round(ev.exits["gap"].mean())
+    assert row.loc["gap", "trace_agreement"] >= 0.5
+    assert np.isfinite(row.measured_speedup).all() and (row.n_timed == 3).all()
+    assert row.loc["gap", "check_cost"] > 0
+    assert set(ev.timings.method) == set(table.method)
+    np.testing.assert_array_equal(ev.predictions["gap"], ev.results["gap"].predictions)
+    assert llama.n_layers == 3  # the shortgpt run restored the model
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    curves = pareto_curves(tt, {"gap": policy})
+    curves = pd.concat([curves, shortgpt_curve(llama, task, [1], n_influence=4, n_calibration=4,
+                                               full_predictions=tt.final_predictions())])
+    ax = plot_pareto(curves, accuracy_full=row.loc["full", "accuracy"], model="tiny", task=task.name, n=6)
+    assert "n=6" in ax.get_title()
+    plot_exit_layers(ev, model="tiny", task=task.name)
+    plot_speedup(table, model="tiny", task=task.name)
+    with pytest.raises(ValueError, match="baselines"):
+        run_evaluation(llama, task, {"gap": policy}, task_trace=tt, baselines=("nope",))
+
+
+@pytest.mark.slow
+def test_default_model_on_sentiment(default_model):
+    """The real model on 16 real sentiment prompts: the early exit's real run agrees with its replay on the
+    trace, saves layers, and the dense run equals the trace's last layer."""
+    from adainfer_lib.tasks import load_task
+    from adainfer_lib.task_trace import trace_task
+
+    task = load_task("sentiment", n=16, n_train=32)
+    tt = trace_task(default_model, task, progress=False)
+    policy = GapThresholdPolicy(threshold=0.4, min_layer=10, calibration=tt.calibration, label_words=task.label_words)
+    real = run_early_exit(default_model, task.prompts(), policy, batch_size=8)
+    replay = policy.exit_layers(tt)
+    assert np.mean(real.exit_layers == replay) >= 0.9
+    assert real.layers_saved > 0.05
+    dense = run_full(default_model, task.prompts()[:4], label_words=task.label_words, calibration=tt.calibration,
+                     batch_size=4)
+    np.testing.assert_array_equal(dense.predictions, tt.final_predictions()[:4])
