@@ -64,7 +64,8 @@ class ExitResult:
     - ``exit_features``: the online features at the exit layer, name -> (n,);
     - ``seconds`` (n,): wall-clock per example (the batch's time divided by its size; exact at batch
       size 1), tokenization included; ``check_seconds`` (n,): the part spent in exit checks;
-      ``batch_seconds``: wall-clock of each batch.
+      ``batch_seconds``: wall-clock of each batch; ``cpu_seconds`` (n,): process CPU time, the same way
+      (less sensitive than wall-clock to other programs on a shared machine).
     """
 
     model_name: str
@@ -83,6 +84,7 @@ class ExitResult:
     batch_size: int
     min_layer: int
     threshold: float
+    cpu_seconds: np.ndarray | None = None
     meta: dict = field(default_factory=dict)
 
     @property
@@ -116,13 +118,15 @@ class ExitResult:
 @dataclass
 class FullResult:
     """The dense model on ``n`` prompts: ``predictions`` (n,), raw ``label_logits`` (n, C), calibrated
-    ``scores`` (n, C) at layer L, wall-clock ``seconds`` (n,) per example and ``batch_seconds``."""
+    ``scores`` (n, C) at layer L, wall-clock ``seconds`` (n,) per example, ``batch_seconds`` and process
+    ``cpu_seconds`` (n,)."""
 
     predictions: np.ndarray
     label_logits: np.ndarray
     scores: np.ndarray
     seconds: np.ndarray
     batch_seconds: list[float]
+    cpu_seconds: np.ndarray | None = None
 
     def accuracy(self, gold: Sequence[int]) -> float:
         return float(np.mean(self.predictions == np.asarray(gold)))
@@ -397,14 +401,13 @@ def run_early_exit(
 
     n = len(prompts)
     parts: list[_BatchRun] = []
-    seconds = np.zeros(n)
-    check_seconds = np.zeros(n)
+    seconds, cpu_seconds, check_seconds = np.zeros(n), np.zeros(n), np.zeros(n)
     batch_seconds: list[float] = []
     starts = list(range(0, n, batch_size))
     with torch.no_grad():
         for start in tqdm(starts, desc="early exit", disable=not progress or len(starts) < 3):
             chunk = prompts[start : start + batch_size]
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             run = _BatchRun(model, policy, batch=len(chunk), offsets=offsets, label_ids=label_ids,
                             full_vocab=need_full, min_layer=min_layer, threshold=threshold, rows_offset=start,
                             pass_rows=pass_rows)
@@ -416,11 +419,12 @@ def run_early_exit(
             finally:
                 for handle in handles:
                     handle.remove()
-            elapsed = time.perf_counter() - t0
+            elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
             if (run.exit_layer < 0).any():  # cannot happen: layer L always stops every row
                 raise RuntimeError("early exit: some rows never reached an exit (was the model's layer list changed?)")
             batch_seconds.append(elapsed)
             seconds[start : start + len(chunk)] = elapsed / len(chunk)
+            cpu_seconds[start : start + len(chunk)] = cpu / len(chunk)
             check_seconds[start : start + len(chunk)] = run.check_seconds / len(chunk)
             parts.append(run)
 
@@ -444,6 +448,7 @@ def run_early_exit(
         batch_size=batch_size,
         min_layer=min_layer,
         threshold=threshold,
+        cpu_seconds=cpu_seconds,
         meta={"weights": model.weights_note, "full_vocab_checks": need_full},
     )
 
@@ -467,21 +472,22 @@ def run_full(
     offsets = resolve_offsets(None, calibration, n_layers=L, n_labels=len(words))
     label_ids = torch.tensor(model.token_ids(words), dtype=torch.long, device=model.device)
     forward_kwargs = _forward_kwargs(model)
-    logits_parts, seconds, batch_seconds = [], np.zeros(len(prompts)), []
+    logits_parts, seconds, cpu_seconds, batch_seconds = [], np.zeros(len(prompts)), np.zeros(len(prompts)), []
     starts = list(range(0, len(prompts), batch_size))
     with torch.no_grad():
         for start in tqdm(starts, desc="full model", disable=not progress or len(starts) < 3):
             chunk = prompts[start : start + batch_size]
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             out = model.hf_model(**encode(model, chunk), **forward_kwargs)
             logits_parts.append(out.logits[:, -1, label_ids].double().cpu().numpy())
-            elapsed = time.perf_counter() - t0
+            elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
             batch_seconds.append(elapsed)
             seconds[start : start + len(chunk)] = elapsed / len(chunk)
+            cpu_seconds[start : start + len(chunk)] = cpu / len(chunk)
     label_logits = np.concatenate(logits_parts)
     scores = label_log_softmax(label_logits) - offsets[L]
     return FullResult(predictions=scores.argmax(-1), label_logits=label_logits, scores=scores,
-                      seconds=seconds, batch_seconds=batch_seconds)
+                      seconds=seconds, batch_seconds=batch_seconds, cpu_seconds=cpu_seconds)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -8,8 +8,9 @@ Every function here takes arrays, tables or traces and returns a DataFrame, an H
   words), ``layer_curves_figure`` (confidence features and the stop probability across layers, threshold,
   minimum layer and exit layer marked), ``exit_summary_html`` ("exit layer: 17 / 30", predictions);
 - a whole split: ``stop_and_decisions`` (P(stop) and decisions, computed once per policy),
-  ``threshold_sweep_frame`` (exit layers, layers saved and accuracy for every threshold),
-  ``dataset_figure`` (exit-layer histogram at the current threshold + the sweep) and ``dataset_summary_html``.
+  ``threshold_sweep_frame`` (exit layers, layers saved and accuracy for every threshold), ``exits_frame``
+  (each example's exit at one threshold), ``dataset_figure`` (exit-layer histogram at the current threshold
+  + the sweep) and ``dataset_summary_html``.
 
 Figures are built with ``matplotlib.figure.Figure`` (not pyplot), so nothing is shown or kept open behind
 the caller's back; ``figure_png`` turns one into PNG bytes for an ``ipywidgets.Image``.
@@ -27,8 +28,11 @@ import numpy as np
 import pandas as pd
 
 from .calibration import Calibration
+from .features import feature_table
 from .lens import LayerTrace
 from .plots import visible_token
+from .policy import first_exit
+from .task_trace import TaskTrace
 
 LENS_MODES = ("full", "labels")
 #: Thresholds of the dataset sweep (the slider's range, 0..1 in steps of 0.01).
@@ -53,9 +57,6 @@ def example_table(layer_trace: LayerTrace, calibration: Calibration, *, gold: in
                   task_name: str = "text", label_names: Sequence[str] | None = None) -> pd.DataFrame:
     """Feature-table rows (L+1 rows: ``features.feature_table``) of a one-example trace, decided with
     ``calibration`` (the policy's). ``gold`` unknown (typed text) → -1, so ``correct`` is all False."""
-    from .features import feature_table
-    from .task_trace import TaskTrace
-
     if layer_trace.n_examples != 1:
         raise ValueError(f"example_table takes a one-example trace, got {layer_trace.n_examples} examples")
     names = list(label_names) if label_names is not None else [w.strip() for w in layer_trace.label_words]
@@ -154,8 +155,10 @@ def token_table_html(frame: pd.DataFrame, *, stop_proba: np.ndarray | None = Non
         style = "outline:2px solid #d62728;" if exit_layer is not None and layer == exit_layer else ""
         if min_layer is not None and layer < min_layer:
             style += "opacity:0.55;"
-        rows.append(f'<tr style="{style}"><th style="padding:1px 5px;text-align:right">{layer}</th>{"".join(cells)}</tr>')
-    caption = f'<caption style="caption-side:top;text-align:left"><b>{html.escape(title)}</b></caption>' if title else ""
+        rows.append(f'<tr style="{style}"><th style="padding:1px 5px;text-align:right">{layer}</th>'
+                    f'{"".join(cells)}</tr>')
+    caption = (f'<caption style="caption-side:top;text-align:left"><b>{html.escape(title)}</b></caption>'
+               if title else "")
     return ('<table class="adainfer-token-table" style="border-collapse:collapse;font-size:11px;line-height:1.2">'
             f'{caption}<thead><tr><th>layer</th>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>')
 
@@ -198,15 +201,20 @@ def exit_summary_html(*, exit_layer: int, n_layers: int, pred_exit: int, pred_fu
     which the browser test reads), layers saved, the prediction at the exit vs the full model's, and the
     gold label when known."""
     saved = n_layers - exit_layer
-    same = pred_exit == pred_full
-    verdict = ("same as the full model" if same else "<b style='color:#d62728'>differs from the full model</b>")
-    parts = [f'<div class="adainfer-exit-layer" style="font-size:15px;font-weight:bold">exit layer: {exit_layer} / {n_layers}</div>',
-             f"<div>layers saved: {saved} ({saved / n_layers:.0%})"
-             + (f" · P(stop) at exit {stop_at_exit:.2f}" if stop_at_exit is not None and np.isfinite(stop_at_exit) and exit_layer < n_layers else "")
-             + (f" · threshold {threshold:.2f}" if threshold is not None else "")
-             + (f" · min layer {min_layer}" if min_layer is not None else "") + "</div>",
-             f"<div>prediction at the exit: <b>{html.escape(label_names[pred_exit])}</b> · full model (layer {n_layers}): "
-             f"<b>{html.escape(label_names[pred_full])}</b> — {verdict}</div>"]
+    details = [f"layers saved: {saved} ({saved / n_layers:.0%})"]
+    if stop_at_exit is not None and np.isfinite(stop_at_exit) and exit_layer < n_layers:
+        details.append(f"P(stop) at exit {stop_at_exit:.2f}")
+    if threshold is not None:
+        details.append(f"threshold {threshold:.2f}")
+    if min_layer is not None:
+        details.append(f"min layer {min_layer}")
+    verdict = ("same as the full model" if pred_exit == pred_full
+               else "<b style='color:#d62728'>differs from the full model</b>")
+    parts = [f'<div class="adainfer-exit-layer" style="font-size:15px;font-weight:bold">'
+             f"exit layer: {exit_layer} / {n_layers}</div>",
+             f"<div>{' · '.join(details)}</div>",
+             f"<div>prediction at the exit: <b>{html.escape(label_names[pred_exit])}</b> · "
+             f"full model (layer {n_layers}): <b>{html.escape(label_names[pred_full])}</b> — {verdict}</div>"]
     if gold is not None and gold >= 0:
         ok = "✔" if pred_exit == gold else "✘"
         parts.append(f"<div>gold label: <b>{html.escape(label_names[gold])}</b> {ok}</div>")
@@ -255,8 +263,6 @@ def stop_and_decisions(policy, table: pd.DataFrame) -> DatasetDecisions:
 
 def exits_at(decisions: DatasetDecisions, threshold: float, min_layer: int) -> np.ndarray:
     """Exit layer per example (n,) under the stopping rule (``policy.first_exit``)."""
-    from .policy import first_exit
-
     return first_exit(decisions.stop_proba, threshold, min_layer)
 
 
@@ -322,7 +328,8 @@ def dataset_figure(decisions: DatasetDecisions, sweep: pd.DataFrame, *, threshol
     return fig
 
 
-def dataset_summary_html(decisions: DatasetDecisions, *, threshold: float, min_layer: int) -> str:
+def dataset_summary_html(decisions: DatasetDecisions, *, threshold: float, min_layer: int,
+                         split: str = "test split") -> str:
     """One line for the split at this threshold: mean exit layer, layers saved, accuracy vs the full
     model's, consistency (class ``adainfer-dataset-summary``)."""
     L = decisions.n_layers
@@ -331,7 +338,7 @@ def dataset_summary_html(decisions: DatasetDecisions, *, threshold: float, min_l
     acc = float((at_exit == decisions.gold).mean())
     full = float((decisions.final == decisions.gold).mean())
     cons = float((at_exit == decisions.final).mean())
-    return (f'<div class="adainfer-dataset-summary">test split, n={len(exits)}, threshold {threshold:.2f}, '
+    return (f'<div class="adainfer-dataset-summary">{html.escape(split)}, n={len(exits)}, threshold {threshold:.2f}, '
             f"min layer {min_layer}: mean exit layer <b>{exits.mean():.1f} / {L}</b> · layers saved "
             f"<b>{1 - exits.mean() / L:.0%}</b> · accuracy <b>{acc:.3f}</b> (full model {full:.3f}, "
             f"{100 * (acc - full):+.1f} pt) · consistency {cons:.3f}</div>")

@@ -21,6 +21,7 @@ from __future__ import annotations
 import copy
 import time
 from collections import OrderedDict
+from dataclasses import replace
 from pathlib import Path
 from typing import Mapping
 
@@ -28,8 +29,11 @@ import numpy as np
 
 from . import explorer_views as views
 from .calibration import Calibration
+from .features import feature_table
 from .lens import LayerTrace, trace
+from .paths import data_dir
 from .plots import figure_title
+from .policy import ExitPolicy, first_exit
 
 SNIPPET_CHARS = 70
 
@@ -45,10 +49,8 @@ def policy_label(policy) -> str:
 def load_saved_policies(model, task_name: str, directory: str | Path | None = None) -> dict:
     """Policies saved with ``ExitPolicy.save`` under ``directory`` (default ``data/policies``, searched
     recursively for ``*.pkl``) that were fitted on ``model``'s weights and on ``task_name``, sorted by file:
-    ``"saved: <file stem without the model's cache id> (<classifier · label scheme>)"`` → policy. Files of another model or task, or unreadable ones, are skipped."""
-    from .paths import data_dir
-    from .policy import ExitPolicy
-
+    ``"saved: <file stem without the model's cache id> (<classifier · label scheme>)"`` → policy. Files of
+    another model or task, or unreadable ones, are skipped."""
     folder = Path(directory) if directory is not None else data_dir() / "policies"
     found = {}
     for path in sorted(folder.rglob("*.pkl")) if folder.exists() else []:
@@ -74,7 +76,12 @@ class ExitExplorer:
     ``min_layer`` (controls); ``status``, ``summary``, ``tokens``, ``curves``, ``dataset_summary``,
     ``dataset_plot`` (views); ``widget`` (the whole box; the explorer displays as it).
     State after each render: ``exit_layer``, ``stop_proba`` (L+1,), ``table`` (the input's feature rows),
-    ``current_text``, ``error`` (the last message or None), ``timings`` (seconds).
+    ``current_text``, ``current_gold``, ``error`` (the last message or None), ``timings`` (seconds).
+    Methods: ``select_example(i)``, ``show_text(text)``, ``trace_text(text)``, ``render()``; with
+    ``dataset_trace``: ``dataset_sweep()`` and ``dataset_exits()`` (the dataset view's numbers as tables).
+
+    Decisions — the input's and the split's — use the chosen policy's own calibration (as ``run_early_exit``
+    does), falling back to ``dataset_trace``'s, then to raw label scores.
     """
 
     def __init__(self, model, policy, task, *, policies: Mapping[str, object] | None = None,
@@ -85,10 +92,13 @@ class ExitExplorer:
         self.n_layers = int(model.n_layers)
         self.policies = dict(policies or {})
         if not any(p is policy for p in self.policies.values()):
-            self.policies = {policy_label(policy): policy, **self.policies}
+            name = policy_label(policy)
+            while name in self.policies:
+                name += " (given)"
+            self.policies = {name: policy, **self.policies}
         self.policy_name = next(name for name, p in self.policies.items() if p is policy)
         self.dataset_trace = dataset_trace
-        self._dataset_table = None
+        self._dataset_tables: dict = {}  # policy name -> feature table of dataset_trace
         self._texts = list(task.test["text"])
         self._gold = list(task.test["label"])
         self._gold_by_text = dict(zip(self._texts, self._gold))
@@ -120,7 +130,9 @@ class ExitExplorer:
         self.policy_choice = w.Dropdown(options=list(self.policies), value=self.policy_name, description="policy",
                                         disabled=len(self.policies) < 2, style=style, layout=w.Layout(width="520px"))
         self.lens = w.ToggleButtons(options=[("full vocabulary", "full"), ("label words", "labels")], value="full",
-                                    description="lens", style={**style, "button_width": "130px"})
+                                    tooltips=["top-k tokens over the whole vocabulary",
+                                              "the task's label words, calibrated"],
+                                    style={"button_width": "120px"})  # labelled in the layout below
         self.threshold = w.FloatSlider(value=float(np.clip(policy.threshold, 0, 1)), min=0.0, max=1.0, step=0.01,
                                        description="threshold", continuous_update=False, readout_format=".2f",
                                        style=style, layout=w.Layout(width="460px"))
@@ -129,18 +141,21 @@ class ExitExplorer:
                                      style=style, layout=w.Layout(width="460px"))
         self.status = w.HTML()
         self.summary = w.HTML()
-        self.tokens = w.HTML(layout=w.Layout(margin="0 16px 0 0"))
-        self.curves = w.Image(format="png")  # natural size (max-width 100%)
+        self.tokens = w.HTML()
+        self.curves = w.Image(format="png", layout=w.Layout(margin="0 16px 0 0"))  # natural size (max-width 100%)
         self.dataset_summary = w.HTML()
         self.dataset_plot = w.Image(format="png")
         self.widget = w.VBox([
             w.HTML("<b>Input</b>"), self.example, self.text, self.trace_button,
-            w.HTML("<b>Stopping rule</b>"), self.policy_choice, self.lens,
+            w.HTML("<b>Stopping rule</b>"),
+            w.HBox([self.policy_choice, w.Label("lens", layout=w.Layout(margin="0 6px 0 24px")), self.lens],
+                   layout=w.Layout(flex_flow="row wrap", align_items="center")),
             w.HBox([self.threshold, self.min_layer], layout=w.Layout(flex_flow="row wrap")),
             self.status, self.summary,
-            w.Box([self.tokens, self.curves], layout=w.Layout(display="flex", flex_flow="row wrap",
+            w.Box([self.curves, self.tokens], layout=w.Layout(display="flex", flex_flow="row wrap",
                                                               align_items="flex-start")),
-            w.HTML("<b>Whole test split</b>"), self.dataset_summary, self.dataset_plot,
+            w.HTML(f"<b>Whole {getattr(dataset_trace, 'split', 'test')} split</b>"), self.dataset_summary,
+            self.dataset_plot,
         ], layout=w.Layout(width="100%"))
 
         self.example.observe(self._on_example, names="value")
@@ -150,7 +165,7 @@ class ExitExplorer:
         self.threshold.observe(lambda _change: self._safely(self.render), names="value")
         self.min_layer.observe(lambda _change: self._safely(self.render), names="value")
         if self._texts:
-            self._safely(self.select_example, 0)
+            self.select_example(0)
         else:
             self._safely(self.render, example=False, dataset=True)
 
@@ -170,12 +185,12 @@ class ExitExplorer:
         return self.policies[self.policy_choice.value]
 
     def select_example(self, index: int) -> None:
-        """Show test example ``index`` (its text goes into the textarea, editable)."""
+        """Show test example ``index`` (its text goes into the textarea, editable); errors go to ``status``."""
         if self.example.value != index:
             self.example.value = index  # the observer calls back here
             return
         self.text.value = self._texts[index]
-        self._show(self._texts[index], self._gold[index], example=index)
+        self._safely(self._show, self._texts[index], self._gold[index], index)
 
     def show_text(self, text: str) -> None:
         """Trace ``text`` (once; cached) and show it; an error message in ``status`` instead of raising."""
@@ -231,7 +246,7 @@ class ExitExplorer:
 
     def _on_example(self, change) -> None:
         if change["new"] is not None:
-            self._safely(self.select_example, change["new"])
+            self.select_example(change["new"])
 
     def _on_trace_button(self, _button) -> None:
         self.show_text(self.text.value)
@@ -302,8 +317,6 @@ class ExitExplorer:
         table = views.example_table(self._layer_trace, cal, gold=self.current_gold, task_name=self.task.name,
                                     label_names=self.task.label_names)
         stop = np.asarray(self._policy_at(min_layer).stop_proba(table), dtype=np.float64)
-        from .policy import first_exit
-
         exit_layer = int(first_exit(stop[None], threshold, min_layer)[0])
         preds = table["pred"].to_numpy()
         lens = self.lens.value
@@ -328,14 +341,16 @@ class ExitExplorer:
     def _dataset_decisions(self, min_layer: int):
         """(decisions, sweep) of the chosen policy on the test split: the classifier runs once per policy (the
         CRF: once per minimum layer), the sweep once per minimum layer; a threshold move reuses both."""
-        from .features import feature_table
-
-        if self._dataset_table is None:
-            self._dataset_table = feature_table(self.dataset_trace)
+        name = self.policy_choice.value
+        if name not in self._dataset_tables:  # decided with the policy's calibration, as a real early exit would
+            cal = self._calibration(self.policy)
+            tt = replace(self.dataset_trace, calibrations={**self.dataset_trace.calibrations, cal.method: cal},
+                         method=cal.method)
+            self._dataset_tables[name] = feature_table(tt)
         policy = self._policy_at(min_layer)
-        key = (self.policy_choice.value, min_layer if policy.classifier == "crf" else None)
+        key = (name, min_layer if policy.classifier == "crf" else None)
         if key not in self._decisions:
-            self._decisions[key] = views.stop_and_decisions(policy, self._dataset_table)
+            self._decisions[key] = views.stop_and_decisions(policy, self._dataset_tables[name])
         if (key, min_layer) not in self._sweeps:
             self._sweeps[(key, min_layer)] = views.threshold_sweep_frame(self._decisions[key], min_layer)
         return self._decisions[key], self._sweeps[(key, min_layer)]
@@ -355,7 +370,8 @@ class ExitExplorer:
                              len(decisions.gold))
         fig = views.dataset_figure(decisions, sweep, threshold=threshold, min_layer=min_layer, title=title)
         self.dataset_plot.value = views.figure_png(fig)
-        self.dataset_summary.value = views.dataset_summary_html(decisions, threshold=threshold, min_layer=min_layer)
+        self.dataset_summary.value = views.dataset_summary_html(decisions, threshold=threshold, min_layer=min_layer,
+                                                                split=f"{self.dataset_trace.split} split")
 
     def dataset_sweep(self):
         """The chosen policy's threshold sweep over the test split at the current minimum layer (DataFrame:

@@ -50,6 +50,10 @@ def test_threshold_slider_moves_the_exit_layer_in_jupyterlab(tmp_path):
     t0 = time.monotonic()
     notebook = REPO_ROOT / NOTEBOOK
     committed = notebook.read_bytes()
+    # JupyterLab writes a checkpoint copy when it opens a notebook that has none: remove ours afterwards
+    checkpoints = notebook.parent / ".ipynb_checkpoints"
+    checkpoint = checkpoints / f"{notebook.stem}-checkpoint.ipynb"
+    leftovers = [p for p in (checkpoints, checkpoint) if not p.exists()]
     shot = tmp_path / "explorer.png"
     timings: dict[str, float] = {}
 
@@ -121,6 +125,11 @@ def test_threshold_slider_moves_the_exit_layer_in_jupyterlab(tmp_path):
                     sys.stderr.write(f"screenshot failed: {err!r}\n")
             browser.close()
 
+    for path in reversed(leftovers):  # the file, then the folder if this run created it and it is empty
+        if path.is_file():
+            path.unlink()
+        elif path.is_dir() and not any(path.iterdir()):
+            path.rmdir()
     assert shot.exists() and shot.stat().st_size > 0
     assert notebook.read_bytes() == committed, f"{NOTEBOOK} was modified by the browser run"
     print("browser explorer: " + ", ".join(f"{k} {v:.1f}s" for k, v in timings.items())

@@ -284,3 +284,13 @@ def test_default_model_early_exit_equivalence(default_model):
     singles = np.concatenate([run_early_exit(m, [p], FixedExitPolicy(int(k)), label_words=WORDS,
                                              calibration="raw").label_logits for p, k in zip(prompts, exits)])
     np.testing.assert_allclose(batched.label_logits, singles, rtol=1e-4, atol=1e-3)
+
+
+def test_count_layer_rows(llama):
+    from adainfer_lib.early_exit import count_layer_rows
+
+    with count_layer_rows(llama) as rows:
+        run_early_exit(llama, PROMPTS, ScheduledExitPolicy(np.array([1, 1, 2, 3, 3])), label_words=WORDS,
+                       calibration="raw", batch_size=5)
+    np.testing.assert_array_equal(rows, [5, 3, 2])
+    assert all(len(layer._forward_hooks) == 0 for layer in llama.layers)

@@ -267,3 +267,24 @@ def test_default_model_on_sentiment(default_model):
     dense = run_full(default_model, task.prompts()[:4], label_words=task.label_words, calibration=tt.calibration,
                      batch_size=4)
     np.testing.assert_array_equal(dense.predictions, tt.final_predictions()[:4])
+
+
+def test_fit_policies_on_the_train_trace(llama):
+    from adainfer_lib.evaluate import fit_policies, suggest_min_layer
+    from adainfer_lib.features import feature_table
+
+    tt = toy_trace(llama, ToyTask())
+    first = suggest_min_layer(tt)
+    assert 1 <= first <= tt.n_layers
+    assert first == max(1, int(np.floor(np.quantile(tt.earliest_consistent_layer(), 0.05))))
+    specs = {"gap": {"classifier": "threshold", "features": ("label_gap",)},
+             "gap from 2": {"classifier": "threshold", "features": ("label_gap",), "min_layer": 2}}
+    fitted = fit_policies(tt, specs, min_layer=1, cv=None)
+    assert fitted["gap"].min_layer == 1 and fitted["gap from 2"].min_layer == 2
+    for policy in fitted.values():
+        assert 0 <= policy.threshold <= 1.01
+        np.testing.assert_allclose(policy.calibration.offsets, tt.calibration.offsets)
+        # a fitted ExitPolicy carries what the runner needs: label words and calibration
+        res = run_early_exit(llama, ToyTask().prompts(), policy, batch_size=3)
+        replay = policy.exit_layers(feature_table(tt))
+        np.testing.assert_array_equal(res.exit_layers, replay)

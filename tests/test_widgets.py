@@ -58,7 +58,8 @@ def policies(traces):
     table = feature_table(traces[0])
     return {
         "threshold": ExitPolicy("threshold", threshold=0.3).fit(table),
-        "logistic": ExitPolicy("logistic", features=("label_gap", "label_top_prob", "layer_frac"), threshold=0.6).fit(table),
+        "logistic": ExitPolicy("logistic", features=("label_gap", "label_top_prob", "layer_frac"),
+                               threshold=0.6).fit(table),
         "crf": ExitPolicy("crf", features=("label_gap", "label_top_prob"), label_scheme="consistent", min_layer=2,
                           threshold=0.5).fit(table),
     }
@@ -291,6 +292,18 @@ def test_lens_toggle_switches_the_token_table(explorer, task):
     assert "full-vocabulary lens" in explorer.tokens.value
 
 
+def test_decisions_use_the_policys_calibration(tiny, task, traces):
+    """A policy fitted on raw label scores is explored with raw decisions, though the traces default to batch."""
+    train, test = traces
+    assert test.method == "batch"
+    assert (test.with_calibration("raw").predictions() != test.predictions()).any()  # the check can tell them apart
+    raw_policy = ExitPolicy("threshold", threshold=0.4).fit(feature_table(train.with_calibration("raw")))
+    explorer = ExitExplorer(tiny, raw_policy, task, dataset_trace=test)
+    decisions, _ = explorer._dataset_decisions(explorer.min_layer.value)
+    np.testing.assert_array_equal(decisions.preds, test.with_calibration("raw").predictions())
+    np.testing.assert_array_equal(explorer.table["pred"], test.with_calibration("raw").predictions()[0])
+
+
 def test_explorer_without_dataset_trace(tiny, task, policies):
     explorer = ExitExplorer(tiny, policies["logistic"], task)
     assert explorer.error is None, explorer.error
@@ -299,6 +312,13 @@ def test_explorer_without_dataset_trace(tiny, task, policies):
     assert list(explorer.policies) == ["logistic · consistent"] and explorer.policy_choice.disabled
     explorer.threshold.value = 0.0
     assert shown_exit(explorer)[0] == policies["logistic"].min_layer
+
+
+def test_given_policy_is_offered_beside_same_named_ones(tiny, task, policies):
+    clash = {"logistic · consistent": policies["threshold"]}
+    explorer = ExitExplorer(tiny, policies["logistic"], task, policies=clash)
+    assert list(explorer.policies) == ["logistic · consistent (given)", "logistic · consistent"]
+    assert explorer.policy is policies["logistic"] and explorer.error is None
 
 
 def test_load_saved_policies_keeps_this_model_and_task(tmp_path, tiny, policies, default_tokenizer):
