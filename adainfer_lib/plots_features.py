@@ -30,10 +30,11 @@ def feature_trajectories(table: pd.DataFrame, features: Sequence[str], *, title:
     fig, axes = plt.subplots(1, len(features), figsize=(4.2 * len(features), 3.8), sharex=True)
     axes = np.atleast_1d(axes)
     medians = data.drop_duplicates("example").groupby("oracle exit")["oracle_exit"].median()
-    palette = dict(zip(sorted(medians.index, key=lambda g: medians[g]), sns.color_palette("colorblind")))
+    hue_order = sorted(medians.index, key=lambda g: medians[g])
+    palette = dict(zip(hue_order, sns.color_palette("colorblind")))
     for ax, feature in zip(axes, features):
-        sns.lineplot(data, x="layer", y=feature, hue="oracle exit", palette=palette, errorbar="se", ax=ax,
-                     legend=ax is axes[-1])
+        sns.lineplot(data, x="layer", y=feature, hue="oracle exit", hue_order=hue_order, palette=palette,
+                     errorbar="se", ax=ax, legend=ax is axes[-1])
         for g, m in medians.items():
             ax.axvline(m, color=palette[g], ls=":", lw=1)
         ax.set(title=feature)
@@ -115,7 +116,7 @@ def tradeoff(curves: pd.DataFrame, *, title: str, points: pd.DataFrame | None = 
     axes[0].set_title("accuracy (dashed: full model, dotted: −1 point)")
     axes[1].set_title("consistency with the full model")
     if axes[1].get_legend() is not None:
-        sns.move_legend(axes[1], "upper left", bbox_to_anchor=(1, 1), title="◆ threshold chosen on train")
+        sns.move_legend(axes[1], "upper left", bbox_to_anchor=(1, 1), title="◆ threshold chosen on train; oracle")
     fig.suptitle(title)
     fig.tight_layout()
     return fig

@@ -42,6 +42,7 @@ from __future__ import annotations
 import copy
 import json
 import pickle
+from collections import OrderedDict
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -667,9 +668,31 @@ def threshold_sweep(policy: ExitPolicy, table: pd.DataFrame, thresholds: Sequenc
     return _sweep(table, P, DEFAULT_THRESHOLDS if thresholds is None else thresholds, policy.min_layer)
 
 
+_OOF_CACHE: "OrderedDict[tuple, tuple]" = OrderedDict()  # (table id, params, cv, seed) -> (table, P)
+_OOF_CACHE_SIZE = 64
+
+
 def out_of_fold_stop_matrix(policy: ExitPolicy, table: pd.DataFrame, cv: int = 5, seed: int = 0) -> np.ndarray:
     """P(stop) (n, L+1) of every train example from a clone fitted on the *other* examples (``GroupKFold``
-    over examples): an honest stand-in for unseen data when tuning on the train table."""
+    over examples): an honest stand-in for unseen data when tuning on the train table.
+
+    Memoised per table object and policy parameters (the threshold excepted): choosing thresholds by two
+    criteria, or re-tuning an identical policy, refits nothing. Tables are treated as immutable: do not
+    modify one in place after tuning on it."""
+    params = {k: v for k, v in policy.get_params().items() if k != "threshold"}
+    key = (id(table), len(table), repr(sorted(params.items())), cv, seed)
+    hit = _OOF_CACHE.get(key)
+    if hit is not None and hit[0] is table:
+        _OOF_CACHE.move_to_end(key)
+        return hit[1].copy()
+    P = _out_of_fold(policy, table, cv, seed)
+    _OOF_CACHE[key] = (table, P)
+    while len(_OOF_CACHE) > _OOF_CACHE_SIZE:
+        _OOF_CACHE.popitem(last=False)
+    return P.copy()
+
+
+def _out_of_fold(policy: ExitPolicy, table: pd.DataFrame, cv: int, seed: int) -> np.ndarray:
     from sklearn.model_selection import GroupKFold
 
     proba = np.full(len(table), np.nan)
