@@ -166,13 +166,16 @@ def resolve_offsets(policy, calibration=None, *, n_layers: int, n_labels: int) -
     if source is None:
         for name in ("calibration", "calibration_offsets", "offsets"):
             value = getattr(policy, name, None)
-            if value is not None and not isinstance(value, str):
+            if value is not None:
                 source = value
                 break
         else:
             meta = _meta(policy)
             source = meta.get("calibration_offsets", meta.get("calibration"))
-    if isinstance(source, str) and source == "raw":
+    if isinstance(source, str):
+        if source != "raw":
+            raise ValueError(f"calibration {source!r} is a method name, not offsets: pass the fitted Calibration "
+                             "(e.g. task_trace.calibration), an array (L+1, C), or 'raw'.")
         return np.zeros((n_layers + 1, n_labels))
     if isinstance(source, Calibration):
         source = source.offsets

@@ -120,6 +120,7 @@ def run_evaluation(
     match: str | None = None,
     n_timing: int | None = 30,
     repeats: int = 1,
+    warmup: bool = True,
     batch_size: int = 8,
     n_influence: int = 50,
     n_calibration: int = 100,
@@ -130,8 +131,8 @@ def run_evaluation(
 
     ``task_trace`` (``trace_task(model, task)``) is computed (cached) when not given. The equal-budget
     baselines match the mean exit depth of ``match`` (default: the first policy). ``n_timing`` prompts
-    (the first ones; None = all) are timed at batch size 1, interleaved, ``repeats`` times (fastest kept);
-    the accuracy of every real method is measured on all test prompts with batches of ``batch_size``.
+    (the first ones; None = all) are timed at batch size 1, interleaved, ``repeats`` times (fastest kept),
+    after one untimed ``warmup`` call per method; the accuracy of every real method is measured on all test prompts with batches of ``batch_size``.
     """
     from .task_trace import trace_task
 
@@ -228,7 +229,7 @@ def run_evaluation(
     runners.update({name: layer_runner(name) for name in ("oracle", "fixed", "random") if name in exits})
     if "shortgpt" in exits:
         runners["shortgpt"] = shortgpt_runner
-    timings = time_interleaved(runners, timed, repeats=repeats, progress=progress) if timed else \
+    timings = time_interleaved(runners, timed, repeats=repeats, warmup=warmup, progress=progress) if timed else \
         pd.DataFrame(columns=["example", "method", "seconds"])
     mean_s = timings.groupby("method").seconds.mean() if len(timings) else pd.Series(dtype=float)
     for name in policies:
@@ -340,15 +341,18 @@ def pareto_front(curve: pd.DataFrame) -> pd.DataFrame:
 
 def shortgpt_curve(model: LensModel, task, ks: Sequence[int], *, n: int | None = None, n_influence: int = 50,
                    n_calibration: int = 100, batch_size: int = 8, full_predictions=None,
-                   progress: bool = False) -> pd.DataFrame:
+                   influence: np.ndarray | None = None, progress: bool = False) -> pd.DataFrame:
     """ShortGPT's accuracy vs layers saved with ``k`` in ``ks`` layers really removed (real runs on the first
     ``n`` test prompts, all if None; each ``k`` costs one pass over them). Same columns as ``pareto_curves``,
-    plus ``n``; ``full_predictions`` (the full model's, over all test prompts) adds consistency."""
+    plus ``n``; ``full_predictions`` (the full model's, over all test prompts) adds consistency.
+    ``influence``: Block Influence already measured (e.g. ``Evaluation.influence``), else measured on
+    ``n_influence`` train prompts."""
     prompts = task.prompts("test")[:n]
     gold = np.asarray(task.test["label"])[: len(prompts)]
     if full_predictions is not None:
         full_predictions = np.asarray(full_predictions)[: len(prompts)]
-    influence = block_influence(model, task.prompts("train")[:n_influence], batch_size=batch_size)
+    if influence is None:
+        influence = block_influence(model, task.prompts("train")[:n_influence], batch_size=batch_size)
     train = task.prompts("train")[:n_calibration]
     L = model.n_layers
     rows = []

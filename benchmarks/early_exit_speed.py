@@ -1,16 +1,18 @@
 """Does early exit save wall-clock time, not just layers? Measured side by side with the full model.
 
 On the default model and N 4-shot sentiment test prompts (default 40), batch size 1:
-1. fit an exit policy on the task's TRAIN split (``ExitPolicy``, SVM by default, threshold tuned on train
-   with out-of-fold probabilities for at most 1 point of accuracy loss; ``--classifier gap``: the bare
-   calibrated label-gap threshold, grid-searched on train);
+1. fit an exit policy on the task's TRAIN split (``ExitPolicy``: by default a CRF over label-word features,
+   whose checks need only the label rows of the LM head; threshold tuned on train with out-of-fold
+   probabilities for at most 1 point of accuracy loss; first checked layer from train too (``--min-layer
+   auto``); ``--features paper`` uses the paper's full-vocabulary gap/top_prob; ``--classifier gap``: the
+   bare calibrated label-gap threshold, grid-searched on train);
 2. time the full model (plain forward, last-position logits) and the real early exit on the same prompts,
    interleaved (per prompt, both in alternating order), ``--repeats`` times, fastest kept per prompt;
 3. print the measured speedup (total full time / total early-exit time), the ideal speedup
    (L / mean exit layer), their ratio (target >= 0.85), and the cost of one exit check as a fraction of one
    layer's cost (check seconds measured inside the hooks / (full-model seconds / L)).
 
-Usage: ``python benchmarks/early_exit_speed.py [--n 40] [--n-train 250] [--classifier svm|crf|logistic|gap]
+Usage: ``python benchmarks/early_exit_speed.py [--n 40] [--n-train 250] [--classifier crf|svm|logistic|gap]
 [--features label_gap,label_top_prob,layer_frac] [--repeats 2] [--threads 0]``.
 """
 
@@ -50,7 +52,7 @@ def main() -> None:
     parser.add_argument("--task", default="sentiment")
     parser.add_argument("--n", type=int, default=40, help="test prompts timed")
     parser.add_argument("--n-train", type=int, default=250, help="train examples the policy is fitted on")
-    parser.add_argument("--classifier", default="svm", choices=["svm", "crf", "logistic", "gap"])
+    parser.add_argument("--classifier", default="crf", choices=["svm", "crf", "logistic", "gap"])
     parser.add_argument("--features", default="label_gap,label_top_prob,layer_frac",
                         help="comma-separated ONLINE_FEATURES ('paper' = gap,top_prob over the full vocabulary)")
     parser.add_argument("--min-layer", default="auto",

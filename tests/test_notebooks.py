@@ -27,7 +27,7 @@ def test_executes_in_quick_mode(path, tmp_path):
     env_before = dict(os.environ)
     os.environ["ADAINFER_QUICK"] = "1"
     try:
-        NotebookClient(nb, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}).execute()
+        NotebookClient(nb, timeout=1800, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}).execute()
     finally:
         os.environ.clear()
         os.environ.update(env_before)
