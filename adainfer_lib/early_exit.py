@@ -236,13 +236,13 @@ class _BatchRun:
     """Hook state for one batch: which original rows the running hidden states hold, who has exited."""
 
     def __init__(self, model: LensModel, policy, *, batch: int, offsets: np.ndarray, label_ids: torch.Tensor,
-                 full_vocab: bool, min_layer: int, threshold: float, rows_offset: int, pass_rows: bool):
+                 full_vocab: bool, min_layer: int, threshold: float, row_ids: np.ndarray, pass_rows: bool):
         self.model, self.policy = model, policy
         self.L = model.n_layers
         self.batch = batch
         self.offsets, self.label_ids = offsets, label_ids
         self.full_vocab, self.min_layer, self.threshold = full_vocab, min_layer, threshold
-        self.rows_offset, self.pass_rows = rows_offset, pass_rows
+        self.row_ids, self.pass_rows = np.asarray(row_ids), pass_rows  # prompt index of each batch row
         self.rows = torch.arange(batch)  # original rows held by the running hidden states, in order
         self.done = np.zeros(batch, dtype=bool)
         self.prev: torch.Tensor | None = None  # (batch, hidden) last state of the previous layer
@@ -322,7 +322,7 @@ class _BatchRun:
         feats.update({k: np.asarray(v) for k, v in _label_features(scores).items()})
         kwargs = {"history": self.history}
         if self.pass_rows:
-            kwargs["rows"] = rows + self.rows_offset
+            kwargs["rows"] = self.row_ids[rows]
         proba = np.asarray(self.policy.stop_proba_online(feats, layer, **kwargs), dtype=np.float64).reshape(n)
         self.history.append({**feats, "layer": layer, "rows": rows})
         self.stop_proba[rows, layer] = proba
@@ -349,6 +349,17 @@ def _layer_hooks(model: LensModel, run: _BatchRun) -> list:
         if index + 1 >= first_post:
             handles.append(layer.register_forward_hook(run.post_hook(index)))
     return handles
+
+
+def _batches(model: LensModel, prompts: Sequence[str], batch_size: int) -> list[np.ndarray]:
+    """Prompt indices per batch. With ``batch_size > 1`` prompts are grouped by token length (as ``trace``
+    does), so a batch pads little; results are put back in the prompts' order."""
+    n = len(prompts)
+    if batch_size <= 1:
+        return [np.array([i]) for i in range(n)]
+    lengths = [len(ids) for ids in model.tokenizer(list(prompts))["input_ids"]]
+    order = np.argsort(lengths, kind="stable")
+    return [order[i : i + batch_size] for i in range(0, n, batch_size)]
 
 
 def _forward_kwargs(model: LensModel) -> dict:
@@ -403,16 +414,19 @@ def run_early_exit(
     forward_kwargs = _forward_kwargs(model)
 
     n = len(prompts)
-    parts: list[_BatchRun] = []
+    C = len(words)
+    exit_layers, stop_proba = np.full(n, -1), np.full((n, L + 1), np.nan)
+    label_logits, scores = np.zeros((n, C)), np.zeros((n, C))
+    states: list[torch.Tensor | None] = [None] * n
+    features = {k: np.full(n, np.nan) for k in ONLINE_FEATURE_NAMES}
     seconds, cpu_seconds, check_seconds = np.zeros(n), np.zeros(n), np.zeros(n)
     batch_seconds: list[float] = []
-    starts = list(range(0, n, batch_size))
     with torch.no_grad():
-        for start in tqdm(starts, desc="early exit", disable=not progress or len(starts) < 3):
-            chunk = prompts[start : start + batch_size]
+        for idx in tqdm(_batches(model, prompts, batch_size), desc="early exit", disable=not progress or n < 3 * batch_size):
+            chunk = [prompts[i] for i in idx]
             t0, c0 = time.perf_counter(), time.process_time()
             run = _BatchRun(model, policy, batch=len(chunk), offsets=offsets, label_ids=label_ids,
-                            full_vocab=need_full, min_layer=min_layer, threshold=threshold, rows_offset=start,
+                            full_vocab=need_full, min_layer=min_layer, threshold=threshold, row_ids=idx,
                             pass_rows=pass_rows)
             handles = _layer_hooks(model, run)
             try:
@@ -426,25 +440,26 @@ def run_early_exit(
             if (run.exit_layer < 0).any():  # cannot happen: layer L always stops every row
                 raise RuntimeError("early exit: some rows never reached an exit (was the model's layer list changed?)")
             batch_seconds.append(elapsed)
-            seconds[start : start + len(chunk)] = elapsed / len(chunk)
-            cpu_seconds[start : start + len(chunk)] = cpu / len(chunk)
-            check_seconds[start : start + len(chunk)] = run.check_seconds / len(chunk)
-            parts.append(run)
-
-    def cat(name: str) -> np.ndarray:
-        return np.concatenate([getattr(p, name) for p in parts])
+            seconds[idx], cpu_seconds[idx] = elapsed / len(chunk), cpu / len(chunk)
+            check_seconds[idx] = run.check_seconds / len(chunk)
+            exit_layers[idx], stop_proba[idx] = run.exit_layer, run.stop_proba
+            label_logits[idx], scores[idx] = run.label_logits, run.scores
+            for k in ONLINE_FEATURE_NAMES:
+                features[k][idx] = run.features[k]
+            for pos, i in enumerate(idx):
+                states[i] = run.states[pos]
 
     return ExitResult(
         model_name=model.name,
         n_layers=L,
         label_words=words,
-        predictions=cat("scores").argmax(-1),
-        exit_layers=cat("exit_layer"),
-        stop_proba=cat("stop_proba"),
-        label_logits=cat("label_logits"),
-        scores=cat("scores"),
-        exit_states=torch.stack([s for p in parts for s in p.states]).numpy(),
-        exit_features={k: np.concatenate([p.features[k] for p in parts]) for k in ONLINE_FEATURE_NAMES},
+        predictions=scores.argmax(-1),
+        exit_layers=exit_layers,
+        stop_proba=stop_proba,
+        label_logits=label_logits,
+        scores=scores,
+        exit_states=torch.stack(states).numpy(),
+        exit_features=features,
         seconds=seconds,
         check_seconds=check_seconds,
         batch_seconds=batch_seconds,
@@ -475,19 +490,17 @@ def run_full(
     offsets = resolve_offsets(None, calibration, n_layers=L, n_labels=len(words))
     label_ids = torch.tensor(model.token_ids(words), dtype=torch.long, device=model.device)
     forward_kwargs = _forward_kwargs(model)
-    logits_parts, seconds, cpu_seconds, batch_seconds = [], np.zeros(len(prompts)), np.zeros(len(prompts)), []
-    starts = list(range(0, len(prompts), batch_size))
+    n = len(prompts)
+    label_logits, seconds, cpu_seconds, batch_seconds = np.zeros((n, len(words))), np.zeros(n), np.zeros(n), []
     with torch.no_grad():
-        for start in tqdm(starts, desc="full model", disable=not progress or len(starts) < 3):
-            chunk = prompts[start : start + batch_size]
+        for idx in tqdm(_batches(model, prompts, batch_size), desc="full model", disable=not progress or n < 3 * batch_size):
+            chunk = [prompts[i] for i in idx]
             t0, c0 = time.perf_counter(), time.process_time()
             out = model.hf_model(**encode(model, chunk), **forward_kwargs)
-            logits_parts.append(out.logits[:, -1, label_ids].double().cpu().numpy())
+            label_logits[idx] = out.logits[:, -1, label_ids].double().cpu().numpy()
             elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
             batch_seconds.append(elapsed)
-            seconds[start : start + len(chunk)] = elapsed / len(chunk)
-            cpu_seconds[start : start + len(chunk)] = cpu / len(chunk)
-    label_logits = np.concatenate(logits_parts)
+            seconds[idx], cpu_seconds[idx] = elapsed / len(chunk), cpu / len(chunk)
     scores = label_log_softmax(label_logits) - offsets[L]
     return FullResult(predictions=scores.argmax(-1), label_logits=label_logits, scores=scores,
                       seconds=seconds, batch_seconds=batch_seconds, cpu_seconds=cpu_seconds)

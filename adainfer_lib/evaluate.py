@@ -4,7 +4,8 @@
 accuracy of the full model and of the method, the change in points, mean layers used / L, layers saved,
 consistency with the full model's predictions, the ideal speedup ``L / mean exit layer`` and the
 **measured** wall-clock speedup (the full model and each method timed on the same prompts, interleaved,
-batch size 1). Methods:
+batch size 1; ``speedup_ratio`` divides it by ``ideal_speedup_timed``, the ideal speedup on those same
+prompts). Methods:
 
 - ``full``: the dense model (accuracy from the trace's last layer; timed as a plain forward pass);
 - each policy: a **real** early-exit run (``run_early_exit``) on every test prompt;
@@ -132,7 +133,9 @@ def run_evaluation(
     ``task_trace`` (``trace_task(model, task)``) is computed (cached) when not given. The equal-budget
     baselines match the mean exit depth of ``match`` (default: the first policy). ``n_timing`` prompts
     (the first ones; None = all) are timed at batch size 1, interleaved, ``repeats`` times (fastest kept),
-    after one untimed ``warmup`` call per method; the accuracy of every real method is measured on all test prompts with batches of ``batch_size``.
+    after one untimed ``warmup`` call per method; the accuracy of every real method is measured on all test
+    prompts with batches of ``batch_size``. ShortGPT's Block Influence uses ``n_influence`` train prompts and
+    its re-calibration ``n_calibration``.
     """
     from .task_trace import trace_task
 
@@ -248,12 +251,15 @@ def run_evaluation(
         acc = float(np.mean(predictions[name] == gold))
         measured = float(mean_s["full"] / mean_s[name]) if name in mean_s and "full" in mean_s else np.nan
         ideal = L / depth if depth > 0 else np.inf
+        timed_depth = float(np.mean(exits[name][timed])) if timed else np.nan
+        ideal_timed = L / timed_depth if timed and timed_depth > 0 else np.nan
         rows.append({
             "task": task.name, "method": name, "kind": kinds[name], "n": n, "accuracy_full": acc_full,
             "accuracy": acc, "accuracy_change_pts": 100 * (acc - acc_full),
             "consistency": float(np.mean(predictions[name] == full_pred)), "mean_exit_layer": depth,
             "depth": depth / L, "layers_saved": 1 - depth / L, "ideal_speedup": ideal,
-            "measured_speedup": measured, "speedup_ratio": measured / ideal,
+            "measured_speedup": measured, "ideal_speedup_timed": ideal_timed,
+            "speedup_ratio": measured / ideal_timed,
             "n_timed": len(timed), "ms_per_example": 1000 * float(mean_s.get(name, np.nan)),
             **{k: extra[name].get(k, np.nan if k != "dropped" else "") for k in
                ("check_cost", "checks_per_example", "trace_agreement", "dropped")},

@@ -35,8 +35,8 @@ class StubPolicy:
         self.threshold, self.min_layer, self.needs_full_vocab = threshold, min_layer, needs_full_vocab
         self.calls: list[tuple[int, dict, list]] = []
 
-    def stop_proba_online(self, features, layer, history=None):
-        self.calls.append((layer, {k: np.array(v) for k, v in features.items()}, list(history or [])))
+    def stop_proba_online(self, features, layer, history=None, rows=None):
+        self.calls.append((layer, {k: np.array(v) for k, v in features.items()}, list(history or []), rows))
         return np.asarray(features["label_gap"], dtype=float)
 
 
@@ -172,13 +172,15 @@ def test_policy_sees_online_features_only_from_min_layer(llama):
     layers = [c[0] for c in policy.calls]
     assert layers == [2, 3]  # no check (no lens at all) below min_layer
     assert np.isnan(res.stop_proba[:, :2]).all() and np.isfinite(res.stop_proba[:, 2:]).all()
-    layer, feats, history = policy.calls[1]
+    layer, feats, history, rows = policy.calls[1]
     assert set(ONLINE_FEATURE_NAMES) <= set(feats) and "pred" in feats
     assert all(v.shape == (len(PROMPTS),) for v in feats.values())
     assert np.isnan(feats["top_prob"]).all()  # label rows only: the policy does not need the full vocabulary
     assert np.isfinite(feats["cos_prev"]).all() and np.allclose(feats["layer_frac"], 1.0)
     assert [h["layer"] for h in history] == [2]
-    np.testing.assert_allclose(res.stop_proba[:, 2], policy.calls[0][1]["label_gap"])
+    # the batch runs grouped by length; ``rows`` maps the policy's rows back to prompt indices
+    assert sorted(rows) == list(range(len(PROMPTS)))
+    np.testing.assert_allclose(res.stop_proba[rows, 2], policy.calls[0][1]["label_gap"])
     assert res.check_seconds.sum() > 0 and (res.seconds > 0).all() and len(res.batch_seconds) == 1
 
 
@@ -224,7 +226,7 @@ def test_hooks_are_removed_and_model_is_reusable(llama):
     run_early_exit(llama, PROMPTS, StubPolicy(0.3), label_words=WORDS, calibration="raw", batch_size=2)
 
     class Boom(StubPolicy):
-        def stop_proba_online(self, features, layer, history=None):
+        def stop_proba_online(self, features, layer, history=None, rows=None):
             raise RuntimeError("boom")
 
     with pytest.raises(RuntimeError, match="boom"):
