@@ -40,14 +40,19 @@ class NotebookSettings:
                   "shots": STUDY_SHOTS.get(name, 4), "seed": self.seed}
         return load_task(name, **{**kwargs, **overrides})
 
-    def save_result(self, obj, name: str):
+    def save_result(self, obj, name: str, model=None):
         """Save a table (CSV) or figure (PNG) for the README: under ``results/`` in full mode, under
-        ``build/quick-results/`` in quick mode (so a CI run never overwrites the published numbers)."""
+        ``build/quick-results/`` in quick mode (so a CI run never overwrites the published numbers).
+        With ``model`` (a ``LensModel``) a table gets ``model``, ``weights`` and ``date`` columns."""
+        import datetime as dt
+
         from .paths import REPO_ROOT
 
         folder = REPO_ROOT / ("build/quick-results" if self.quick else "results")
         folder.mkdir(parents=True, exist_ok=True)
         if hasattr(obj, "to_csv"):
+            if model is not None:
+                obj = obj.assign(model=model.name, weights=model.weights_note, date=dt.date.today().isoformat())
             path = folder / f"{name}.csv"
             obj.to_csv(path, index=False, float_format="%.4f")
         else:
