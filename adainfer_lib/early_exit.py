@@ -510,15 +510,21 @@ def run_full(
 # Simple exit rules (stand-ins for a fitted ExitPolicy; also the fixed / scheduled baselines)
 
 
-@dataclass
-class FixedExitPolicy:
-    """Exit every example at ``layer`` (no check before it: ``min_layer = layer``)."""
+@dataclass(kw_only=True)
+class _ExitRule:
+    """What the runner reads from a policy besides ``stop_proba_online``: a rule needs no classifier."""
 
-    layer: int
     label_words: list[str] | None = None
     calibration: object = None
     needs_full_vocab: bool = False
     threshold: float = 0.5
+
+
+@dataclass
+class FixedExitPolicy(_ExitRule):
+    """Exit every example at ``layer`` (no check before it: ``min_layer = layer``)."""
+
+    layer: int
 
     @property
     def min_layer(self) -> int:
@@ -529,15 +535,11 @@ class FixedExitPolicy:
 
 
 @dataclass
-class ScheduledExitPolicy:
+class ScheduledExitPolicy(_ExitRule):
     """Exit example ``i`` (its index in the prompts passed to ``run_early_exit``) at ``layers[i]``:
     replays exits decided elsewhere (the oracle, random exits) with real compute skipping."""
 
     layers: np.ndarray
-    label_words: list[str] | None = None
-    calibration: object = None
-    needs_full_vocab: bool = False
-    threshold: float = 0.5
 
     @property
     def min_layer(self) -> int:
