@@ -389,6 +389,32 @@ def save_screenshot(page: Any, path: str | os.PathLike, *, copy_name: str | None
     return dest
 
 
+@contextlib.contextmanager
+def browser_page(playwright: Any, shot: str | os.PathLike, *, viewport: Mapping[str, int],
+                 timeout_ms: int = 30_000) -> Iterator[Any]:
+    """A Chromium page for one test: its console is collected (and printed when the test fails), a
+    screenshot goes to *shot* and ``test-output/`` when the block ends (also, especially, on failure),
+    and the browser is closed."""
+    browser = chromium_browser(playwright)
+    page, console = None, []
+    try:
+        page = browser.new_page(viewport=dict(viewport))
+        page.set_default_timeout(timeout_ms)
+        console = collect_console(page)
+        yield page
+    except BaseException:
+        if console:
+            sys.stderr.write("----- browser console -----\n" + "\n".join(console[-80:]) + "\n")
+        raise
+    finally:
+        if page is not None:
+            try:
+                save_screenshot(page, shot)
+            except Exception as err:  # noqa: BLE001
+                sys.stderr.write(f"screenshot failed: {err!r}\n")
+        browser.close()
+
+
 # --------------------------------------------------------------------------- notebook
 
 

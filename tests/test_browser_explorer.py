@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import sys
 import time
 from pathlib import Path
 
@@ -25,12 +24,9 @@ except ImportError as _err:  # pragma: no cover
         raise  # under CI the browser test must run, not skip
     pytest.skip(f"browser test needs playwright ({_err}); pip install -e .[test]", allow_module_level=True)
 
-try:  # tests/ as rootdir-less directory (default) or as a package
-    from browser_harness import (REPO_ROOT, chromium_browser, collect_console, jupyterlab_server,  # noqa: E402
-                                 open_notebook_and_run_all, require_chromium, save_screenshot)
-except ImportError:  # pragma: no cover
-    from tests.browser_harness import (REPO_ROOT, chromium_browser, collect_console, jupyterlab_server,  # noqa: E402
-                                       open_notebook_and_run_all, require_chromium, save_screenshot)
+# tests/ has no __init__.py: pytest puts it on sys.path
+from browser_harness import (REPO_ROOT, browser_page, jupyterlab_server,  # noqa: E402
+                                 open_notebook_and_run_all, require_chromium)
 
 NOTEBOOK = "notebooks/05_interactive_exit_explorer.ipynb"
 N_LAYERS = 30  # the default model, SmolLM2-135M-Instruct
@@ -54,7 +50,7 @@ def test_threshold_slider_moves_the_exit_layer_in_jupyterlab(tmp_path):
     checkpoints = notebook.parent / ".ipynb_checkpoints"
     checkpoint = checkpoints / f"{notebook.stem}-checkpoint.ipynb"
     leftovers = [p for p in (checkpoints, checkpoint) if not p.exists()]
-    shot = tmp_path / "explorer.png"
+    shot = tmp_path / "test_browser_explorer.png"
     timings: dict[str, float] = {}
 
     with jupyterlab_server(REPO_ROOT, extra_env={"ADAINFER_QUICK": "1"}) as lab, sync_playwright() as pw:
@@ -63,12 +59,7 @@ def test_threshold_slider_moves_the_exit_layer_in_jupyterlab(tmp_path):
             (settings_dir / rel).parent.mkdir(parents=True, exist_ok=True)
             (settings_dir / rel).write_text(json.dumps(value))
         timings["server"] = time.monotonic() - t0
-        browser = chromium_browser(pw)
-        page, console = None, []
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.set_default_timeout(60_000)
-            console = collect_console(page)
+        with browser_page(pw, shot, viewport={"width": 1400, "height": 1000}, timeout_ms=60_000) as page:
             result = open_notebook_and_run_all(page, lab.base_url, lab.token, NOTEBOOK, timeout=480)
             assert result["executed"] == result["code_cells"], result
             timings["run_all"] = result["seconds"]
@@ -113,17 +104,6 @@ def test_threshold_slider_moves_the_exit_layer_in_jupyterlab(tmp_path):
             timings["arrows"] = time.monotonic() - t_move
             expect(page.locator(".adainfer-error")).to_have_count(0)
             exit_line.scroll_into_view_if_needed()
-        except BaseException:
-            if console:
-                sys.stderr.write("----- browser console -----\n" + "\n".join(console[-80:]) + "\n")
-            raise
-        finally:
-            if page is not None:
-                try:  # always leave a screenshot, also (especially) when the test failed
-                    save_screenshot(page, shot, copy_name="test_browser_explorer.png")
-                except Exception as err:  # noqa: BLE001
-                    sys.stderr.write(f"screenshot failed: {err!r}\n")
-            browser.close()
 
     for path in reversed(leftovers):  # the file, then the folder if this run created it and it is empty
         if path.is_file():

@@ -22,24 +22,8 @@ except ImportError as _err:  # pragma: no cover
     pytest.skip(f"browser test needs playwright + nbformat ({_err}); pip install -e .[test]",
                 allow_module_level=True)
 
-try:  # tests/ as rootdir-less directory (default) or as a package
-    from browser_harness import (  # noqa: E402
-        chromium_browser,
-        collect_console,
-        jupyterlab_server,
-        open_notebook_and_run_all,
-        require_chromium,
-        save_screenshot,
-    )
-except ImportError:  # pragma: no cover
-    from tests.browser_harness import (  # noqa: E402
-        chromium_browser,
-        collect_console,
-        jupyterlab_server,
-        open_notebook_and_run_all,
-        require_chromium,
-        save_screenshot,
-    )
+# tests/ has no __init__.py: pytest puts it on sys.path
+from browser_harness import browser_page, jupyterlab_server, open_notebook_and_run_all, require_chromium  # noqa: E402
 
 NB_NAME = "slider_smoke.ipynb"
 
@@ -74,17 +58,11 @@ def test_slider_updates_html_in_jupyterlab(tmp_path):
     root = tmp_path / "root"
     root.mkdir()
     _write_notebook(root / NB_NAME)
-    shot = tmp_path / "browser.png"
+    shot = tmp_path / "test_browser_harness.png"
 
     with jupyterlab_server(root) as lab, sync_playwright() as pw:
         t_server = time.monotonic() - t0
-        browser = chromium_browser(pw)
-        page = None
-        console = []
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
-            page.set_default_timeout(30_000)
-            console = collect_console(page)
+        with browser_page(pw, shot, viewport={"width": 1280, "height": 900}, timeout_ms=30_000) as page:
             result = open_notebook_and_run_all(
                 page, lab.base_url, lab.token, NB_NAME, timeout=90
             )
@@ -109,18 +87,6 @@ def test_slider_updates_html_in_jupyterlab(tmp_path):
             expect(html).to_have_text("value: 7")
             handle.press("ArrowLeft")
             expect(html).to_have_text("value: 6")
-        except BaseException:
-            if console:
-                sys.stderr.write("----- browser console -----\n" + "\n".join(console[-80:]) + "\n")
-            raise
-        finally:
-            if page is not None:
-                # Always leave a screenshot, also (especially) when the test failed.
-                try:
-                    save_screenshot(page, shot, copy_name="test_browser_harness.png")
-                except Exception as err:  # noqa: BLE001
-                    sys.stderr.write(f"screenshot failed: {err!r}\n")
-            browser.close()
 
     assert shot.exists() and shot.stat().st_size > 0
     print(
