@@ -31,16 +31,11 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 def fit_policy(model, task, classifier: str, features: list[str] | None, min_layer: int | str, max_loss: float):
     """A policy fitted (and its threshold tuned) on the train split only."""
     from adainfer_lib.baselines import GapThresholdPolicy
+    from adainfer_lib.evaluate import fit_policies
     from adainfer_lib.task_trace import trace_task
 
     train = trace_task(model, task, split="train", full_vocab=True, progress=False)
     if classifier == "gap":
-        return GapThresholdPolicy.fit(train, max_drop=max_loss), train
-    try:
-        from adainfer_lib.evaluate import fit_policies
-        from adainfer_lib.policy import ExitPolicy  # noqa: F401
-    except ImportError:  # the policy module is not there: fall back to the label-gap threshold
-        print("(adainfer_lib.policy not available: using the label-gap threshold policy)")
         return GapThresholdPolicy.fit(train, max_drop=max_loss), train
     spec = {"classifier": classifier, "features": features}
     return fit_policies(train, {"policy": spec}, min_layer=min_layer, max_loss=max_loss)["policy"], train
