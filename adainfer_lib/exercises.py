@@ -99,3 +99,436 @@ def check_01_flip_example(tt: TaskTrace, example: int) -> Feedback:
                               f"settles at layer {tt.earliest_consistent_layer()[example]}.")
     return Feedback(False, f"example {example} never agrees with its final answer before its earliest consistent "
                            "layer: stopping at its first agreement would have been right.")
+
+
+# ---- shared helpers for chapters 02–04 --------------------------------------------------------------
+
+
+def _as_number(answer: object) -> float | None:
+    """``answer`` as one float (NaN allowed; a one-element array or Series counts), else None."""
+    if answer is None or isinstance(answer, (str, bytes, bool, np.bool_)):
+        return None
+    try:
+        values = np.asarray(answer, dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError):
+        return None
+    return float(values[0]) if values.size == 1 else None
+
+
+def _not_a_number(answer: object, what: str) -> Feedback | None:
+    """A ❌ when ``answer`` is the ``...`` placeholder or not one number; None when it is a number."""
+    if answer is Ellipsis:
+        return Feedback(False, f"replace the `...` with one number: {what}.")
+    if _as_number(answer) is None:
+        return Feedback(False, f"answer {what} as one number, got {type(answer).__name__} {answer!r:.60}.")
+    return None
+
+
+def _compare(answer: object, reference: float, *, what: str, ok: str, tol: float,
+             bounds: tuple[float, float] | None = None, mistakes: tuple = (), hint: str = "") -> Feedback:
+    """The verdict on a numeric answer against ``reference``: ✅ ``ok`` within ``tol``; otherwise ❌ with the
+    first fitting reason: not a number, outside ``bounds`` (a fraction given in percent is named), equal to a
+    known mistake (``(value, what that value is)`` pairs), or too high / too low, followed by ``hint``."""
+    problem = _not_a_number(answer, what)
+    if problem is not None:
+        return problem
+    value = _as_number(answer)
+    if np.isnan(reference):
+        if np.isnan(value):
+            return Feedback(True, ok)
+        return Feedback(False, f"{what} cannot be computed here (see the hint); answer float('nan'). {hint}".strip())
+    if np.isnan(value):
+        return Feedback(False, f"{what} is a finite number here, not NaN. {hint}".strip())
+    if abs(value - reference) <= tol:
+        return Feedback(True, ok)
+    if bounds is not None and not bounds[0] <= value <= bounds[1]:
+        percent = " — a percentage? Answer a fraction (0.25, not 25)" if bounds[1] == 1 and value <= 100 else ""
+        return Feedback(False, f"{what} lies between {bounds[0]:g} and {bounds[1]:g}, got {value:.4g}{percent}.")
+    for other, meaning in mistakes:
+        if np.isfinite(other) and abs(value - other) <= tol:
+            return Feedback(False, f"{value:.4g} is {meaning}.")
+    direction = "too high" if value > reference else "too low"
+    return Feedback(False, f"{what}: {value:.4g} is {direction}. {hint}".strip())
+
+
+def _pooled_auc(table, feature: str, label: str = "settled") -> float:
+    """Pooled AUC of one ``feature`` for ``label`` over the decision layers 1 <= layer < L (``feature_auc``)."""
+    from .features import feature_auc
+
+    return float(feature_auc(table, [feature], label=label)["auc"].iloc[0])
+
+
+def _layer_auc_stats(table, feature: str, label: str) -> dict[str, float]:
+    """Plausible mis-computations of the pooled AUC: the mean of the per-layer AUCs over the decision layers,
+    and the AUC over all rows (layers 0..L)."""
+    from sklearn.metrics import roc_auc_score
+
+    from .features import n_layers_of, per_layer_auc
+
+    L = n_layers_of(table)
+    per_layer = per_layer_auc(table, feature, label=label)
+    decision = per_layer[(per_layer.layer >= 1) & (per_layer.layer < L)]
+    y, x = table[label].to_numpy().astype(bool), table[feature].to_numpy(dtype=np.float64)
+    ok = np.isfinite(x)
+    every = float(roc_auc_score(y[ok], x[ok])) if 0 < y[ok].sum() < ok.sum() else np.nan
+    return {"mean_per_layer": float(decision.auc.mean()), "all_layers": every}
+
+
+def _auc_mistakes(table, feature: str, label: str, reference: float) -> tuple:
+    """The known wrong turns of a pooled-AUC answer, each with what it is."""
+    stats = _layer_auc_stats(table, feature, label)
+    return ((1 - reference, "1 − the AUC: a higher value of the feature must score as the positive class"),
+            (stats["mean_per_layer"], "the mean of the per-layer AUCs; the pooled AUC ranks all decision rows at once "
+                                      "(`ai.feature_auc`)"),
+            (stats["all_layers"], "the AUC over all layers 0..L; the pooled AUC uses the decision layers 1 ≤ ℓ < L "
+                                  "(`ai.feature_auc`)"))
+
+
+# ---- chapter 02 -------------------------------------------------------------------------------------
+
+
+def check_02_correct_auc(table, answer: float) -> Feedback:
+    """Exercise 02.1: the pooled AUC of ``label_gap`` for the ``correct`` label scheme."""
+    problem = _not_a_number(answer, "the pooled AUC of label_gap for `correct`")
+    if problem is not None:
+        return problem
+    reference = _pooled_auc(table, "label_gap", "correct")
+    others = {lab: _pooled_auc(table, "label_gap", lab) for lab in ("settled", "consistent")}
+    mistakes = tuple((auc, f"the AUC for `{lab}`: pass label=\"correct\"") for lab, auc in others.items())
+    return _compare(answer, reference, what="the pooled AUC of label_gap for `correct`", tol=1e-3, bounds=(0, 1),
+                    mistakes=mistakes + _auc_mistakes(table, "label_gap", "correct", reference),
+                    hint="Use ai.feature_auc(table, [\"label_gap\"], label=\"correct\").",
+                    ok=f"label_gap's pooled AUC is {reference:.3f} for `correct` vs {others['settled']:.3f} for "
+                       f"`settled` (n = {table.example.nunique()} examples). `correct` compares with the gold label, "
+                       "so training on it needs labelled data; `consistent` and `settled` only need the model's own "
+                       "final answer.")
+
+
+def check_02_raw_calibration_auc(tt: TaskTrace, answer: float) -> Feedback:
+    """Exercise 02.2: the pooled AUC of ``label_gap`` for ``settled`` when decisions are *raw*."""
+    from .features import feature_table
+
+    what = "the pooled AUC of label_gap for `settled` with raw decisions"
+    problem = _not_a_number(answer, what)
+    if problem is not None:
+        return problem
+    raw_table = feature_table(tt.with_calibration("raw"))
+    reference = _pooled_auc(raw_table, "label_gap", "settled")
+    own = _pooled_auc(feature_table(tt), "label_gap", "settled")
+    share, own_share = (float(np.bincount(view.final_predictions()).max() / view.n_examples)
+                        for view in (tt.with_calibration("raw"), tt))
+    L = tt.n_layers
+    decision = raw_table[(raw_table.layer >= 1) & (raw_table.layer < L)]
+    own_mistake = (own, f"the AUC with tt's own `{tt.method}` calibration: build the table from "
+                        "tt.with_calibration(\"raw\")")
+    return _compare(answer, reference, what=what, tol=1e-3, bounds=(0, 1),
+                    mistakes=(own_mistake,) + _auc_mistakes(raw_table, "label_gap", "settled", reference),
+                    hint=f"Raw decisions: {share:.0%} of final answers are one label, {decision.settled.mean():.0%} "
+                         "of decision rows are settled.",
+                    ok=f"with raw decisions the pooled AUC is {reference:.3f} ({tt.method}: {own:.3f}). The final "
+                       f"answer is the same label for {share:.0%} of examples ({tt.method}: {own_share:.0%}) and "
+                       f"{decision.settled.mean():.0%} of the decision rows are `settled`. The more one label "
+                       "dominates, the more `settled` reflects the model's lean towards one label word rather than "
+                       "the input, and the less the label gap can tell.")
+
+
+def _label_gap_change(table):
+    """Reference: ``label_gap`` at this layer minus at the previous layer of the same example (NaN at layer 0)."""
+    return table.groupby("example", sort=False)["label_gap"].diff().to_numpy(dtype=np.float64)
+
+
+def _column_problem(table, column, reference: np.ndarray) -> str | None:
+    """Why ``column`` (one value per row of ``table``) is not ``reference`` at layers >= 1 (at layer 0 NaN and
+    0 are both fine); None when it is."""
+    values = np.asarray(column, dtype=np.float64).reshape(-1)
+    later = table["layer"].to_numpy() > 0
+    first_ok = np.isnan(values[~later]) | (values[~later] == 0)
+    if np.allclose(values[later], reference[later], atol=1e-9, equal_nan=True) and first_ok.all():
+        return None
+    gap = table["label_gap"].to_numpy(dtype=np.float64)
+    if np.allclose(values[later], -reference[later], atol=1e-9):
+        return "has the wrong sign: take this layer's label_gap minus the previous layer's"
+    if np.allclose(values[later], reference[later], atol=1e-9, equal_nan=True):
+        return "is right from layer 1 on, but at layer 0 it reaches into the previous example: group by example"
+    if np.allclose(values, gap, atol=1e-9):
+        return "is label_gap itself, not its change from the previous layer"
+    nxt = table.groupby("example", sort=False)["label_gap"].diff(-1).to_numpy(dtype=np.float64)
+    if np.allclose(values, nxt, atol=1e-9, equal_nan=True) or np.allclose(values, -nxt, atol=1e-9, equal_nan=True):
+        return "compares with the *next* layer, which a running model has not computed yet: use diff(), not diff(-1)"
+    wrong = np.flatnonzero(later & ~np.isclose(values, reference, atol=1e-9, equal_nan=True))
+    row = table.iloc[wrong[0]]
+    return (f"differs from label_gap(ℓ) − label_gap(ℓ−1) at {len(wrong)} rows, e.g. example {row.example}, layer "
+            f"{row.layer}: got {values[wrong[0]]:.4g}")
+
+
+def check_02_label_gap_change(table, label_gap_change, beats_cos_prev: bool) -> Feedback:
+    """Exercise 02.3: the change of ``label_gap`` from the previous layer as a new online feature, and whether
+    its pooled AUC for ``settled`` is further from 0.5 than ``cos_prev``'s."""
+    if label_gap_change is Ellipsis:
+        return Feedback(False, "replace the `...` with a column: one value per row of `table`, in its order.")
+    if hasattr(label_gap_change, "index") and hasattr(label_gap_change, "reindex") \
+            and set(label_gap_change.index) == set(table.index):
+        label_gap_change = label_gap_change.reindex(table.index)
+    try:
+        values = np.asarray(label_gap_change, dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError):
+        return Feedback(False, f"answer a numeric column, got {type(label_gap_change).__name__}.")
+    if values.size != len(table):
+        return Feedback(False, f"the column has {values.size} values, but `table` has {len(table)} rows: one value "
+                               "per example × layer row, in the table's order.")
+    reference = _label_gap_change(table)
+    problem = _column_problem(table, values, reference)
+    if problem is not None:
+        return Feedback(False, f"your label_gap change {problem}.")
+    if not isinstance(beats_cos_prev, (bool, np.bool_)):
+        return Feedback(False, f"the column is right; now answer beats_cos_prev with True or False, got "
+                               f"{beats_cos_prev!r:.60}.")
+    auc = {name: _pooled_auc(table.assign(label_gap_change=reference), name)
+           for name in ("label_gap_change", "cos_prev")}
+    beats = abs(auc["label_gap_change"] - 0.5) > abs(auc["cos_prev"] - 0.5)
+    if bool(beats_cos_prev) != beats:
+        return Feedback(False, "the column is right, but not the comparison: compute both pooled AUCs for `settled` "
+                               "(ai.feature_auc) — 'better' means further from 0.5, in either direction.")
+    return Feedback(True, f"pooled AUC for `settled`: label_gap change {auc['label_gap_change']:.3f}, cos_prev "
+                          f"{auc['cos_prev']:.3f} — the change {'beats' if beats else 'does not beat'} cos_prev. "
+                          "Per layer (ai.per_layer_auc) shows where each one helps.")
+
+
+# ---- chapter 03 -------------------------------------------------------------------------------------
+
+
+def _replay(policy, train, test, **criterion) -> tuple[float, dict, dict]:
+    """(threshold chosen on ``train`` by ``choose_threshold(**criterion)``, the replay on ``test`` with its 95%
+    bootstrap interval, the train sweep's chosen row)."""
+    from .policy import choose_threshold, simulate
+
+    threshold, sweep = choose_threshold(policy, train, **criterion)
+    return threshold, simulate(policy, test, threshold, ci=0.95), sweep[sweep["chosen"]].iloc[0].to_dict()
+
+
+def check_03_operating_point(train, test, policies, layers_saved: float, accuracy_change_pts: float,
+                             policy: str = "SVM · paper features", max_loss: float = 0.03) -> Feedback:
+    """Exercise 03.1: the paper's SVM at the threshold chosen on train for at most 3 points of accuracy lost:
+    its layers saved and accuracy change (points) on test."""
+    for answer, what in ((layers_saved, "the layers saved on test, a fraction of L"),
+                         (accuracy_change_pts, "the accuracy change on test, in points")):
+        problem = _not_a_number(answer, what)
+        if problem is not None:
+            return problem
+    svm = policies[policy]
+    threshold, test_run, train_row = _replay(svm, train, test, max_loss=max_loss, metric="accuracy")
+    one_point_threshold, one_point, _ = _replay(svm, train, test, max_loss=0.01, metric="accuracy")
+    saved = _compare(layers_saved, test_run["layers_saved"], what="the layers saved on test", tol=1e-3, bounds=(0, 1),
+                     mistakes=((one_point["layers_saved"], "the saving at the 1-point threshold: pass max_loss=0.03"),
+                               (train_row["layers_saved"], "the saving on train: replay the threshold on test")),
+                     hint="Replay the train-chosen threshold with ai.simulate(policy, test, threshold).", ok="")
+    if not saved:
+        return saved
+    change = test_run["accuracy_change_pts"]
+    verdict = _compare(accuracy_change_pts, change, what="the accuracy change on test", tol=0.05,
+                       mistakes=((change / 100, "a fraction: answer points (× 100)"),
+                                 (one_point["accuracy_change_pts"], "the change at the 1-point threshold"),
+                                 (train_row["accuracy_change_pts"], "the change on train: report it on test")),
+                       hint="It is accuracy − full accuracy, in points, on test.", ok="")
+    if not verdict:
+        return verdict
+    low, high = test_run["change_ci_low"], test_run["change_ci_high"]
+    inside = "inside" if low <= 0 <= high else "outside"
+    return Feedback(True, f"threshold {threshold:.2f} chosen on train (1 point: {one_point_threshold:.2f}); on test "
+                          f"{test_run['layers_saved']:.1%} of layers saved, accuracy {change:+.1f} points, 95% "
+                          f"interval [{low:+.1f}, {high:+.1f}] — zero is {inside} it (n = {test_run['n']}).")
+
+
+def _consistency_saving(policy, train, test) -> tuple[float, dict]:
+    """Threshold chosen on ``train`` for ≥ 99% consistency and the replay on ``test``."""
+    threshold, run, _ = _replay(policy, train, test, max_loss=0.01, metric="consistency")
+    return threshold, run
+
+
+def check_03_min_layer(train, test, policies, answer: dict, policy: str = "CRF · label features") -> Feedback:
+    """Exercise 03.2: the label-feature CRF refitted with larger ``min_layer`` values, thresholds chosen on
+    train for ≥ 99% consistency: ``answer`` maps each ``min_layer`` to its layers saved on test."""
+    from collections.abc import Mapping
+
+    from sklearn.base import clone
+
+    from .features import n_layers_of
+
+    L = n_layers_of(train)
+    if answer is Ellipsis or not isinstance(answer, Mapping) or not answer:
+        return Feedback(False, "answer a dict {min_layer: layers saved on test}, e.g. {10: 0.2, 20: 0.1}; got "
+                               f"{answer!r:.60}.")
+    bad = [m for m in answer if not isinstance(m, (int, np.integer)) or not 1 <= m < L]
+    if bad:
+        return Feedback(False, f"the keys are min_layer values, whole numbers from 1 to {L - 1}; got {bad}.")
+    for m, value in answer.items():
+        problem = _not_a_number(value, f"the layers saved with min_layer={m}")
+        if problem is not None:
+            return problem
+    base = policies[policy]
+    _, original = _consistency_saving(base, train, test)
+    lines, savings = [f"min_layer={base.min_layer}: {original['layers_saved']:.1%}"], [original["layers_saved"]]
+    for m in sorted(answer):
+        refit = clone(base).set_params(min_layer=int(m)).fit(train)
+        threshold, run = _consistency_saving(refit, train, test)
+        _, by_accuracy, _ = _replay(refit, train, test, max_loss=0.01, metric="accuracy")
+        verdict = _compare(answer[m], run["layers_saved"], what=f"the layers saved with min_layer={m}", tol=1e-3,
+                           bounds=(0, 1),
+                           mistakes=((original["layers_saved"], f"the saving of the original min_layer="
+                                      f"{base.min_layer}: refit with set_params(min_layer={m})"),
+                                     (by_accuracy["layers_saved"], "the saving with the accuracy criterion: choose for "
+                                      "≥ 99% consistency (metric=\"consistency\")")),
+                           hint="Fit on train, choose the threshold on train, replay on test.", ok="")
+        if not verdict:
+            return verdict
+        lines.append(f"min_layer={m}: {run['layers_saved']:.1%} (threshold {threshold:.2f})")
+        savings.append(run["layers_saved"])
+    trend = "raised" if savings[-1] > savings[0] else "did not raise"
+    return Feedback(True, "layers saved on test at ≥ 99% train consistency — " + "; ".join(lines) + f". Here the "
+                          f"largest min_layer {trend} the saving. Layers below min_layer are never checked, which caps "
+                          "the saving at 1 − min_layer / L; but a noisy classifier can no longer fire there by chance, "
+                          "so the consistency bar may accept a lower threshold above it.")
+
+
+def _fitted_on(policy, table) -> bool:
+    """``policy`` was fitted on the examples of ``table`` (same task, split and number of examples)."""
+    meta = policy.metadata
+    return (meta.get("task"), meta.get("split"), meta.get("n_train_examples")) == \
+        (table.attrs.get("task"), table.attrs.get("split"), int(policy.decision_rows(table)["example"].nunique()))
+
+
+def check_03_beats_baseline(train, test, policies, answer, baseline: str = "SVM · paper features") -> Feedback:
+    """Exercise 03.3: a policy that, with its threshold chosen on train for ≥ 99% consistency, saves more layers
+    on test than ``baseline`` chosen the same way, at a test consistency at most 1 point lower."""
+    from sklearn.base import clone
+
+    from .policy import ExitPolicy
+
+    if not isinstance(answer, ExitPolicy):
+        return Feedback(False, "answer an ai.ExitPolicy(...) (fitted on train, or not fitted: the checker fits it); "
+                               f"got {answer!r:.60}.")
+    if baseline not in policies:
+        return Feedback(False, f"no policy {baseline!r} to compare with; `policies` has {sorted(policies)}.")
+    if not hasattr(answer, "features_"):
+        answer = clone(answer).fit(train)
+    elif not _fitted_on(answer, train):
+        meta = answer.metadata
+        return Feedback(False, f"your policy was fitted on {meta.get('task')} / {meta.get('split')} "
+                               f"({meta.get('n_train_examples')} examples), not on `train`: fit it on train, or pass "
+                               "it unfitted. The test split only reports.")
+    base = policies[baseline]
+    if {k: v for k, v in answer.get_params().items() if k != "threshold"} == \
+            {k: v for k, v in base.get_params().items() if k != "threshold"}:
+        return Feedback(False, f"that is the baseline {baseline!r} itself: change the classifier, the features, the "
+                               "label scheme or min_layer.")
+    threshold, mine = _consistency_saving(answer, train, test)
+    _, theirs = _consistency_saving(base, train, test)
+    summary = (f"yours (threshold {threshold:.2f}, chosen on train): {mine['layers_saved']:.1%} of layers saved at "
+               f"consistency {mine['consistency']:.3f}; {baseline}: {theirs['layers_saved']:.1%} at "
+               f"{theirs['consistency']:.3f} (test, n = {mine['n']})")
+    if mine["layers_saved"] <= theirs["layers_saved"]:
+        return Feedback(False, f"{summary} — not more. Hint: chapter 02 found which features separate `settled` rows.")
+    if mine["consistency"] < theirs["consistency"] - 0.01:
+        return Feedback(False, f"{summary} — it saves more by changing more predictions (consistency more than 1 "
+                               "point lower). Try a more cautious feature set or label scheme (`settled`).")
+    harder = "threshold · label_gap"
+    next_step = f" Now try the bare threshold as the baseline: baseline=\"{harder}\"." if baseline != harder else ""
+    return Feedback(True, f"{summary}.{next_step}")
+
+
+# ---- chapter 04 -------------------------------------------------------------------------------------
+
+
+def _method_row(evaluations, task: str, method: str):
+    """The row of ``method`` in the evaluation table of ``task``."""
+    table = evaluations[task].table
+    return table[table["method"] == method].iloc[0]
+
+
+def check_04_affordable_checks(evaluations, answer: float, task: str = "sentiment",
+                               method: str = "SVM · paper features") -> Feedback:
+    """Exercise 04.1: how many exit checks per example ``method`` could afford on ``task`` before their
+    measured cost (``check_cost`` layers each) eats all the layers it saves (``layers_saved`` × L)."""
+    what = "the number of checks per example that would cost the layers saved"
+    problem = _not_a_number(answer, what)
+    if problem is not None:
+        return problem
+    row, L = _method_row(evaluations, task, method), evaluations[task].n_layers
+    cost, checks = float(row["check_cost"]), float(row["checks_per_example"])
+    if not np.isfinite(cost) or cost <= 0:
+        return Feedback(False, f"{method} on {task} has no measured check cost ({cost}): run the evaluation with "
+                               "n_timing ≥ 1.")
+    saved = float(row["layers_saved"]) * L
+    reference = saved / cost
+    spent = checks * cost
+    share = f"{spent / saved:.0%} of the saving goes to checks" if saved > 0 else "it saves nothing: every check is a loss"
+    return _compare(answer, reference, what=what, tol=max(1e-3, 0.01 * abs(reference)), bounds=(0, np.inf),
+                    mistakes=((row["layers_saved"] / cost, "layers_saved / check_cost: layers_saved is a fraction of "
+                                                           f"the L = {L} layers"),
+                              (spent, "what its checks cost now (check_cost × checks_per_example), in layers"),
+                              (saved - spent, "the layers left after paying for the checks"),
+                              (saved, "the layers saved per example: divide by the cost of one check"),
+                              (cost / saved if saved else np.nan, "upside down: the cost of one check / the layers "
+                                                                  "saved")),
+                    hint="Layers saved per example = layers_saved × L; one check costs check_cost layers.",
+                    ok=f"{method} on {task} saves {saved:.1f} of {L} layers per example and one check costs "
+                       f"{cost:.2f} layers: about {reference:.1f} checks would eat the saving. It makes {checks:.1f} "
+                       f"per example — {share}.")
+
+
+def check_04_consistency_threshold(policies, train_traces, test_traces, answer: float, task: str = "sentiment",
+                                   method: str = "CRF · label features") -> Feedback:
+    """Exercise 04.2: ``method``'s threshold chosen on the train trace for ≥ 99% consistency instead of accuracy,
+    replayed on the test trace: its layers saved."""
+    from .features import feature_table
+    from .policy import simulate
+
+    what = f"the layers saved on the {task} test split, a fraction of L"
+    problem = _not_a_number(answer, what)
+    if problem is not None:
+        return problem
+    policy = policies[task][method]
+    train, test = feature_table(train_traces[task]), feature_table(test_traces[task])
+    threshold, run, train_row = _replay(policy, train, test, max_loss=0.01, metric="consistency")
+    own = simulate(policy, test)
+    return _compare(answer, run["layers_saved"], what=what, tol=1e-3, bounds=(0, 1),
+                    mistakes=((own["layers_saved"], f"the saving at the policy's own threshold {policy.threshold:.2f}, "
+                                                    "chosen for accuracy: tune it with metric=\"consistency\""),
+                              (train_row["layers_saved"], "the saving on the train trace: replay on the test trace")),
+                    hint="ai.tune_threshold(policy, train table, metric=\"consistency\") with the default cv, then "
+                         "ai.simulate on the test table.",
+                    ok=f"threshold {threshold:.2f} for ≥ 99% consistency (accuracy criterion: {policy.threshold:.2f}): "
+                       f"{run['layers_saved']:.1%} of layers saved on {task} at consistency {run['consistency']:.3f} "
+                       f"(accuracy criterion: {own['layers_saved']:.1%} at {own['consistency']:.3f}).")
+
+
+def check_04_failure_example(evaluations, example, task: str = "sentiment",
+                             method: str = "SVM · paper features") -> Feedback:
+    """Exercise 04.3: an example the full model gets right and ``method``'s real early exit gets wrong
+    (``None`` when there is no such example)."""
+    ev = evaluations[task]
+    pred, full, gold = ev.predictions[method], ev.predictions["full"], np.asarray(ev.gold)
+    failures = np.flatnonzero((pred != gold) & (full == gold))
+    if example is Ellipsis:
+        return Feedback(False, f"replace the `...` with an index into the {task} test examples (or None if there "
+                               "is no such example).")
+    if example is None:
+        if len(failures):
+            return Feedback(False, f"there is at least one such example: compare evaluations[{task!r}].predictions"
+                                   f"[{method!r}] with .predictions['full'] and .gold.")
+        return Feedback(True, f"right: {method} never turns a correct answer of the full model wrong on {task}.")
+    if isinstance(example, (bool, np.bool_)) or not isinstance(example, (int, np.integer)) \
+            or not 0 <= example < len(gold):
+        return Feedback(False, f"answer an example index between 0 and {len(gold) - 1} (or None), got {example!r:.60}.")
+    exit_layer = int(ev.exits[method][example])
+    if full[example] != gold[example]:
+        return Feedback(False, f"the full model gets example {example} wrong, so early exit cannot have lost it: "
+                               "look for one the full model gets right.")
+    if pred[example] == gold[example]:
+        return Feedback(False, f"{method} gets example {example} right (exit at layer {exit_layer}): look for a "
+                               "prediction that differs from the gold label.")
+    oracle = ev.exits.get("oracle")
+    settles = f"; the oracle says its answer settles only at layer {int(oracle[example])}" if oracle is not None else ""
+    return Feedback(True, f"example {example}: {method} exited at layer {exit_layer} of {ev.n_layers} with label "
+                          f"{pred[example]}, the full model answers {full[example]} = gold{settles}. "
+                          f"{len(failures)} of {len(gold)} examples fail this way.")
