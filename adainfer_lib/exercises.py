@@ -503,7 +503,7 @@ def check_04_consistency_threshold(policies, train_traces, test_traces, answer: 
 
 
 def check_04_failure_example(evaluations, example, task: str = "sentiment",
-                             method: str = "SVM · paper features") -> Feedback:
+                             method: str = "CRF · label features") -> Feedback:
     """Exercise 04.3: an example the full model gets right and ``method``'s real early exit gets wrong
     (``None`` when there is no such example)."""
     ev = evaluations[task]

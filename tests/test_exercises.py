@@ -266,12 +266,12 @@ def test_chapter_04_failure_example(world04):
     assert rejected(check(evaluations, ...), "replace the `...`")
     assert rejected(check(evaluations, None), "at least one")
     assert rejected(check(evaluations, len(ev.gold)), "between 0")
-    svm, full, gold = ev.predictions["SVM · paper features"], ev.predictions["full"], ev.gold
+    crf, full, gold = ev.predictions["CRF · label features"], ev.predictions["full"], ev.gold
     both_wrong = np.flatnonzero(full != gold)
     assert len(both_wrong) and rejected(check(evaluations, int(both_wrong[0])), "full model gets", "cannot have lost")
-    right = np.flatnonzero((svm == gold) & (full == gold))
+    right = np.flatnonzero((crf == gold) & (full == gold))
     assert rejected(check(evaluations, int(right[0])), "gets example", "right")
     # A policy that never changes a prediction: None is the answer.
-    never = dataclasses.replace(ev, predictions={**ev.predictions, "SVM · paper features": full})
+    never = dataclasses.replace(ev, predictions={**ev.predictions, "CRF · label features": full})
     assert ch04.exercise_3({"sentiment": never}) is None
     assert check({"sentiment": never}, None)

@@ -21,7 +21,7 @@ def exercise_2(policies, train_traces, test_traces, task: str = "sentiment",
     return ai.simulate(tuned, ai.feature_table(test_traces[task]))["layers_saved"]
 
 
-def exercise_3(evaluations, task: str = "sentiment", method: str = "SVM · paper features") -> int | None:
+def exercise_3(evaluations, task: str = "sentiment", method: str = "CRF · label features") -> int | None:
     """An example the full model gets right and ``method``'s early exit gets wrong (None if there is none)."""
     evaluation = evaluations[task]
     pairs = zip(evaluation.predictions[method], evaluation.predictions["full"], evaluation.gold)
