@@ -446,7 +446,7 @@ def _method_row(evaluations, task: str, method: str):
 
 
 def check_04_affordable_checks(evaluations, answer: float, task: str = "sentiment",
-                               method: str = "SVM · paper features") -> Feedback:
+                               method: str = "CRF · paper features") -> Feedback:
     """Exercise 04.1: how many exit checks per example ``method`` could afford on ``task`` before their
     measured cost (``check_cost`` layers each) eats all the layers it saves (``layers_saved`` × L)."""
     what = "the number of checks per example that would cost the layers saved"

@@ -1,4 +1,5 @@
-"""The course layer: navigation lines in sync, exercise checkers accept the solutions and reject wrong answers."""
+"""The course layer: navigation lines in sync, the README shows what results/ holds, chapter 01's exercise
+checkers accept the solutions and reject wrong answers."""
 
 from __future__ import annotations
 
@@ -17,12 +18,30 @@ sys.path.insert(0, str(ROOT / "tools"))
 sys.path.insert(0, str(ROOT / "notebooks"))
 
 from solutions import ch01  # noqa: E402
+from readme_results import RESULTS, render, update_readme  # noqa: E402
 from sync_navigation import chapters, stale_chapters  # noqa: E402
 
 
 def test_navigation_lines_are_in_sync():
     assert len(chapters()) >= 1
     assert stale_chapters() == [], "run `python tools/sync_navigation.py`"
+
+
+def test_readme_results_section_matches_the_results_folder():
+    assert not update_readme(check=True), "run `python tools/readme_results.py` (or `make reproduce`)"
+
+
+def test_readme_results_follow_a_changed_measurement(tmp_path):
+    import shutil
+
+    import pandas as pd
+
+    shutil.copytree(RESULTS, tmp_path / "results")
+    oracle = pd.read_csv(tmp_path / "results" / "01_oracle_by_task.csv")
+    oracle.loc[0, "oracle layers saved"] = 0.987654
+    oracle.to_csv(tmp_path / "results" / "01_oracle_by_task.csv", index=False)
+    section = render(tmp_path / "results")
+    assert section != render() and "98.8%" in section
 
 
 def test_navigation_check_detects_a_stale_line(tmp_path):

@@ -223,6 +223,7 @@ def world04():
     saves layers, some of its exits change predictions, and the CRF's choice differs from the consistency one."""
     train_tt, test_tt = settling_trace(80, seed=100, split="train"), settling_trace(60, seed=0)
     specs = {"SVM · paper features": {"classifier": "svm", "features": PAPER, "label_scheme": "settled"},
+             "CRF · paper features": {"classifier": "crf", "features": PAPER},
              "CRF · label features": {"classifier": "crf", "features": LABEL}}
     policies = ai.fit_policies(train_tt, specs, max_loss=0.05)
     return {"policies": {"sentiment": policies}, "train_traces": {"sentiment": train_tt},
@@ -236,7 +237,7 @@ def test_chapter_04_affordable_checks(world04):
     assert answer > 0 and check(evaluations, answer)
     assert check(evaluations, round(answer, 1) if answer > 10 else answer)
     assert rejected(check(evaluations, ...), "replace the `...`")
-    row = evaluations["sentiment"].table.set_index("method").loc["SVM · paper features"]
+    row = evaluations["sentiment"].table.set_index("method").loc["CRF · paper features"]
     assert rejected(check(evaluations, row.layers_saved / row.check_cost), "fraction", "L = 12")
     assert rejected(check(evaluations, row.check_cost * row.checks_per_example), "checks cost now")
     assert rejected(check(evaluations, -1.0), "between 0")

@@ -59,6 +59,11 @@ def main() -> None:
         times = pd.concat([times[times.chapter != path.stem], pd.DataFrame([row])]).sort_values("chapter")
         times.to_csv(times_path, index=False)
     print(f"executed notebooks and HTML: {OUT}; tables and figures: {RESULTS}")
+    if not args.chapters:  # a complete run: the README shows what it measured
+        from readme_results import update_readme
+
+        update_readme()
+        print("README results section regenerated (tools/readme_results.py)")
 
 
 if __name__ == "__main__":
