@@ -425,11 +425,8 @@ def best_within(curves: pd.DataFrame, max_drop_pts: float = 1.0) -> pd.DataFrame
 
 
 def _title(what: str, model: str, task: str, n: int) -> str:
-    try:
-        from .plots import figure_title
-    except ImportError:
-        return f"{what} — {model}, {task}, n={n}"
-    return figure_title(what, model, task, n)
+    """A two-line title (these plots sit side by side, one per task)."""
+    return f"{what}\n{model}, {task}, n={n}"
 
 
 def plot_pareto(curves: pd.DataFrame, *, accuracy_full: float, model: str, task: str, n: int, ax=None):
