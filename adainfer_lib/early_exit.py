@@ -35,7 +35,7 @@ import pandas as pd
 import torch
 
 from .calibration import Calibration, label_log_softmax
-from .lens import encode, lens_stats
+from .lens import encode, length_sorted_batches, lens_stats
 from .models import LensModel
 
 #: Features ``run_early_exit`` computes at every checked layer (full-vocabulary ones are NaN unless the
@@ -354,12 +354,9 @@ def _layer_hooks(model: LensModel, run: _BatchRun) -> list:
 def _batches(model: LensModel, prompts: Sequence[str], batch_size: int) -> list[np.ndarray]:
     """Prompt indices per batch. With ``batch_size > 1`` prompts are grouped by token length (as ``trace``
     does), so a batch pads little; results are put back in the prompts' order."""
-    n = len(prompts)
     if batch_size <= 1:
-        return [np.array([i]) for i in range(n)]
-    lengths = [len(ids) for ids in model.tokenizer(list(prompts))["input_ids"]]
-    order = np.argsort(lengths, kind="stable")
-    return [order[i : i + batch_size] for i in range(0, n, batch_size)]
+        return [np.array([i]) for i in range(len(prompts))]
+    return length_sorted_batches([len(ids) for ids in model.tokenizer(list(prompts))["input_ids"]], batch_size)
 
 
 def _forward_kwargs(model: LensModel) -> dict:

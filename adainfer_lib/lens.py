@@ -273,6 +273,12 @@ def trace_cache_path(model: LensModel, prompts: Sequence[str], label_words: Sequ
     return data_dir() / "traces" / f"{model.cache_id}-{key}.npz"
 
 
+def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[np.ndarray]:
+    """Prompt indices per batch, prompts grouped by token length (stable) so that a batch pads little."""
+    order = np.argsort(lengths, kind="stable")
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
 def trace(
     model: LensModel,
     prompts: Sequence[str],
@@ -311,11 +317,11 @@ def trace(
             path.unlink(missing_ok=True)  # rebuilt below
 
     lengths = [len(ids) for ids in model.tokenizer(prompts)["input_ids"]]
-    order = np.argsort(lengths, kind="stable")
+    batches = length_sorted_batches(lengths, batch_size)
+    order = np.concatenate(batches)
     ids_tensor = torch.tensor(label_ids, dtype=torch.long, device=model.device)
     chunks: list[dict] = []
     start = time.perf_counter()
-    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     for batch in tqdm(batches, desc=f"trace {model.name}", disable=not progress or len(batches) < 3):
         states, _ = last_states(model, [prompts[i] for i in batch])
         chunks.append(_batch_stats(model, states, ids_tensor, top_k, full_vocab))
