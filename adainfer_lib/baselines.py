@@ -23,7 +23,7 @@ from torch import nn
 
 from .calibration import label_log_softmax
 from .early_exit import FullResult, run_full
-from .lens import encode
+from .inputs import prepare_prompts
 from .models import LensModel
 from .registry import get_submodule
 
@@ -159,13 +159,13 @@ def block_influence(model: LensModel, prompts: Sequence[str], *, batch_size: int
         handles.append(layer.register_forward_pre_hook(pre(index), with_kwargs=True))
         handles.append(layer.register_forward_hook(post(index)))
     try:
+        prepared = prepare_prompts(model, prompts, caller="block_influence", batch_size=batch_size, prefix_cache=False)
         with torch.no_grad():
-            starts = range(0, len(prompts), batch_size)
-            for start in tqdm(starts, desc="block influence", disable=not progress):
-                enc = encode(model, prompts[start : start + batch_size])
-                state["mask"] = enc["attention_mask"].float()
-                count += int(enc["attention_mask"].sum())
-                model.hf_model(**enc, use_cache=False, logits_to_keep=1)
+            for idx in tqdm(prepared.batches, desc="block influence", disable=not progress):
+                batch = prepared.batch(idx)
+                state["mask"] = batch.attention_mask.float()
+                count += int(batch.attention_mask.sum())
+                model.hf_model(**batch.forward_kwargs(model))
     finally:
         for handle in handles:
             handle.remove()
@@ -196,10 +196,17 @@ def dropped_layers(model: LensModel, drop: Sequence[int]) -> Iterator[LensModel]
     saved_config = {k: getattr(config, k) for k in ("num_hidden_layers", "layer_types") if hasattr(config, k)}
     kept = [i for i in range(L) if i not in drop]
     pruned = nn.ModuleList([original[i] for i in kept])
+    # Attention modules address the KV cache by their ``layer_idx``: renumber them to their new position (a
+    # prompt-prefix cache of the pruned model has len(kept) layers), and put the numbers back afterwards.
+    indexed = [(m, m.layer_idx) for layer in pruned for m in layer.modules() if isinstance(getattr(m, "layer_idx", None), int)]
     # nn.Module.__setattr__ registers the new list as the submodule
     setattr(parent, attr, pruned)
     model.layers = pruned
     try:
+        for position, layer in enumerate(pruned):
+            for m in layer.modules():
+                if isinstance(getattr(m, "layer_idx", None), int):
+                    m.layer_idx = position
         if "num_hidden_layers" in saved_config:
             config.num_hidden_layers = len(kept)
         if saved_config.get("layer_types") is not None:
@@ -208,6 +215,8 @@ def dropped_layers(model: LensModel, drop: Sequence[int]) -> Iterator[LensModel]
     finally:
         setattr(parent, attr, original)
         model.layers = original
+        for module, index in indexed:
+            module.layer_idx = index
         for k, v in saved_config.items():
             setattr(config, k, v)
 

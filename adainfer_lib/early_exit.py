@@ -1,7 +1,7 @@
 """Real early exit: the forward pass stops at the exit layer, and the layers after it never run.
 
 ``run_early_exit(model, prompts, policy)`` runs the Hugging Face model itself (its own embeddings, masks
-and positions, inputs from ``lens.encode``) with hooks on the decoder layers:
+and positions, inputs from ``inputs.prepare_prompts``) with hooks on the decoder layers:
 
 - a **forward hook** on layer ``l`` (for ``l >= policy.min_layer`` only: below it there is no check at all)
   reads the last-position state ``h_l``, computes its lens statistics with ``lens.lens_stats`` (the label
@@ -35,7 +35,8 @@ import pandas as pd
 import torch
 
 from .calibration import Calibration, label_log_softmax
-from .lens import encode, length_sorted_batches, lens_stats
+from .inputs import Batch, _find_cache, label_token_ids, prepare_prompts
+from .lens import lens_stats
 from .models import LensModel
 
 #: Features ``run_early_exit`` computes at every checked layer (full-vocabulary ones are NaN unless the
@@ -235,11 +236,12 @@ def _slice_rows(value, idx: torch.Tensor, batch: int, cache: dict):
 class _BatchRun:
     """Hook state for one batch: which original rows the running hidden states hold, who has exited."""
 
-    def __init__(self, model: LensModel, policy, *, batch: int, offsets: np.ndarray, label_ids: torch.Tensor,
+    def __init__(self, model: LensModel, policy, *, inputs: Batch, offsets: np.ndarray, label_ids: torch.Tensor,
                  full_vocab: bool, min_layer: int, threshold: float, row_ids: np.ndarray, pass_rows: bool):
         self.model, self.policy = model, policy
         self.L = model.n_layers
-        self.batch = batch
+        self.inputs = inputs
+        self.batch = batch = inputs.size
         self.offsets, self.label_ids = offsets, label_ids
         self.full_vocab, self.min_layer, self.threshold = full_vocab, min_layer, threshold
         self.row_ids, self.pass_rows = np.asarray(row_ids), pass_rows  # prompt index of each batch row
@@ -262,7 +264,7 @@ class _BatchRun:
         def hook(_module, args, kwargs):
             hidden = args[0] if args else kwargs["hidden_states"]
             if index == 0:
-                self._layer_state(0, hidden[:, -1])
+                self._layer_state(0, self.inputs.gather_last(hidden, self.rows))
             keep = ~self.done[self.rows.numpy()]
             if not keep.all():  # rows exited since the last layer: drop them from the running states
                 positions = torch.from_numpy(np.flatnonzero(keep)).to(hidden.device)
@@ -272,6 +274,12 @@ class _BatchRun:
             if len(self.rows) == self.batch:
                 return None
             idx = self.rows
+            cache = _find_cache(args, kwargs)
+            if cache is not None and index < len(cache.layers):  # this layer's prefix keys/values: active rows only
+                layer_cache = cache.layers[index]
+                if getattr(layer_cache, "keys", None) is not None and layer_cache.keys.shape[0] == self.batch:
+                    layer_cache.keys = layer_cache.keys.index_select(0, idx.to(layer_cache.keys.device))
+                    layer_cache.values = layer_cache.values.index_select(0, idx.to(layer_cache.values.device))
             if args:
                 args = (hidden, *_slice_rows(args[1:], idx, self.batch, self.slice_cache))
             else:
@@ -287,7 +295,7 @@ class _BatchRun:
 
         def hook(_module, _args, output):
             hidden = output[0] if isinstance(output, tuple) else output
-            self._layer_state(layer, hidden[:, -1])
+            self._layer_state(layer, self.inputs.gather_last(hidden, self.rows))
 
         return hook
 
@@ -351,21 +359,6 @@ def _layer_hooks(model: LensModel, run: _BatchRun) -> list:
     return handles
 
 
-def _batches(model: LensModel, prompts: Sequence[str], batch_size: int) -> list[np.ndarray]:
-    """Prompt indices per batch. With ``batch_size > 1`` prompts are grouped by token length (as ``trace``
-    does), so a batch pads little; results are put back in the prompts' order."""
-    if batch_size <= 1:
-        return [np.array([i]) for i in range(len(prompts))]
-    return length_sorted_batches([len(ids) for ids in model.tokenizer(list(prompts))["input_ids"]], batch_size)
-
-
-def _forward_kwargs(model: LensModel) -> dict:
-    kwargs = {"use_cache": False}
-    if "logits_to_keep" in inspect.signature(model.hf_model.forward).parameters:
-        kwargs["logits_to_keep"] = 1
-    return kwargs
-
-
 # ---------------------------------------------------------------------------------------------------
 # Public entry points
 
@@ -379,6 +372,8 @@ def run_early_exit(
     calibration: Calibration | np.ndarray | str | None = None,
     batch_size: int = 1,
     full_vocab: bool | None = None,
+    prefix_cache: bool = True,
+    prefix: str | None = None,
     progress: bool = False,
 ) -> ExitResult:
     """Run ``prompts`` through ``model``, stopping each at the first layer ``>= policy.min_layer`` whose
@@ -392,25 +387,29 @@ def run_early_exit(
     layers' features (dicts with ``layer``, ``rows`` (batch rows) and the features); a policy whose method
     accepts ``rows=`` also gets the prompt index of each row. ``full_vocab=True`` computes the
     full-vocabulary features even when the policy does not need them (slower checks).
+
+    Inputs go through ``inputs.prepare_prompts`` (the same checks, label-word resolution and right padding
+    as ``lens.trace``); with ``prefix_cache`` the prompts' shared token prefix runs once (outside the timed
+    batches; ``run_full`` shares it) and each batch runs only the rest. Errors: ``TypeError``/``ValueError``
+    for bad prompts (bare string, empty, longer than the context) or ``batch_size``, ``ValueError`` for label
+    words that are not one distinct token after the prompt, or calibration offsets of the wrong shape.
     """
     from tqdm.auto import tqdm
 
-    prompts = list(prompts)
-    if not prompts:
-        raise ValueError("run_early_exit() needs at least one prompt; got an empty list.")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, not {batch_size}")
+    prepared = prepare_prompts(model, prompts, caller="run_early_exit", batch_size=batch_size,
+                               prefix_cache=prefix_cache, prefix=prefix)
     words = resolve_label_words(policy, label_words)
+    check_policy_model(policy, model, label_words=words, n_examples=len(prompts))  # PolicyModelMismatchError
     L = model.n_layers
     offsets = resolve_offsets(policy, calibration, n_layers=L, n_labels=len(words))
-    label_ids = torch.tensor(model.token_ids(words), dtype=torch.long, device=model.device)
+    label_ids = torch.tensor(label_token_ids(model.tokenizer, words, prepared.texts[0], owner=model.name),
+                             dtype=torch.long, device=model.device)
     need_full = bool(getattr(policy, "needs_full_vocab", False)) if full_vocab is None else bool(full_vocab)
     min_layer = int(min(max(int(getattr(policy, "min_layer", 1)), 0), L))
     threshold = float(getattr(policy, "threshold"))
     pass_rows = _accepts(policy.stop_proba_online, "rows")
-    forward_kwargs = _forward_kwargs(model)
 
-    n = len(prompts)
+    n = len(prepared.tokens)
     C = len(words)
     exit_layers, stop_proba = np.full(n, -1), np.full((n, L + 1), np.nan)
     label_logits, scores = np.zeros((n, C)), np.zeros((n, C))
@@ -419,15 +418,15 @@ def run_early_exit(
     seconds, cpu_seconds, check_seconds = np.zeros(n), np.zeros(n), np.zeros(n)
     batch_seconds: list[float] = []
     with torch.no_grad():
-        for idx in tqdm(_batches(model, prompts, batch_size), desc="early exit", disable=not progress or n < 3 * batch_size):
-            chunk = [prompts[i] for i in idx]
+        for idx in tqdm(prepared.batches, desc="early exit", disable=not progress or n < 3 * batch_size):
             t0, c0 = time.perf_counter(), time.process_time()
-            run = _BatchRun(model, policy, batch=len(chunk), offsets=offsets, label_ids=label_ids,
+            batch = prepared.batch(idx)
+            run = _BatchRun(model, policy, inputs=batch, offsets=offsets, label_ids=label_ids,
                             full_vocab=need_full, min_layer=min_layer, threshold=threshold, row_ids=idx,
                             pass_rows=pass_rows)
             handles = _layer_hooks(model, run)
             try:
-                model.hf_model(**encode(model, chunk), **forward_kwargs)
+                model.hf_model(**batch.forward_kwargs(model))
             except _StopForward:
                 pass
             finally:
@@ -437,8 +436,8 @@ def run_early_exit(
             if (run.exit_layer < 0).any():  # cannot happen: layer L always stops every row
                 raise RuntimeError("early exit: some rows never reached an exit (was the model's layer list changed?)")
             batch_seconds.append(elapsed)
-            seconds[idx], cpu_seconds[idx] = elapsed / len(chunk), cpu / len(chunk)
-            check_seconds[idx] = run.check_seconds / len(chunk)
+            seconds[idx], cpu_seconds[idx] = elapsed / len(idx), cpu / len(idx)
+            check_seconds[idx] = run.check_seconds / len(idx)
             exit_layers[idx], stop_proba[idx] = run.exit_layer, run.stop_proba
             label_logits[idx], scores[idx] = run.label_logits, run.scores
             for k in ONLINE_FEATURE_NAMES:
@@ -464,7 +463,8 @@ def run_early_exit(
         min_layer=min_layer,
         threshold=threshold,
         cpu_seconds=cpu_seconds,
-        meta={"weights": model.weights_note, "full_vocab_checks": need_full},
+        meta={"weights": model.weights_note, "full_vocab_checks": need_full,
+              "prefix_tokens": 0 if prepared.prefix is None else prepared.prefix.length},
     )
 
 
@@ -475,29 +475,42 @@ def run_full(
     label_words: Sequence[str],
     calibration: Calibration | np.ndarray | str = "raw",
     batch_size: int = 1,
+    prefix_cache: bool = True,
+    prefix: str | None = None,
     progress: bool = False,
 ) -> FullResult:
-    """The dense model, plain: one forward pass per batch (last-position logits only), prediction = argmax
-    of the calibrated label scores at layer L. The reference that early exit is timed against."""
+    """The dense model, plain: one forward pass per batch (logits at each row's last real token only),
+    prediction = argmax of the calibrated label scores at layer L. The reference that early exit is timed
+    against: same inputs, batches and prompt-prefix cache as ``run_early_exit`` (see its errors)."""
     from tqdm.auto import tqdm
 
-    prompts = list(prompts)
+    prepared = prepare_prompts(model, prompts, caller="run_full", batch_size=batch_size, prefix_cache=prefix_cache, prefix=prefix)
+    if isinstance(label_words, str) or not label_words:
+        raise ValueError(f"run_full() needs the task's label words as a list (label_words=task.label_words), "
+                         f"not {label_words!r}")
     words = list(label_words)
     L = model.n_layers
     offsets = resolve_offsets(None, calibration, n_layers=L, n_labels=len(words))
-    label_ids = torch.tensor(model.token_ids(words), dtype=torch.long, device=model.device)
-    forward_kwargs = _forward_kwargs(model)
-    n = len(prompts)
+    label_ids = torch.tensor(label_token_ids(model.tokenizer, words, prepared.texts[0], owner=model.name),
+                             dtype=torch.long, device=model.device)
+    n = len(prepared.tokens)
     label_logits, seconds, cpu_seconds, batch_seconds = np.zeros((n, len(words))), np.zeros(n), np.zeros(n), []
     with torch.no_grad():
-        for idx in tqdm(_batches(model, prompts, batch_size), desc="full model", disable=not progress or n < 3 * batch_size):
-            chunk = [prompts[i] for i in idx]
+        for idx in tqdm(prepared.batches, desc="full model", disable=not progress or n < 3 * batch_size):
             t0, c0 = time.perf_counter(), time.process_time()
-            out = model.hf_model(**encode(model, chunk), **forward_kwargs)
-            label_logits[idx] = out.logits[:, -1, label_ids].double().cpu().numpy()
+            batch = prepared.batch(idx)
+            kwargs = batch.forward_kwargs(model)
+            keep = torch.unique(batch.last)  # sorted positions whose logits we need
+            if "logits_to_keep" in kwargs:
+                kwargs["logits_to_keep"] = keep
+                logits, at = model.hf_model(**kwargs).logits, torch.searchsorted(keep, batch.last)
+            else:
+                logits, at = model.hf_model(**kwargs).logits, batch.last
+            rows = torch.arange(len(idx), device=logits.device)
+            label_logits[idx] = logits[rows, at.to(logits.device)][:, label_ids].double().cpu().numpy()
             elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
             batch_seconds.append(elapsed)
-            seconds[idx], cpu_seconds[idx] = elapsed / len(chunk), cpu / len(chunk)
+            seconds[idx], cpu_seconds[idx] = elapsed / len(idx), cpu / len(idx)
     scores = label_log_softmax(label_logits) - offsets[L]
     return FullResult(predictions=scores.argmax(-1), label_logits=label_logits, scores=scores,
                       seconds=seconds, batch_seconds=batch_seconds, cpu_seconds=cpu_seconds)
@@ -507,21 +520,53 @@ def run_full(
 # Simple exit rules (stand-ins for a fitted ExitPolicy; also the fixed / scheduled baselines)
 
 
+# ``check_policy_model`` (called once by ``run_early_exit``) lives with the policies; policy.py does not import
+# this module, so importing it here, after the runner's definitions, is not circular.
+from .checks import check_exit_layers, check_threshold  # noqa: E402
+from .policy import check_policy_model  # noqa: E402
+
+
 @dataclass(kw_only=True)
 class _ExitRule:
-    """What the runner reads from a policy besides ``stop_proba_online``: a rule needs no classifier."""
+    """What the runner reads from a policy besides ``stop_proba_online``: a rule needs no classifier.
+
+    Checked where they enter (``ValueError`` naming the bad value and what is allowed): ``threshold`` in
+    [0, 1] (a rule's stop probability is 0 or 1: above 1 it would never stop), ``label_words`` None or a
+    list of non-empty strings; each rule checks its exit layers (integers >= 0) in ``__post_init__``, and
+    against the model's L in ``check_layers`` (called by ``run_early_exit`` through ``check_policy_model``).
+    """
 
     label_words: list[str] | None = None
     calibration: object = None
     needs_full_vocab: bool = False
     threshold: float = 0.5
 
+    def __post_init__(self) -> None:
+        check_threshold(self.threshold, high=1.0)
+        if self.label_words is not None:
+            if isinstance(self.label_words, str) or not all(isinstance(w, str) and w for w in self.label_words):
+                raise ValueError(f"label_words must be None or a list of non-empty strings, not {self.label_words!r}")
+            self.label_words = list(self.label_words)
+
+    def check_layers(self, n_layers: int | None, n_examples: int | None = None) -> None:
+        """``ValueError`` when the rule's exit layers do not fit a model of ``n_layers`` = L layers (or, for a
+        per-prompt schedule, ``n_examples`` prompts); each rule checks its own layers (none here)."""
+
 
 @dataclass
 class FixedExitPolicy(_ExitRule):
-    """Exit every example at ``layer`` (no check before it: ``min_layer = layer``)."""
+    """Exit every example at ``layer`` (no check before it: ``min_layer = layer``). ``layer`` is an integer
+    in 0..L (0 = the embeddings): ``ValueError`` for a negative one here, and from ``run_early_exit`` for
+    one beyond the model's L (a 2-layer model cannot exit at layer 5)."""
 
     layer: int
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.layer = int(check_exit_layers(self.layer, None, "FixedExitPolicy layer")[0])
+
+    def check_layers(self, n_layers: int | None, n_examples: int | None = None) -> None:
+        check_exit_layers(self.layer, n_layers, "FixedExitPolicy layer")
 
     @property
     def min_layer(self) -> int:
@@ -534,9 +579,23 @@ class FixedExitPolicy(_ExitRule):
 @dataclass
 class ScheduledExitPolicy(_ExitRule):
     """Exit example ``i`` (its index in the prompts passed to ``run_early_exit``) at ``layers[i]``:
-    replays exits decided elsewhere (the oracle, random exits) with real compute skipping."""
+    replays exits decided elsewhere (the oracle, random exits) with real compute skipping.
+
+    ``layers``: a non-empty 1-D sequence of integers in 0..L, one per prompt. ``ValueError`` here for an
+    empty, nested or negative one, and from ``run_early_exit`` for layers beyond the model's L or a length
+    that is not the number of prompts."""
 
     layers: np.ndarray
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if np.ndim(self.layers) != 1 or len(self.layers) == 0:
+            raise ValueError(f"ScheduledExitPolicy layers must be a non-empty 1-D sequence (one exit layer per "
+                             f"prompt), got {np.asarray(self.layers).shape} array")
+        self.layers = check_exit_layers(self.layers, None, "ScheduledExitPolicy layers")
+
+    def check_layers(self, n_layers: int | None, n_examples: int | None = None) -> None:
+        check_exit_layers(self.layers, n_layers, "ScheduledExitPolicy layers", n_examples=n_examples)
 
     @property
     def min_layer(self) -> int:

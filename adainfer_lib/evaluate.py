@@ -33,9 +33,13 @@ from .baselines import (GapThresholdPolicy, block_influence, dropped_layers, fir
                         random_exit_layers)
 from .early_exit import (ExitResult, FixedExitPolicy, ScheduledExitPolicy, measure_check_cost, resolve_offsets,
                          run_early_exit, run_full)
+from .checks import check_choice, check_int, check_number, check_threshold
 from .models import LensModel
+from .policy import check_policy_model, check_trace_model
 
 DEFAULT_BASELINES = ("oracle", "fixed", "random", "shortgpt")
+#: The methods ``pareto_curves`` can sweep besides the given policies.
+PARETO_METHODS = ("oracle", "fixed", "random", "gap")
 
 
 @dataclass
@@ -107,6 +111,19 @@ def _simulated_exits(policy, task_trace) -> np.ndarray | None:
         return None
 
 
+def _check_policies(policies, model, label_words) -> None:
+    """``TypeError`` unless ``policies`` maps names to exit policies (objects with ``stop_proba_online``);
+    then ``check_policy_model`` of each against ``model`` (a ``LensModel`` or a task trace) and
+    ``label_words`` (``PolicyModelMismatchError`` for one of another model or task)."""
+    if not isinstance(policies, Mapping):
+        raise TypeError(f"policies must be a mapping name -> fitted exit policy, not {type(policies).__name__}")
+    for name, policy in policies.items():
+        if not callable(getattr(policy, "stop_proba_online", None)):
+            raise TypeError(f"policy {name!r} is a {type(policy).__name__}, not an exit policy "
+                            "(ExitPolicy, GapThresholdPolicy, FixedExitPolicy, ...)")
+        check_policy_model(policy, model, label_words=label_words)
+
+
 # ---------------------------------------------------------------------------------------------------
 # The evaluation
 
@@ -136,9 +153,27 @@ def run_evaluation(
     after one untimed ``warmup`` call per method; the accuracy of every real method is measured on all test
     prompts with batches of ``batch_size``. ShortGPT's Block Influence uses ``n_influence`` train prompts and
     its re-calibration ``n_calibration``.
+
+    Checked before any work: ``TypeError`` when ``policies`` is not a mapping of exit policies;
+    ``PolicyModelMismatchError`` for a policy fitted on another model or task (``check_policy_model``),
+    ``ModelMismatchError`` for a ``task_trace`` of another model; ``ValueError`` for a ``task_trace`` of other
+    label words, a ``match`` that is not a policy's name, or counts out of range (``n_timing`` >= 0 or None,
+    ``repeats``, ``batch_size``, ``n_influence`` >= 1, ``n_calibration`` >= 0).
     """
     from .task_trace import trace_task
 
+    _check_policies(policies, model, task.label_words)
+    if match is not None and match not in policies:
+        raise ValueError(f"match must be the name of one of the policies {list(policies)}, not {match!r}")
+    check_int(n_timing, "n_timing", low=0, none_ok=True)
+    for value, name, low in ((repeats, "repeats", 1), (batch_size, "batch_size", 1), (n_influence, "n_influence", 1),
+                             (n_calibration, "n_calibration", 0)):
+        check_int(value, name, low=low)
+    if task_trace is not None:
+        check_trace_model(task_trace, model)
+        if list(task_trace.trace.label_words) != list(task.label_words):
+            raise ValueError(f"task_trace has label words {list(task_trace.trace.label_words)}, the task "
+                             f"{list(task.label_words)}: trace this task (trace_task(model, task))")
     if task_trace is None:
         task_trace = trace_task(model, task, progress=progress)
     tt = task_trace
@@ -152,6 +187,7 @@ def run_evaluation(
     if not policies and set(baselines) - {"oracle"}:
         raise ValueError("the fixed, random and shortgpt baselines match a policy's depth: give at least one policy")
     words = list(task.label_words)
+    prefix = getattr(task, "prefix", None)  # every run, timed or not, reuses the prompt-prefix KV cache (the fair comparison)
     gold = np.asarray(tt.gold)
     full_pred = tt.final_predictions()
     trace_pred = tt.predictions()
@@ -168,7 +204,7 @@ def run_evaluation(
     # 1. the policies, real runs on every test prompt
     for name, policy in policies.items():
         res = run_early_exit(model, prompts, policy, label_words=words, calibration=offsets[name],
-                             batch_size=batch_size, progress=progress)
+                             batch_size=batch_size, prefix=prefix, progress=progress)
         results[name] = res
         exits[name], predictions[name], kinds[name] = res.exit_layers, res.predictions, "real early exit"
         sim = _simulated_exits(policy, tt)
@@ -198,20 +234,22 @@ def run_evaluation(
                                           batch_size=batch_size)
         with dropped_layers(model, drop):
             res = run_full(model, prompts, label_words=words, calibration=drop_offsets, batch_size=batch_size,
-                           progress=progress)
+                           prefix=prefix, progress=progress)
         exits["shortgpt"], predictions["shortgpt"] = np.full(n, L - len(drop)), res.predictions
         kinds["shortgpt"] = "real, layers removed"
         extra["shortgpt"] = {"dropped": ",".join(str(i + 1) for i in drop)}
 
     # 3. wall-clock, batch size 1, interleaved
     def full_runner(i: int) -> float:
-        return float(run_full(model, [prompts[i]], label_words=words, calibration=tt.calibration).seconds[0])
+        return float(run_full(model, [prompts[i]], label_words=words, calibration=tt.calibration,
+                              prefix=prefix).seconds[0])
 
     timed_results: dict[str, list[ExitResult]] = {name: [] for name in policies}
 
     def policy_runner(name: str) -> Callable[[int], float]:
         def run(i: int) -> float:
-            res = run_early_exit(model, [prompts[i]], policies[name], label_words=words, calibration=offsets[name])
+            res = run_early_exit(model, [prompts[i]], policies[name], label_words=words, calibration=offsets[name],
+                                 prefix=prefix)
             timed_results[name].append(res)
             return float(res.seconds[0])
         return run
@@ -220,12 +258,13 @@ def run_evaluation(
         def run(i: int) -> float:
             policy = FixedExitPolicy(int(exits[name][i]))
             return float(run_early_exit(model, [prompts[i]], policy, label_words=words,
-                                        calibration=tt.calibration).seconds[0])
+                                        calibration=tt.calibration, prefix=prefix).seconds[0])
         return run
 
     def shortgpt_runner(i: int) -> float:
         with dropped_layers(model, drop):
-            return float(run_full(model, [prompts[i]], label_words=words, calibration=drop_offsets).seconds[0])
+            return float(run_full(model, [prompts[i]], label_words=words, calibration=drop_offsets,
+                                  prefix=prefix).seconds[0])
 
     runners: dict[str, Callable[[int], float]] = {"full": full_runner}
     runners.update({name: policy_runner(name) for name in policies})
@@ -306,10 +345,23 @@ def pareto_curves(
     with its threshold swept over ``thresholds`` (default 0.05..0.95 and 0.99), ``fixed`` at every layer,
     ``random`` at every mean depth (seeded), the calibrated label ``gap`` threshold, and the ``oracle`` point.
     ``table``: the trace's feature table (built with ``features.feature_table`` when a policy needs one).
-    Columns: method, param, accuracy, accuracy_change_pts, consistency, layers_saved, mean_exit_layer."""
+    Columns: method, param, accuracy, accuracy_change_pts, consistency, layers_saved, mean_exit_layer.
+
+    ``ValueError`` for unknown ``methods``, an empty threshold grid or thresholds outside [0, 1.01], or
+    ``gap_min_layer`` outside 0..L; ``PolicyModelMismatchError`` for a policy of another model or task, and
+    ``ModelMismatchError`` for a ``table`` of another model than ``task_trace``."""
     tt = task_trace
     L, n = tt.n_layers, tt.n_examples
     thresholds = list(thresholds) if thresholds is not None else [*np.round(np.arange(0.05, 1.0, 0.05), 2), 0.99]
+    for method in methods:
+        check_choice(method, "each of methods", PARETO_METHODS)
+    if not thresholds:
+        raise ValueError("thresholds is empty: give at least one threshold (or None for the default grid)")
+    thresholds = [check_threshold(t, "each threshold") for t in thresholds]
+    check_int(gap_min_layer, "gap_min_layer", low=0, high=L)
+    _check_policies(policies or {}, tt, None)
+    if table is not None:
+        check_trace_model(table, tt)
     rows = []
     for name, policy in (policies or {}).items():
         if table is None and not isinstance(policy, GapThresholdPolicy):
@@ -352,7 +404,11 @@ def shortgpt_curve(model: LensModel, task, ks: Sequence[int], *, n: int | None =
     ``n`` test prompts, all if None; each ``k`` costs one pass over them). Same columns as ``pareto_curves``,
     plus ``n``; ``full_predictions`` (the full model's, over all test prompts) adds consistency.
     ``influence``: Block Influence already measured (e.g. ``Evaluation.influence``), else measured on
-    ``n_influence`` train prompts."""
+    ``n_influence`` train prompts. ``ValueError`` for ``n`` < 1 or a ``k`` outside 0..L."""
+    L = model.n_layers
+    check_int(n, "n", low=1, none_ok=True)
+    for k in ks:
+        check_int(k, "each k (layers to drop)", low=0, high=L)
     prompts = task.prompts("test")[:n]
     gold = np.asarray(task.test["label"])[: len(prompts)]
     if full_predictions is not None:
@@ -360,14 +416,13 @@ def shortgpt_curve(model: LensModel, task, ks: Sequence[int], *, n: int | None =
     if influence is None:
         influence = block_influence(model, task.prompts("train")[:n_influence], batch_size=batch_size)
     train = task.prompts("train")[:n_calibration]
-    L = model.n_layers
     rows = []
     for k in ks:
         drop = layers_to_drop(influence, k)
         offsets = pruned_calibration(model, drop, train, label_words=task.label_words, batch_size=batch_size)
         with dropped_layers(model, drop):
             res = run_full(model, prompts, label_words=task.label_words, calibration=offsets, batch_size=batch_size,
-                           progress=progress)
+                           prefix=getattr(task, "prefix", None), progress=progress)
         acc = float(np.mean(res.predictions == gold))
         row = {"method": "shortgpt", "param": float(k), "accuracy": acc, "layers_saved": len(drop) / L,
                "mean_exit_layer": float(L - len(drop)), "n": len(prompts)}
@@ -390,7 +445,9 @@ ADAINFER_POLICIES: dict[str, dict] = {
 
 def suggest_min_layer(train_trace, quantile: float = 0.05) -> int:
     """A first layer worth checking, from the TRAIN split: the ``quantile`` of the oracle exit layers
-    (below it almost no example has settled on its final answer, so checks there are wasted time)."""
+    (below it almost no example has settled on its final answer, so checks there are wasted time).
+    ``ValueError`` for ``quantile`` outside [0, 1]."""
+    check_number(quantile, "quantile", low=0.0, high=1.0)
     exits = np.asarray(train_trace.earliest_consistent_layer())
     return int(max(1, np.floor(np.quantile(exits, quantile))))
 
@@ -400,14 +457,23 @@ def fit_policies(train_trace, specs: Mapping[str, dict] | None = None, *, min_la
     """Fit ``ExitPolicy(**spec)`` for each ``name -> spec`` (default ``ADAINFER_POLICIES``) on the feature
     table of ``train_trace`` (a trace of the TRAIN split) and tune each threshold there (``tune_threshold``:
     the most layers saved for at most ``max_loss`` accuracy loss, out-of-fold over ``cv`` folds).
-    ``min_layer="auto"``: ``suggest_min_layer(train_trace)``; a spec's own ``min_layer`` wins."""
+    ``min_layer="auto"``: ``suggest_min_layer(train_trace)``; a spec's own ``min_layer`` wins.
+    ``ValueError`` for ``min_layer`` neither "auto" nor an integer in 0..L, for a spec that is not a dict of
+    ``ExitPolicy`` parameters, and for ``max_loss`` / ``cv`` as in ``choose_threshold``."""
     from .features import feature_table
     from .policy import ExitPolicy, tune_threshold
 
+    if min_layer != "auto":
+        check_int(min_layer, "min_layer", low=0, high=train_trace.n_layers,
+                  allowed=f"'auto' or an integer in 0..{train_trace.n_layers}")
+    specs = ADAINFER_POLICIES if specs is None else specs
+    bad = [name for name, spec in specs.items() if not isinstance(spec, Mapping)]
+    if bad:
+        raise ValueError(f"specs must map names to dicts of ExitPolicy parameters; {bad} are not dicts")
     table = feature_table(train_trace)
     first = suggest_min_layer(train_trace) if min_layer == "auto" else int(min_layer)
     fitted = {}
-    for name, spec in (ADAINFER_POLICIES if specs is None else specs).items():
+    for name, spec in specs.items():
         policy = ExitPolicy(**{"min_layer": first, **spec}).fit(table)
         fitted[name] = tune_threshold(policy, table, max_loss=max_loss, cv=cv)
     return fitted

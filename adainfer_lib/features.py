@@ -36,6 +36,9 @@ from .calibration import label_log_softmax
 #: or the gold label. The same names ``early_exit.run_early_exit`` computes at each checked layer.
 ONLINE_FEATURES: tuple[str, ...] = ("layer", "layer_frac", "top_prob", "gap", "entropy", "cos_prev",
                                     "label_top_prob", "label_gap")
+#: Online features whose values lie in [0, 1] (probabilities, gaps, depth): a threshold on one of them is a
+#: stop probability. ``layer``, ``entropy`` and ``cos_prev`` are not.
+UNIT_INTERVAL_FEATURES: tuple[str, ...] = ("layer_frac", "top_prob", "gap", "label_top_prob", "label_gap")
 #: Online features that need the whole vocabulary through the LM head (a full-vocabulary lens per check).
 FULL_VOCAB_FEATURES: tuple[str, ...] = ("top_prob", "gap", "entropy")
 #: Every numeric feature column of ``feature_table`` (online ones plus ``kl_to_final``).
@@ -85,7 +88,17 @@ def _decision_columns(preds: np.ndarray, gold: np.ndarray) -> dict[str, np.ndarr
 
 def feature_table(task_trace) -> pd.DataFrame:
     """One row per example × layer of ``task_trace`` (a ``TaskTrace``): see the module docstring for the
-    columns. Rows are ordered by example, then layer; ``attrs`` hold the fitting metadata."""
+    columns. Rows are ordered by example, then layer; ``attrs`` hold the fitting metadata.
+
+    ``TypeError`` for anything but a ``TaskTrace`` (a bare ``LayerTrace`` has no gold labels or calibration:
+    wrap it, or use ``trace_task``); ``ValueError`` for a trace without label words (every decision and label
+    feature is over the label words)."""
+    if not all(hasattr(task_trace, a) for a in ("trace", "gold", "scores", "calibration")):
+        raise TypeError(f"feature_table takes a TaskTrace (trace_task(model, task), or TaskTrace(trace, gold, "
+                        f"calibrations, ...)), not a {type(task_trace).__name__}")
+    if not task_trace.trace.label_words:
+        raise ValueError("feature_table needs a trace with label words (trace(model, prompts, label_words=...)): "
+                         "decisions, label features and labels are all over the label words")
     tt = task_trace
     tr = tt.trace
     n, L = tt.n_examples, tt.n_layers
@@ -173,17 +186,19 @@ def feature_auc(table: pd.DataFrame, features: Sequence[str], label: str = "sett
     return out.iloc[np.argsort(-np.abs(out["auc"].fillna(0.5).to_numpy() - 0.5), kind="stable")].reset_index(drop=True)
 
 
-def lens_check_cost(model, label_words: Sequence[str], *, batch: int = 1, repeats: int = 30) -> pd.DataFrame:
+def lens_check_cost(model, label_words: Sequence[str], *, context: str = "Answer:", batch: int = 1,
+                    repeats: int = 30) -> pd.DataFrame:
     """Measured seconds of one exit check at one layer (``lens.lens_stats`` on ``batch`` states): with the
     full vocabulary through the LM head (needed for top_prob, gap, entropy) vs the label-word rows only.
-    Median of ``repeats`` timings after one warm-up; also the cost relative to the label-only check."""
+    Median of ``repeats`` timings after one warm-up; also the cost relative to the label-only check. The
+    label words are resolved as the tokens that follow ``context`` (a prompt's end, e.g. ``task.prompts()[0]``)."""
     import time
 
     import torch
 
     from .lens import lens_stats
 
-    ids = torch.tensor(model.token_ids(list(label_words)), dtype=torch.long, device=model.device)
+    ids = torch.tensor(model.label_token_ids(list(label_words), context), dtype=torch.long, device=model.device)
     hidden = model.hf_model.config.hidden_size
     states = torch.randn(batch, hidden, device=model.device, generator=torch.Generator().manual_seed(0))
     rows = []

@@ -1,7 +1,7 @@
 """The logit lens over every layer, at the last prompt position: ``trace`` → ``LayerTrace``.
 
-For each prompt, one batched forward pass (left padding, attention mask) records the residual stream
-``h_l`` at the last position after every layer (``h_0`` = the input of the first decoder layer, i.e. the
+For each prompt, one batched forward pass (right padding, attention mask; a prompt prefix shared by all
+prompts runs once, see ``inputs``) records the residual stream ``h_l`` at the last real token after every layer (``h_0`` = the input of the first decoder layer, i.e. the
 embeddings with positions). Each state goes through the model's own final norm and unembedding, so layer
 ``L`` reproduces the model's logits, and we keep per example × layer: the top-k tokens, ``top_prob``,
 ``gap`` (top-1 minus top-2 probability), entropy, KL to the final layer, the cosine between consecutive
@@ -10,7 +10,6 @@ states, and (given label words) the label-word logits.
 
 from __future__ import annotations
 
-import inspect
 import json
 import time
 import zipfile
@@ -25,6 +24,8 @@ import pandas as pd
 import torch
 
 from .cache import atomic_write_bytes, content_key
+from .inputs import (Batch, check_prompts, label_token_ids, length_sorted_batches,  # noqa: F401  (re-exported)
+                     prepare_prompts)
 from .models import LensModel
 from .paths import data_dir
 
@@ -88,7 +89,10 @@ class LayerTrace:
         return np.arange(self.n_layers + 1)
 
     def label_probs(self) -> np.ndarray:
-        """Label-word probabilities renormalised over the label words: (n, L+1, C)."""
+        """Label-word probabilities renormalised over the label words: (n, L+1, C). A trace without label
+        words (``trace(model, prompts)``) gives an empty (n, L+1, 0) array."""
+        if not self.label_words:
+            return np.zeros((*self.label_logits.shape[:2], 0), dtype=self.label_logits.dtype)
         z = self.label_logits - self.label_logits.max(axis=-1, keepdims=True)
         e = np.exp(z)
         return e / e.sum(axis=-1, keepdims=True)
@@ -101,9 +105,24 @@ class LayerTrace:
             rows[f"prob_{i + 1}"] = self.top_probs[example, :, i]
         return pd.DataFrame(rows, index=pd.Index(self.layers, name="layer"))
 
+    def label_columns(self) -> list[str]:
+        """The ``to_frame`` column of each label word: ``p_<word without surrounding spaces>``. ``ValueError``
+        naming the words when two of them give the same column (" positive" and "positive", or a word listed
+        twice): columns are never merged or renamed silently."""
+        columns = [f"p_{word.strip()}" for word in self.label_words]
+        clashes = {c: [w for w, c2 in zip(self.label_words, columns) if c2 == c] for c in columns if columns.count(c) > 1}
+        if clashes:
+            detail = "; ".join(f"{words} all give {c!r}" for c, words in clashes.items())
+            raise ValueError(f"label words collide as table columns: {detail}. Label words must differ after "
+                             "stripping spaces to become columns of to_frame().")
+        return columns
+
     def to_frame(self) -> pd.DataFrame:
         """Tidy table, one row per example × layer: example, layer, top_prob, gap, entropy, kl_to_final,
-        cos_prev, top_token, and ``p_<word>`` per label word (renormalised over the label words)."""
+        cos_prev, top_token, and ``p_<word>`` per label word (renormalised over the label words; none for a
+        trace without label words). Column names come from ``label_columns``: label words that collide after
+        stripping spaces (" positive" and "positive") raise ``ValueError`` instead of sharing a column."""
+        columns = self.label_columns()
         n, layers = self.top_prob.shape
         frame = pd.DataFrame(
             {
@@ -120,8 +139,8 @@ class LayerTrace:
             }
         )
         probs = self.label_probs()
-        for c, word in enumerate(self.label_words):
-            frame[f"p_{word.strip()}"] = probs[..., c].ravel()
+        for c, column in enumerate(columns):
+            frame[column] = probs[..., c].ravel()
         return frame
 
     # ---- persistence -------------------------------------------------------------------------------
@@ -172,20 +191,16 @@ class LayerTrace:
 
 
 @contextmanager
-def record_last_states(model: LensModel) -> Iterator[list[torch.Tensor]]:
-    """Hooks that record the last-position residual state entering layer 0 and leaving every layer.
-
-    Yields a list that fills with L + 1 tensors of shape (batch, hidden) during one forward pass.
-    """
+def record_last_states(model: LensModel, batch: Batch) -> Iterator[list[torch.Tensor]]:
+    """Hooks that record, at each row's last real token (``batch.last``), the residual state entering layer 0
+    and leaving every layer. Yields a list that fills with L + 1 tensors (batch, hidden) during one forward."""
     states: list[torch.Tensor] = []
 
     def first_input(_module, args, kwargs):
-        hidden = args[0] if args else kwargs["hidden_states"]
-        states.append(hidden[:, -1].detach())
+        states.append(batch.gather_last(args[0] if args else kwargs["hidden_states"]).detach())
 
     def layer_output(_module, _args, output):
-        hidden = output[0] if isinstance(output, tuple) else output
-        states.append(hidden[:, -1].detach())
+        states.append(batch.gather_last(output[0] if isinstance(output, tuple) else output).detach())
 
     handles = [model.layers[0].register_forward_pre_hook(first_input, with_kwargs=True)]
     handles += [layer.register_forward_hook(layer_output) for layer in model.layers]
@@ -196,31 +211,25 @@ def record_last_states(model: LensModel) -> Iterator[list[torch.Tensor]]:
             handle.remove()
 
 
-def _forward_kwargs(model: LensModel) -> dict:
-    """Keep only the last position's logits where the model's forward supports it."""
-    params = inspect.signature(model.hf_model.forward).parameters
-    kwargs = {"use_cache": False}
-    if "logits_to_keep" in params:
-        kwargs["logits_to_keep"] = 1
-    return kwargs
+def batch_states(model: LensModel, batch: Batch) -> torch.Tensor:
+    """One forward pass of ``batch``: residual states (L+1, B, hidden) at each row's last real token."""
+    with torch.no_grad(), record_last_states(model, batch) as states:
+        model.hf_model(**batch.forward_kwargs(model))
+    return torch.stack(states)
 
 
-def encode(model: LensModel, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
-    """Tokenize with left padding onto the model's device: input_ids, attention_mask and position_ids
-    (batch, seq). Positions count real tokens only, so a padded prompt sees the positions it would see
-    alone (this matters for learned absolute positions: GPT-2, OPT)."""
-    enc = model.tokenizer(list(prompts), return_tensors="pt", padding=True)
-    mask = enc["attention_mask"]
-    batch = {"input_ids": enc["input_ids"], "attention_mask": mask, "position_ids": (mask.cumsum(-1) - 1).clamp_min(0)}
-    return {k: v.to(model.device) for k, v in batch.items()}
-
-
-def last_states(model: LensModel, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-    """One forward pass: residual states (L+1, batch, hidden) at the last position, and the model's
-    own last-position logits (batch, vocab)."""
-    with torch.no_grad(), record_last_states(model) as states:
-        out = model.hf_model(**encode(model, prompts), **_forward_kwargs(model))
-    return torch.stack(states), out.logits[:, -1]
+def last_states(model: LensModel, prompts: Sequence[str], *, prefix_cache: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """All ``prompts`` in one batch: residual states (L+1, batch, hidden) at the last real token, and the
+    model's own logits there (batch, vocab) — the reference the lens at layer L must reproduce."""
+    prepared = prepare_prompts(model, prompts, caller="last_states", batch_size=len(list(prompts)),
+                               prefix_cache=prefix_cache, sort_by_length=False)
+    batch = prepared.batch(prepared.batches[0])
+    kwargs = batch.forward_kwargs(model)
+    if "logits_to_keep" in kwargs:
+        kwargs["logits_to_keep"] = 0  # every position: the rows' last real tokens differ
+    with torch.no_grad(), record_last_states(model, batch) as states:
+        out = model.hf_model(**kwargs)
+    return torch.stack(states), batch.gather_last(out.logits)
 
 
 @torch.no_grad()
@@ -267,16 +276,12 @@ def _batch_stats(model: LensModel, states: torch.Tensor, label_ids: torch.Tensor
     return out
 
 
-def trace_cache_path(model: LensModel, prompts: Sequence[str], label_words: Sequence[str], top_k: int, full_vocab: bool) -> Path:
-    """Cache file for these exact inputs (model weights, prompts, label words, options, format)."""
-    key = content_key(model.cache_id, list(prompts), list(label_words), top_k, full_vocab, TRACE_FORMAT_VERSION)
+def trace_cache_path(model: LensModel, prompts: Sequence[str], label_words: Sequence[str], top_k: int,
+                     full_vocab: bool, prefix_cache: bool = True) -> Path:
+    """Cache file for these exact inputs (model weights, prompts, label words, options, prefix cache, format)."""
+    key = content_key(model.cache_id, list(prompts), list(label_words), top_k, full_vocab, bool(prefix_cache),
+                      TRACE_FORMAT_VERSION)
     return data_dir() / "traces" / f"{model.cache_id}-{key}.npz"
-
-
-def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[np.ndarray]:
-    """Prompt indices per batch, prompts grouped by token length (stable) so that a batch pads little."""
-    order = np.argsort(lengths, kind="stable")
-    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
 def trace(
@@ -287,43 +292,45 @@ def trace(
     batch_size: int = 8,
     top_k: int = 5,
     full_vocab: bool = True,
+    prefix_cache: bool = True,
+    prefix: str | None = None,
     cache: bool = False,
     progress: bool = True,
 ) -> LayerTrace:
     """Logit-lens statistics of ``prompts`` at every layer (see ``LayerTrace``).
 
-    Prompts are batched by token length (left padded), and only the last position goes through the lens.
+    ``prompts`` is a list of strings (a bare string is refused: pass ``[prompt]``). Prompts are batched by
+    token length (right padded; each row is read at its last real token), and only that position goes through
+    the lens. ``label_words`` are resolved as the token that follows the prompts' end
+    (``inputs.label_token_ids``). With ``prefix_cache`` (default) the token prefix that all prompts share
+    (instruction and demonstrations under one demonstration set) runs once and its keys and values are reused
+    for every batch (``inputs.prefix_kv``); the statistics equal those without it to float precision.
     ``full_vocab=False`` computes only the label-word rows of the unembedding (cheap for 262k vocabularies).
     ``cache=True`` reads/writes ``data/traces/`` keyed by model, prompts, label words and options; a corrupt
-    or stale file is rebuilt.
+    or stale file is rebuilt. Errors: ``TypeError``/``ValueError`` from ``inputs.check_prompts`` and
+    ``inputs.tokenize_prompts`` (empty or too-long prompts), ``ValueError`` for unusable label words.
     """
     from tqdm.auto import tqdm
 
-    prompts = list(prompts)
-    if not prompts:
-        raise ValueError("trace() needs at least one prompt; got an empty list.")
-    empty = [i for i, p in enumerate(prompts) if not isinstance(p, str) or not p.strip()]
-    if empty:
-        raise ValueError(f"Prompts must be non-empty strings; prompt(s) {empty[:5]} are empty.")
+    prompts = check_prompts(prompts, caller="trace")
     label_words = list(label_words or [])
-    label_ids = model.token_ids(label_words)
     if not full_vocab and not label_words:
         raise ValueError("full_vocab=False keeps only label-word rows, so label_words are required.")
-    path = trace_cache_path(model, prompts, label_words, top_k, full_vocab) if cache else None
+    label_ids = label_token_ids(model.tokenizer, label_words, prompts[0], owner=model.name) if label_words else []
+    path = trace_cache_path(model, prompts, label_words, top_k, full_vocab, prefix_cache) if cache else None
     if path is not None and path.exists():
         try:
             return LayerTrace.load(path)
         except CorruptCacheError:
             path.unlink(missing_ok=True)  # rebuilt below
 
-    lengths = [len(ids) for ids in model.tokenizer(prompts)["input_ids"]]
-    batches = length_sorted_batches(lengths, batch_size)
-    order = np.concatenate(batches)
+    start = time.perf_counter()
+    prepared = prepare_prompts(model, prompts, caller="trace", batch_size=batch_size, prefix_cache=prefix_cache, prefix=prefix)
+    order = np.concatenate(prepared.batches)
     ids_tensor = torch.tensor(label_ids, dtype=torch.long, device=model.device)
     chunks: list[dict] = []
-    start = time.perf_counter()
-    for batch in tqdm(batches, desc=f"trace {model.name}", disable=not progress or len(batches) < 3):
-        states, _ = last_states(model, [prompts[i] for i in batch])
+    for idx in tqdm(prepared.batches, desc=f"trace {model.name}", disable=not progress or len(prepared.batches) < 3):
+        states = batch_states(model, prepared.batch(idx))
         chunks.append(_batch_stats(model, states, ids_tensor, top_k, full_vocab))
     inverse = np.argsort(order)
     arrays = {k: np.concatenate([c[k] for c in chunks])[inverse] for k in chunks[0]}
@@ -332,11 +339,12 @@ def trace(
     result = LayerTrace(
         model_name=model.name,
         n_layers=model.n_layers,
-        n_tokens=np.asarray(lengths, dtype=np.int32),
+        n_tokens=prepared.n_tokens,
         label_words=label_words,
         label_ids=label_ids,
         token_strings={int(t): model.tokenizer.decode([int(t)]) for t in unique_ids},
         meta={"model_cache_id": model.cache_id, "top_k": top_k, "full_vocab": full_vocab,
+              "prefix_tokens": 0 if prepared.prefix is None else prepared.prefix.length,
               "seconds": round(time.perf_counter() - start, 3), "weights": model.weights_note},
         **arrays,
     )

@@ -19,6 +19,7 @@ import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 import torch
 from torch import nn
@@ -78,6 +79,8 @@ class LensModel:
 
     ``lens(h)`` reads a residual-stream state ``h`` of shape ``(batch, hidden)`` as next-token logits
     ``(batch, vocab)``: ``unembed(post_norm(final_norm(h)))``, soft-capped where the family does so.
+    A final norm or post-norm module that the model has as ``None`` is skipped (the identity); a registry path
+    that does not exist on the model raises ``registry.RegistryPathError`` (naming model type and path).
     """
 
     name: str
@@ -94,11 +97,15 @@ class LensModel:
     def __post_init__(self) -> None:
         self.hf_model.eval()
         self.layers = layer_list(self.hf_model, self.spec)
-        self.final_norm = get_submodule(self.hf_model, self.spec.final_norm)
+        # A registry path that does not exist raises RegistryPathError; only a module that exists and is None
+        # (post-norm OPT's final norm, OPT's project_out at most sizes) is skipped.
+        final_norm = get_submodule(self.hf_model, self.spec.final_norm, optional=True)
+        self.final_norm = nn.Identity() if final_norm is None else final_norm
         self.unembed = get_submodule(self.hf_model, self.spec.unembed)
         if not hasattr(self.unembed, "weight"):
             raise ValueError(f"{self.spec.family}: no unembedding weight at {self.spec.unembed!r}")
-        self.post_norm = tuple(get_submodule(self.hf_model, p) for p in self.spec.post_norm)
+        optional = (get_submodule(self.hf_model, p, optional=True) for p in self.spec.post_norm)
+        self.post_norm = tuple(m for m in optional if m is not None)
         self.softcap = final_logit_softcap(self.hf_model.config)
         prepare_tokenizer(self.tokenizer)
 
@@ -156,26 +163,21 @@ class LensModel:
         )
         return apply_softcap(logits, self.softcap)
 
-    def token_ids(self, words: list[str]) -> list[int]:
-        """Token id of each word; ``ValueError`` naming any word that is not exactly one token."""
-        ids = []
-        for word in words:
-            toks = self.tokenizer(word, add_special_tokens=False)["input_ids"]
-            if len(toks) != 1:
-                pieces = self.tokenizer.convert_ids_to_tokens(toks)
-                raise ValueError(
-                    f"Label word {word!r} is {len(toks)} tokens for {self.name} ({pieces}); label words must "
-                    "be exactly one token (mind the leading space, e.g. ' positive')."
-                )
-            ids.append(toks[0])
-        return ids
+    def label_token_ids(self, words: Sequence[str], context: str) -> list[int]:
+        """Token id of each label word as the token that follows ``context`` (a prompt's end); ``ValueError``
+        naming the word and its tokens unless each is one distinct token there (``inputs.label_token_ids``)."""
+        from .inputs import label_token_ids
+
+        return label_token_ids(self.tokenizer, words, context, owner=self.name)
 
     def __repr__(self) -> str:
         return f"LensModel({self.name!r}, {self.spec.family}, n_layers={self.n_layers}, weights={self.weights_note})"
 
 
 def prepare_tokenizer(tokenizer) -> None:
-    """Left padding (the last position is the one we read) and a pad token where the model has none."""
+    """A pad token where the model has none. (Batches are padded by ``inputs.make_batch`` from token ids, and
+    each row is read at its last real token, so ``tokenizer.padding_side`` does not matter; we set it to
+    ``"left"`` for anyone calling the tokenizer on a batch directly for generation.)"""
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

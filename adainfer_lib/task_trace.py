@@ -16,6 +16,8 @@ class TaskTrace:
     """``trace`` of one split of a task, its ``gold`` labels (n,), and the fitted calibrations.
 
     All decisions use the ``method`` calibration (``batch`` by default); ``with_calibration`` switches.
+    ``ValueError`` at construction when the gold labels, label names or calibration offsets do not fit the
+    trace (n gold labels in -1..C-1, -1 = unknown; C label names; offsets (L+1, C)).
     """
 
     trace: LayerTrace
@@ -31,6 +33,19 @@ class TaskTrace:
             raise ValueError(f"{len(self.gold)} gold labels for {self.trace.n_examples} traced examples")
         if self.method not in self.calibrations:
             raise ValueError(f"calibration {self.method!r} not fitted; have {sorted(self.calibrations)}")
+        n_labels = len(self.trace.label_words)
+        gold = np.asarray(self.gold)
+        if gold.size and (gold.dtype.kind not in "iu" or gold.min() < -1 or gold.max() >= n_labels):
+            raise ValueError(f"gold labels must be label ids in 0..{n_labels - 1} (or -1 = unknown) for the "
+                             f"{n_labels} label words {list(self.trace.label_words)}, got values {np.unique(gold)[:8].tolist()}")
+        if len(self.label_names) != n_labels:
+            raise ValueError(f"{len(self.label_names)} label names {list(self.label_names)} for {n_labels} label "
+                             f"words {list(self.trace.label_words)}")
+        expected = (self.trace.n_layers + 1, n_labels)
+        for name, cal in self.calibrations.items():
+            if np.shape(cal.offsets) != expected:
+                raise ValueError(f"calibration {name!r} has offsets of shape {np.shape(cal.offsets)}, expected "
+                                 f"{expected} (L+1 layers x label words): fitted on another model or task?")
 
     @property
     def n_layers(self) -> int:
@@ -85,9 +100,9 @@ def fit_task_calibrations(model: LensModel, task, *, full_vocab: bool = True, ca
     Traces the whole train split with the same options as ``trace_task(split="train")``, so the two share
     one cached trace (exit classifiers are fitted on that split too)."""
     unlabelled = trace(model, task.prompts("train"), label_words=task.label_words, full_vocab=full_vocab,
-                       cache=cache, batch_size=batch_size, progress=progress)
+                       cache=cache, batch_size=batch_size, prefix=task.prefix, progress=progress)
     content_free = trace(model, [task.content_free_prompt()], label_words=task.label_words, full_vocab=False,
-                         cache=cache, progress=False)
+                         cache=cache, prefix=task.prefix, progress=False)
     return {
         "raw": fit_calibration("raw", unlabelled=unlabelled.label_logits),
         "contextual": fit_calibration("contextual", content_free=content_free.label_logits),
@@ -102,7 +117,7 @@ def trace_task(model: LensModel, task, *, split: str = "test", calibration: str 
         raise ValueError(f"Unknown calibration {calibration!r}; choose one of {CALIBRATION_METHODS}.")
     dataset = getattr(task, split)
     layer_trace = trace(model, task.prompts(split), label_words=task.label_words, full_vocab=full_vocab,
-                        cache=cache, batch_size=batch_size, progress=progress)
+                        cache=cache, batch_size=batch_size, prefix=task.prefix, progress=progress)
     calibrations = fit_task_calibrations(model, task, full_vocab=full_vocab, cache=cache, batch_size=batch_size,
                                          progress=progress)
     return TaskTrace(trace=layer_trace, gold=np.asarray(dataset["label"]), calibrations=calibrations,

@@ -2,8 +2,16 @@
 
 ``load_task("sentiment", n=200)`` gives a :class:`Task` whose ``prompts()`` end right where the label
 word goes ("...\\nSentiment:"), so the model's next token is read at the last prompt position.
-Demonstrations come from the train split only, balanced across labels, and are drawn per query from
-a seed derived from ``(seed, query text)``: reproducible, varied across queries, independent of ``n``.
+Demonstrations come from the train side of the data only, balanced across labels. Two protocols:
+
+- ``demos="fixed"`` (default): **one demonstration set per seed**, shared by every prompt of the task —
+  the protocol of the calibration papers (Zhao et al. 2021; Zhou et al. 2023), whose results are reported
+  over several seeds. Every prompt is ``Task.prefix + Task.query(text)``; the prefix (instruction and
+  demonstrations) is the same for all, so a model's label bias is shared and batch calibration can remove
+  it, and its keys and values can be computed once (``inputs.prefix_kv``). The demonstrations are held out
+  of the train split (and never share a text with a test or train query), so no prompt contains its query.
+- ``demos="per_query"``: demonstrations drawn per query from a seed derived from ``(seed, query text)``:
+  reproducible, varied across queries, independent of ``n`` (the suite's protocol before version 2).
 """
 from __future__ import annotations
 
@@ -19,7 +27,8 @@ from . import sources
 from .cache import content_key
 
 DEFAULT_N_TRAIN = 500
-TASK_FORMAT_VERSION = 1  # bump when splitting or prompting changes, so trace caches are rebuilt
+TASK_FORMAT_VERSION = 2  # bump when splitting or prompting changes, so trace caches are rebuilt
+DEMO_MODES = ("fixed", "per_query")
 
 
 @dataclass(frozen=True)
@@ -42,7 +51,11 @@ class PromptTemplate:
 
     def build(self, demos: Sequence[tuple[str, str]], text: str) -> str:
         """Prompt from ``(text, label_word)`` demonstrations and the query text."""
-        return self.instruction + self.separator.join([self.demo(t, w) for t, w in demos] + [self.render(text)])
+        return self.prefix(demos) + self.render(text)
+
+    def prefix(self, demos: Sequence[tuple[str, str]]) -> str:
+        """Everything before the query: the instruction and the demonstrations, each followed by the separator."""
+        return self.instruction + "".join(self.demo(t, w) + self.separator for t, w in demos)
 
     def __str__(self) -> str:
         return repr((self.instruction, self.query, self.separator))
@@ -157,10 +170,18 @@ class Task:
     source: str
     group_column: str | None = None
     data_version: str = ""
+    demos: str = "fixed"
+    demo_set: datasets.Dataset | None = None  # the shared demonstrations (demos="fixed"), in prompt order
+
+    def __post_init__(self) -> None:
+        if self.demos not in DEMO_MODES:
+            raise ValueError(f"demos must be one of {DEMO_MODES}, not {self.demos!r}")
+        if self.demos == "fixed" and self.shots and (self.demo_set is None or len(self.demo_set) != self.shots):
+            raise ValueError(f"demos='fixed' with shots={self.shots} needs a demo_set of {self.shots} rows")
 
     def __repr__(self) -> str:
         return (f"Task({self.name!r}, source={self.source!r}, test={len(self.test)}, train={len(self.train)}, "
-                f"shots={self.shots}, seed={self.seed}, labels={self.label_names})")
+                f"shots={self.shots}, demos={self.demos!r}, seed={self.seed}, labels={self.label_names})")
 
     @property
     def n_labels(self) -> int:
@@ -170,7 +191,20 @@ class Task:
     def cache_id(self) -> str:
         """Key for anything computed from this task's prompts (trace caches)."""
         return content_key(self.name, self.source, len(self.test), self.shots, self.seed, str(self.template),
-                           self.label_words, len(self.train), self.data_version, TASK_FORMAT_VERSION)
+                           self.label_words, len(self.train), self.data_version, self.demos, TASK_FORMAT_VERSION)
+
+    @property
+    def prefix(self) -> str:
+        """The part every prompt starts with: the instruction and, with ``demos="fixed"``, the shared
+        demonstrations (with ``demos="per_query"`` only the instruction is shared)."""
+        if self.demos == "per_query" or not self.shots:
+            return self.template.instruction
+        pairs = [(t, self.label_words[c]) for t, c in zip(self.demo_set["text"], self.demo_set["label"])]
+        return self.template.prefix(pairs)
+
+    def query(self, text: str) -> str:
+        """The per-example part of a ``demos="fixed"`` prompt: ``prompt == prefix + query(text)``."""
+        return self.template.render(text)
 
     # ------------------------------------------------------------------ demonstrations
 
@@ -220,6 +254,8 @@ class Task:
         return rng.permutation(chosen).tolist()
 
     def _prompt(self, query: str, key: str, exclude_index: int | None = None) -> str:
+        if self.demos == "fixed":
+            return self.prefix + self.template.render(query)
         exclude = [exclude_index, self._train_index.get(key), self._train_index.get(query)]
         idx = self.demo_indices(key, exclude=exclude)
         demos = [(self._train_texts[i], self.label_words[self._train_labels[i]]) for i in idx]
@@ -228,69 +264,88 @@ class Task:
     # ------------------------------------------------------------------ public prompt builders
 
     def prompts(self, split: str = "test") -> list[str]:
-        """One k-shot prompt per example of ``split`` ("test" or "train"), in split order."""
+        """One k-shot prompt per example of ``split`` ("test" or "train"), in split order (``ValueError``
+        for another split name)."""
         if split not in ("test", "train"):
             raise ValueError(f"split must be 'test' or 'train', not {split!r}")
         texts = list((self.test if split == "test" else self.train)["text"])
         return [self._prompt(t, t, i if split == "train" else None) for i, t in enumerate(texts)]
 
     def prompt_for(self, text: str, *, exclude_index: int | None = None) -> str:
-        """k-shot prompt for any text (equals ``prompts()[i]`` when ``text`` is test example i)."""
+        """k-shot prompt for any text (equals ``prompts()[i]`` when ``text`` is test example i). With
+        ``demos="fixed"`` it is ``prefix + query(text)``; ``TypeError`` for a non-string text."""
+        if not isinstance(text, str):
+            raise TypeError(f"prompt_for() takes a text (str), not {type(text).__name__}")
         return self._prompt(text, text, exclude_index)
 
     def content_free_prompt(self, content: str = "N/A", *, text: str | None = None) -> str:
         """The prompt with the query replaced by ``content`` (contextual calibration, Zhao et al. 2021).
 
-        Demos are those of ``prompt_for(text)`` when ``text`` is given, else a fixed seeded draw.
+        With ``demos="fixed"`` the demonstrations are the shared set; per query, those of ``prompt_for(text)``
+        when ``text`` is given, else a fixed seeded draw.
         """
         return self._prompt(content, content if text is None else text)
 
     def check_label_words(self, tokenizer) -> list[int]:
-        """Token id of each label word as the token that follows the prompt's end.
+        """Token id of each label word as the token that follows the prompt's end (``inputs.label_token_ids``
+        in the context of this task's query template). ``ValueError`` naming the word and its tokens unless
+        each is exactly one token there and all are distinct."""
+        from .inputs import label_token_ids
 
-        Raises ValueError naming the word and its tokens unless it is exactly one token there,
-        or if two label words share a token.
-        """
-        ctx = self.template.render("x")
-        base = tokenizer.encode(ctx, add_special_tokens=False)
-        ids = []
-        for word in self.label_words:
-            full = tokenizer.encode(ctx + word, add_special_tokens=False)
-            extra = full[len(base):] if full[: len(base)] == base else tokenizer.encode(word, add_special_tokens=False)
-            if len(extra) != 1:
-                raise ValueError(
-                    f"label word {word!r} of task {self.name!r} is {len(extra)} tokens "
-                    f"{tokenizer.convert_ids_to_tokens(extra)} for this tokenizer, not exactly one: "
-                    "pick a single-token synonym")
-            ids.append(extra[0])
-        if len(set(ids)) != len(ids):
-            raise ValueError(f"label words {self.label_words} of task {self.name!r} share a token: {ids}")
-        return ids
+        return label_token_ids(tokenizer, self.label_words, self.template.render("x"), owner=f"task {self.name!r}")
+
+
+def _draw_demos(train: datasets.Dataset, n_labels: int, shots: int, seed: int, avoid: set[str]) -> np.ndarray:
+    """Rows of ``train`` for the one demonstration set of ``seed``: balanced across labels, never a text in
+    ``avoid`` (the test split's), in a seeded order."""
+    rng = _rng(seed, "fixed demonstrations")
+    labels = np.asarray(train["label"])
+    usable = np.array([t not in avoid for t in train["text"]], dtype=bool)
+    pools = [rng.permutation(np.flatnonzero(usable & (labels == c))) for c in range(n_labels)]
+    quota = balanced_quota([len(pool) for pool in pools], shots, rng)
+    return rng.permutation(np.concatenate([pool[:q] for pool, q in zip(pools, quota)]).astype(int))
+
+
+def _check_count(name: str, value, *, minimum: int, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}{' or None' if allow_none else ''}, not {value!r}")
 
 
 def load_task(name: str, *, n: int | None = None, shots: int = 4, seed: int = 0, source: str = "offline",
-              n_train: int | None = None) -> Task:
+              n_train: int | None = None, demos: str = "fixed") -> Task:
     """Load task ``name`` with ``n`` test examples (all that remain if None) and ``n_train`` train ones.
 
     Both splits are seeded and balanced across labels where possible; ``n_train`` defaults to 500.
     Offline, train is drawn first so it does not depend on ``n``; on the hub, test comes from the
-    data set's test/validation split and train from its train split. Offline sources need
-    ``python -m adainfer_lib.prepare`` once; ``source="hub"`` needs a reachable hub (or its cache).
+    data set's test/validation split and train from its train split. ``demos="fixed"`` (default) draws one
+    balanced set of ``shots`` demonstrations per ``seed`` from the train side, held out of the ``n_train``
+    train examples and never sharing a text with a test example; ``demos="per_query"`` draws them per query
+    (see the module docstring). Offline sources need ``python -m adainfer_lib.prepare`` once;
+    ``source="hub"`` needs a reachable hub (or its cache). ``ValueError`` names any invalid argument.
     """
     if name not in TASKS:
         raise ValueError(f"unknown task {name!r}; available tasks: "
                          + ", ".join(f"{k} ({v})" for k, v in available_tasks().items()))
     if source not in ("offline", "hub"):
         raise ValueError(f"source must be 'offline' or 'hub', not {source!r}")
+    if demos not in DEMO_MODES:
+        raise ValueError(f"demos must be one of {DEMO_MODES}, not {demos!r}")
+    _check_count("n", n, minimum=1, allow_none=True)
+    _check_count("n_train", n_train, minimum=0, allow_none=True)
+    _check_count("shots", shots, minimum=0)
+    _check_count("seed", seed, minimum=0)
     spec = TASKS[name]
     n_train = DEFAULT_N_TRAIN if n_train is None else n_train
+    n_draw = n_train + (shots if demos == "fixed" else 0)  # the fixed demonstrations come out of the train side
     if source == "offline":
         if not spec.offline:
             raise ValueError(f"task {name!r} has no offline source; use source='hub' where a hub is reachable")
         pool = sources.load_source(name)
         label_names = list(sources.SOURCES[name].label_names)
         data_version = sources.source_info(name)["sha256"]
-        test_idx, train_idx = _split(np.asarray(pool["label"]), len(label_names), n, n_train, seed, shared=True)
+        test_idx, train_idx = _split(np.asarray(pool["label"]), len(label_names), n, n_draw, seed, shared=True)
         test, train = _subset(pool, test_idx), _subset(pool, train_idx)
     else:
         train_pool, test_pool = sources.load_hub_source(name)
@@ -299,11 +354,18 @@ def load_task(name: str, *, n: int | None = None, shots: int = 4, seed: int = 0,
         k = len(label_names)
         test_idx, _ = _split(np.asarray(test_pool["label"]), k, n, 0, seed, shared=False)
         # the hub's train split is its own pool: draw n_train from it the same balanced way
-        train_idx, _ = _split(np.asarray(train_pool["label"]), k, min(n_train, len(train_pool)), 0, seed + 1,
+        train_idx, _ = _split(np.asarray(train_pool["label"]), k, min(n_draw, len(train_pool)), 0, seed + 1,
                               shared=False)
         test, train = _subset(test_pool, test_idx), _subset(train_pool, train_idx)
     if shots > len(train):
         raise ValueError(f"shots={shots} but the train split has only {len(train)} examples")
+    demo_set = None
+    if demos == "fixed" and shots:
+        rows = _draw_demos(train, len(label_names), shots, seed, avoid=set(test["text"]))
+        demo_set = _subset(train, rows)
+        demo_texts = set(demo_set["text"])
+        keep = [i for i, t in enumerate(train["text"]) if i not in set(rows.tolist()) and t not in demo_texts]
+        train = _subset(train, np.asarray(keep[:n_train], dtype=int))
     label_words = [spec.label_words.get(c, " " + c) for c in label_names]
     return Task(name, train, test, label_words, label_names, spec.template, shots, seed, source,
-                spec.group_column, data_version)
+                spec.group_column, data_version, demos, demo_set)

@@ -107,3 +107,13 @@ def default_model():
     from adainfer_lib import load_model
 
     return load_model()
+
+
+def encode_batch(model, prompts):
+    """One right-padded batch of ``prompts`` (no prefix cache) as forward-pass keyword arguments."""
+    from adainfer_lib.inputs import prepare_prompts
+
+    prepared = prepare_prompts(model, prompts, caller="test", batch_size=len(prompts), prefix_cache=False,
+                               sort_by_length=False)
+    batch = prepared.batch(prepared.batches[0])
+    return {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask, "position_ids": batch.position_ids}

@@ -73,7 +73,7 @@ def test_never_stopping_policy_gives_model_logits(tiny_model, batch_size):
     states, logits = last_states(tiny_model, PROMPTS)
     torch.testing.assert_close(torch.from_numpy(res.exit_states), states[-1], rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(tiny_model.lens(torch.from_numpy(res.exit_states)), logits, rtol=1e-4, atol=1e-4)
-    ids = tiny_model.token_ids(WORDS)
+    ids = tiny_model.label_token_ids(WORDS, PROMPTS[0])
     np.testing.assert_allclose(res.label_logits, logits[:, ids].numpy(), rtol=1e-4, atol=1e-4)
     dense = run_full(tiny_model, PROMPTS, label_words=WORDS, calibration="raw", batch_size=batch_size)
     np.testing.assert_array_equal(res.predictions, dense.predictions)

@@ -13,7 +13,8 @@ from adainfer_lib.calibration import fit_calibration
 from adainfer_lib.early_exit import run_early_exit, run_full
 from adainfer_lib.evaluate import (best_within, pareto_curves, pareto_front, plot_exit_layers, plot_pareto,
                                    plot_speedup, run_evaluation, shortgpt_curve, time_interleaved)
-from adainfer_lib.lens import encode, trace
+from adainfer_lib.lens import trace
+from conftest import encode_batch as encode
 from adainfer_lib.task_trace import TaskTrace
 
 WORDS = [" negative", " positive"]

@@ -25,7 +25,7 @@ def test_lens_at_last_layer_equals_model_logits(tiny_model):
 
 def test_label_lens_equals_full_lens_rows(tiny_model):
     states, _ = last_states(tiny_model, PROMPTS[:2])
-    ids = torch.tensor(tiny_model.token_ids([" positive", " negative", " the"]))
+    ids = torch.tensor(tiny_model.label_token_ids([" positive", " negative", " the"], "Sentiment:"))
     torch.testing.assert_close(tiny_model.label_lens(states[3], ids), tiny_model.lens(states[3])[:, ids])
 
 
@@ -82,7 +82,7 @@ def test_bad_prompts_are_refused(tiny_model, bad):
 
 
 def test_bad_label_word_is_refused(tiny_model):
-    with pytest.raises(ValueError, match="exactly one token"):
+    with pytest.raises(ValueError, match="' supercalifragilistic' is .* tokens .* not exactly one"):
         trace(tiny_model, PROMPTS, label_words=[" positive", " supercalifragilistic"], progress=False)
 
 

@@ -65,9 +65,9 @@ def test_local_folder_loads(tmp_path, tiny_model):
 
 
 def test_label_word_must_be_one_token(tiny_model):
-    assert len(tiny_model.token_ids([" positive", " negative"])) == 2
-    with pytest.raises(ValueError, match="exactly one token"):
-        tiny_model.token_ids([" supercalifragilistic"])
+    assert len(tiny_model.label_token_ids([" positive", " negative"], "Sentiment:")) == 2
+    with pytest.raises(ValueError, match="exactly one"):
+        tiny_model.label_token_ids([" supercalifragilistic"], "Sentiment:")
 
 
 @pytest.mark.slow

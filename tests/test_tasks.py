@@ -20,10 +20,19 @@ def prepared() -> None:
     sources.prepare_sources()
 
 
+@pytest.fixture(scope="module", params=["fixed", "per_query"])
+def tasks(prepared, request) -> dict[str, Task]:
+    """The three offline tasks under each demonstration protocol."""
+    demos = request.param
+    return {"sentiment": load_task("sentiment", n=60, seed=0, demos=demos),
+            "topic": load_task("topic", n=50, shots=5, seed=0, demos=demos),
+            "mmlu": load_task("mmlu", n=40, seed=0, demos=demos)}
+
+
 @pytest.fixture(scope="module")
-def tasks(prepared) -> dict[str, Task]:
-    return {"sentiment": load_task("sentiment", n=60, seed=0), "topic": load_task("topic", n=50, shots=5, seed=0),
-            "mmlu": load_task("mmlu", n=40, seed=0)}
+def per_query(prepared) -> dict[str, Task]:
+    return {"sentiment": load_task("sentiment", n=60, seed=0, demos="per_query"),
+            "mmlu": load_task("mmlu", n=40, seed=0, demos="per_query")}
 
 
 @pytest.fixture(scope="module")
@@ -69,9 +78,11 @@ def test_train_does_not_depend_on_n(prepared):
     assert set(a.test["text"]) <= set(b.test["text"])
 
 
-def test_n_none_takes_the_rest(prepared):
-    task = load_task("topic", n=None, n_train=300)
-    assert len(task.train) == 300 and len(task.test) + 300 == sources.source_info("topic")["rows"]
+@pytest.mark.parametrize("demos", ["fixed", "per_query"])
+def test_n_none_takes_the_rest(prepared, demos):
+    task = load_task("topic", n=None, n_train=300, demos=demos)
+    held_out = task.shots if demos == "fixed" else 0  # the shared demonstrations
+    assert len(task.train) == 300 and len(task.test) + 300 + held_out == sources.source_info("topic")["rows"]
 
 
 def test_n_too_large(prepared):
@@ -113,18 +124,46 @@ def test_no_leakage(tasks, name):
             demos = prompt[: -len(task.template.render(text))]
             assert text not in demos
     for i, text in enumerate(task.train["text"][:50]):
-        assert i not in task.demo_indices(text, exclude=[i])
         assert text not in task.prompt_for(text)[: -len(task.template.render(text))]
+        if task.demos == "per_query":
+            assert i not in task.demo_indices(text, exclude=[i])
 
 
-def test_demos_vary_but_are_reproducible(tasks, prepared):
-    task = tasks["sentiment"]
+def test_demos_vary_but_are_reproducible(per_query, prepared):
+    task = per_query["sentiment"]
     assert len({tuple(task.demo_indices(t)) for t in task.test["text"]}) > len(task.test) // 2
-    assert load_task("sentiment", n=60, seed=0).prompts() == task.prompts()
-    other = load_task("sentiment", n=60, seed=1)
+    assert load_task("sentiment", n=60, seed=0, demos="per_query").prompts() == task.prompts()
+    other = load_task("sentiment", n=60, seed=1, demos="per_query")
     assert other.prompts() != task.prompts() and other.test["text"] != task.test["text"]
     assert other.cache_id != task.cache_id
-    assert load_task("sentiment", n=60, shots=2).cache_id != task.cache_id
+    assert load_task("sentiment", n=60, shots=2, demos="per_query").cache_id != task.cache_id
+    assert load_task("sentiment", n=60, seed=0).cache_id != task.cache_id  # the fixed protocol
+
+
+def test_fixed_demos_one_shared_set_per_seed(prepared):
+    task = load_task("sentiment", n=60, n_train=80, seed=0)
+    assert task.demos == "fixed" and len(task.demo_set) == 4 and len(task.train) == 80
+    assert Counter(task.demo_set["label"]) == {0: 2, 1: 2}
+    for split, ds in (("test", task.test), ("train", task.train)):
+        for text, prompt in zip(ds["text"], task.prompts(split)):
+            assert prompt == task.prefix + task.query(text)
+    assert task.prefix.count("Review:") == 4 and task.prefix.endswith("\n\n")
+    # no prompt contains its own query among the demonstrations
+    assert not set(task.demo_set["text"]) & (set(task.train["text"]) | set(task.test["text"]))
+    assert task.content_free_prompt() == task.prefix + task.query("N/A")
+    again, other = load_task("sentiment", n=60, n_train=80, seed=0), load_task("sentiment", n=60, n_train=80, seed=1)
+    assert again.prompts() == task.prompts() and other.prefix != task.prefix
+    per_query = load_task("sentiment", n=60, n_train=80, seed=0, demos="per_query")
+    assert per_query.prefix == "" and per_query.test["text"] == task.test["text"]
+    assert load_task("mmlu", n=5, shots=1).prefix.startswith("The following are multiple choice questions")
+
+
+@pytest.mark.parametrize("bad, match", [({"demos": "random"}, "demos must be one of"), ({"n": 0}, "n must be"),
+                                        ({"shots": -1}, "shots must be"), ({"seed": 1.5}, "seed must be"),
+                                        ({"n_train": "10"}, "n_train must be")])
+def test_load_task_argument_errors(prepared, bad, match):
+    with pytest.raises(ValueError, match=match):
+        load_task("sentiment", **bad)
 
 
 def test_prompt_for_matches_prompts(tasks):
@@ -143,8 +182,8 @@ def test_content_free_prompt(tasks):
     assert task.content_free_prompt() == task.content_free_prompt()
 
 
-def test_mmlu_demos_prefer_same_subject(tasks):
-    task = tasks["mmlu"]
+def test_mmlu_demos_prefer_same_subject(per_query):
+    task = per_query["mmlu"]
     groups = np.asarray(task.train["subject"])
     same = [np.mean(groups[task.demo_indices(t)] == s) for t, s in zip(task.test["text"], task.test["subject"])]
     assert np.mean(same) > 0.5  # about 9 train rows per subject: most slots find one
@@ -230,7 +269,7 @@ def test_check_label_words_fake_tokenizer(tasks):
     with pytest.raises(ValueError, match=r"' neg'.*4 tokens"):
         bad.check_label_words(CharTokenizer())
     same = dataclasses.replace(task, label_words=[" positive", " positive"])
-    with pytest.raises(ValueError, match="share a token"):
+    with pytest.raises(ValueError, match="' positive' and ' positive' are the same token"):
         same.check_label_words(CharTokenizer())
 
 
