@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from .calibration import label_log_softmax
+from .checks import check_choice, check_min_layer, check_threshold
 from .early_exit import FullResult, run_full
 from .inputs import prepare_prompts
 from .models import LensModel
@@ -77,7 +78,11 @@ def label_feature_array(task_trace, name: str = "label_gap") -> np.ndarray:
 class GapThresholdPolicy:
     """Exit at the first layer ``>= min_layer`` whose calibrated label gap (top-1 minus top-2 label
     probability) is ``>= threshold``. Its "stop probability" is the gap itself. Duck-types ``ExitPolicy``
-    for ``run_early_exit`` (label rows only: the cheapest check there is)."""
+    for ``run_early_exit`` (label rows only: the cheapest check there is).
+
+    ``ValueError`` at construction for ``threshold`` outside [0, 1.01], ``min_layer`` not an integer >= 0, or
+    ``feature`` other than ``label_gap`` / ``label_top_prob``; ``run_early_exit`` refuses a ``min_layer``
+    beyond the model's L (``check_layers``)."""
 
     threshold: float = 0.4
     min_layer: int = 1
@@ -85,6 +90,16 @@ class GapThresholdPolicy:
     label_words: list[str] | None = None
     feature: str = "label_gap"
     needs_full_vocab: bool = False
+
+    def __post_init__(self) -> None:
+        check_threshold(self.threshold)
+        check_min_layer(self.min_layer)
+        check_choice(self.feature, "feature", ("label_gap", "label_top_prob"))
+
+    def check_layers(self, n_layers: int | None, n_examples: int | None = None) -> None:
+        """``ValueError`` when ``min_layer`` is beyond the model's L (``n_layers``; None: not checked)."""
+        if n_layers is not None:
+            check_min_layer(self.min_layer, n_layers)
 
     @property
     def features(self) -> list[str]:

@@ -1,4 +1,4 @@
-"""Checkers for the exercises at the end of chapters 01–04.
+"""Checkers for the exercises at the end of chapters 01–04 and 06.
 
 A student computes an answer in the notebook and calls the checker, which recomputes the reference from
 the same objects and says what is wrong. Each checker returns a ``Feedback`` (truthy when correct) that
@@ -532,3 +532,116 @@ def check_04_failure_example(evaluations, example, task: str = "sentiment",
     return Feedback(True, f"example {example}: {method} exited at layer {exit_layer} of {ev.n_layers} with label "
                           f"{pred[example]}, the full model answers {full[example]} = gold{settles}. "
                           f"{len(failures)} of {len(gold)} examples fail this way.")
+
+
+# ---- chapter 06 -------------------------------------------------------------------------------------
+
+
+def check_06_min_calibration(answer: int, delta: float = 0.02, epsilon: float = 0.05) -> Feedback:
+    """Exercise 06.1: the smallest calibration size at which a threshold with zero calibration losses is
+    certified at ``delta``, ``epsilon`` (both p-values are (1 − δ)^n there)."""
+    import math
+
+    from .risk_control import min_calibration_size
+
+    what = "the smallest calibration size, a number of prompts"
+    problem = _not_a_number(answer, what)
+    if problem is not None:
+        return problem
+    reference = min_calibration_size(delta, epsilon)
+    value = _as_number(answer)
+    if np.isfinite(value) and value != round(value):
+        return Feedback(False, f"a number of prompts is a whole number, got {value:g}.")
+    bentkus_alone = math.ceil(math.log(epsilon / math.e) / math.log1p(-delta))
+    below = (1 - delta) ** (reference - 1)
+    return _compare(answer, reference, what=what, tol=1e-9, bounds=(1, np.inf),
+                    mistakes=((reference - 1, f"one too few: (1 − δ)^{reference - 1} = {below:.4f} > ε = "
+                                              f"{epsilon:g}"),
+                              (bentkus_alone, "what the Bentkus term e·(1 − δ)^n alone needs; the Hoeffding term "
+                                              "(1 − δ)^n is smaller, and the p-value is the smaller of the two"),
+                              (math.ceil(1 / delta), "1/δ: the n at which one loss is expected, not a test")),
+                    hint="Find the least n with (1 − δ)^n <= ε (ai.risk_control.binomial_p_value(0, n, δ) is "
+                         "the same).",
+                    ok=f"n = {reference}: (1 − δ)^{reference} = {(1 - delta) ** reference:.4f} <= ε = {epsilon:g}, "
+                       f"while (1 − δ)^{reference - 1} = {below:.4f} > ε. With fewer calibration prompts nothing "
+                       "can "
+                       f"be certified at δ = {delta:.0%}, whatever the exit rule; to certify a threshold that shows "
+                       "some disagreement on calibration, many more are needed (ai.max_certifiable_risk).")
+
+
+def _threshold_verdict(answer, reference: float | None, *, what: str, mistakes: tuple = (), ok: str) -> Feedback:
+    """The verdict on a certified-threshold answer: a number, or None when nothing is certified."""
+    if answer is Ellipsis:
+        return Feedback(False, f"replace the `...` with {what} (a number), or None if nothing is certified.")
+    if answer is None:
+        if reference is None:
+            return Feedback(True, ok)
+        return Feedback(False, f"a threshold is certified here: read `.threshold` of the Certification ({what}).")
+    problem = _not_a_number(answer, what)
+    if problem is not None:
+        return problem
+    if reference is None:
+        return Feedback(False, f"nothing is certified here: the Certification's `.threshold` is None (answer None).")
+    value = _as_number(answer)
+    if abs(value - reference) <= 1e-6:
+        return Feedback(True, ok)
+    for other, meaning in mistakes:
+        if other is not None and abs(value - other) <= 1e-6:
+            return Feedback(False, f"{value:g} is {meaning}.")
+    return Feedback(False, f"{value:g} is not {what}: call ai.certify_threshold(...) and read the Certification's "
+                           "`.threshold`.")
+
+
+def _rank(cert, threshold: float | None) -> int:
+    """Position of ``threshold`` in the candidates' testing order (-1 for None: never exits early)."""
+    if threshold is None:
+        return -1
+    return int(np.flatnonzero(np.isclose(cert.thresholds, threshold))[0])
+
+
+def check_06_accuracy_drop(policy, calibration, answer, *, delta: float = 0.02, epsilon: float = 0.05) -> Feedback:
+    """Exercise 06.2: the threshold Learn-then-Test certifies for ``risk="accuracy_drop"`` on ``calibration``."""
+    from .risk_control import certify_threshold
+
+    _, drop = certify_threshold(policy, calibration, delta=delta, epsilon=epsilon, risk="accuracy_drop")
+    _, dis = certify_threshold(policy, calibration, delta=delta, epsilon=epsilon)
+    _, hb = certify_threshold(policy, calibration, delta=delta, epsilon=epsilon, risk="accuracy_drop",
+                              method="hoeffding_bentkus")
+    further = _rank(drop, drop.threshold) - _rank(dis, dis.threshold)
+    compare = ("the same threshold" if further == 0 else
+               f"{further} candidate{'s' if further != 1 else ''} further down the sequence")
+    fmt = lambda t: "nothing" if t is None else f"{t:g}"  # noqa: E731
+    return _threshold_verdict(
+        answer, drop.threshold, what="the threshold certified for the accuracy drop",
+        mistakes=((dis.threshold, "the threshold certified for disagreement: pass risk=\"accuracy_drop\""),
+                  (hb.threshold, "the Hoeffding–Bentkus threshold; the default p-value is the exact binomial one")),
+        ok=f"accuracy drop certifies {fmt(drop.threshold)} (disagreement: {fmt(dis.threshold)}; {compare}), saving "
+           f"{drop.calibration_layers_saved:.1%} vs {dis.calibration_layers_saved:.1%} of the layers on calibration "
+           f"(n = {drop.n}). Every accuracy drop is also a disagreement, so at every threshold the accuracy-drop risk "
+           "is at most the disagreement risk, its p-value no larger, and the fixed sequence gets at least as far. The "
+           "catch: it needs gold labels on the calibration prompts, and it allows changed answers where the full "
+           "model was wrong anyway.")
+
+
+def check_06_bonferroni(policy, calibration, answer, *, delta: float = 0.02, epsilon: float = 0.05) -> Feedback:
+    """Exercise 06.3: the threshold Learn-then-Test deploys with ``procedure="bonferroni"`` on ``calibration``."""
+    from .risk_control import certify_threshold
+
+    _, bonf = certify_threshold(policy, calibration, delta=delta, epsilon=epsilon, procedure="bonferroni")
+    _, fst = certify_threshold(policy, calibration, delta=delta, epsilon=epsilon)
+    loose = np.flatnonzero(fst.p_values <= epsilon)
+    uncorrected = float(fst.thresholds[loose[-1]]) if loose.size else None
+    k = len(bonf.thresholds)
+    order = _rank(bonf, bonf.threshold) - _rank(fst, fst.threshold)
+    compare = ("the same as" if order == 0 else "more aggressive than" if order > 0 else "more conservative than")
+    fmt = lambda t: "nothing" if t is None else f"{t:g}"  # noqa: E731
+    return _threshold_verdict(
+        answer, bonf.threshold, what="the threshold Bonferroni deploys",
+        mistakes=((fst.threshold, "the fixed-sequence threshold: pass procedure=\"bonferroni\""),
+                  (uncorrected, f"the most aggressive threshold with p <= ε — without dividing ε by the k = {k} "
+                                "candidates that is no guarantee at all")),
+        ok=f"Bonferroni certifies {int(bonf.certified.sum())} of {k} candidates (p <= ε/k = {epsilon / k:.2g}) and "
+           f"deploys {fmt(bonf.threshold)}, {compare} the fixed sequence's {fmt(fst.threshold)} "
+           f"({int(fst.certified.sum())} certified). Bonferroni may jump over a candidate that fails, but pays for "
+           "it with a k times stricter level everywhere; the fixed sequence pays nothing, if its order is fixed "
+           "in advance and the risk rises along it.")

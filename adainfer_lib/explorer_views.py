@@ -299,9 +299,10 @@ def threshold_sweep_frame(decisions: DatasetDecisions, min_layer: int,
 
 
 def dataset_figure(decisions: DatasetDecisions, sweep: pd.DataFrame, *, threshold: float, min_layer: int,
-                   title: str):
+                   title: str, certified: float | None = None):
     """Two panels: the exit-layer histogram at ``threshold``, and accuracy / layers saved / consistency
-    against the threshold (``sweep`` from ``threshold_sweep_frame``) with the current threshold marked."""
+    against the threshold (``sweep`` from ``threshold_sweep_frame``) with the current threshold marked (and the
+    Learn-then-Test ``certified`` threshold, when given, as a dashed green line)."""
     from matplotlib.figure import Figure
 
     L = decisions.n_layers
@@ -320,6 +321,8 @@ def dataset_figure(decisions: DatasetDecisions, sweep: pd.DataFrame, *, threshol
     right.plot(t, sweep["layers_saved"], label="layers saved")
     right.axhline(sweep["full_accuracy"].iloc[0], color="0.4", linestyle=":", linewidth=1, label="full-model accuracy")
     right.axvline(threshold, color="#d62728", linewidth=1.2)
+    if certified is not None:
+        right.axvline(certified, color="#029e73", linestyle="--", linewidth=1.2, label=f"certified {certified:.2f}")
     right.set(xlim=(0, 1), ylim=(-0.02, 1.02), xlabel="threshold", ylabel="share")
     right.set_title("what the threshold trades", fontsize=9, y=1.01)
     right.legend(fontsize=7, loc="lower left")
@@ -342,6 +345,52 @@ def dataset_summary_html(decisions: DatasetDecisions, *, threshold: float, min_l
             f"min layer {min_layer}: mean exit layer <b>{exits.mean():.1f} / {L}</b> · layers saved "
             f"<b>{1 - exits.mean() / L:.0%}</b> · accuracy <b>{acc:.3f}</b> (full model {full:.3f}, "
             f"{100 * (acc - full):+.1f} pt) · consistency {cons:.3f}</div>")
+
+
+def certify_decisions(decisions: DatasetDecisions, min_layer: int, *, delta: float, epsilon: float,
+                      thresholds: Sequence[float] = SWEEP_THRESHOLDS):
+    """Learn-then-Test (``risk_control.learn_then_test``, disagreement, fixed sequence) of the stopping rule at
+    ``min_layer`` with the split behind ``decisions`` as the calibration set; candidates: the slider's
+    ``thresholds``, tested from 1.00 down. Returns a ``risk_control.Certification``."""
+    from .risk_control import learn_then_test, replay_matrices
+
+    replay = replay_matrices(decisions.stop_proba, decisions.preds, decisions.final, decisions.gold,
+                             min_layer=min_layer, thresholds=sorted(thresholds, reverse=True))
+    return learn_then_test(replay, delta=delta, epsilon=epsilon)
+
+
+def certification_html(cert, threshold: float, *, split: str = "test split", width: int = 320) -> str:
+    """The threshold slider's certificate (class ``adainfer-certification``): a 0–1 scale with the certified
+    thresholds shaded green, ▲ at the certified threshold and a red tick at ``threshold``; and one sentence —
+    whether ``threshold`` is certified (``cert.is_certified``) for ``cert.delta`` and ``cert.epsilon``."""
+    certified = [float(t) for t, ok in zip(cert.thresholds, cert.certified) if ok]
+    marks = "".join(f'<div style="position:absolute;left:{width * t - 2:.0f}px;top:3px;width:4px;height:6px;'
+                    'background:#8fd3b8"></div>' for t in certified)
+    if cert.threshold is not None:
+        marks += (f'<div class="adainfer-cert-marker" style="position:absolute;left:{width * cert.threshold - 6:.0f}px;'
+                  f'top:6px;color:#029e73;font-size:11px" title="certified threshold">▲</div>')
+    marks += (f'<div style="position:absolute;left:{width * float(np.clip(threshold, 0, 1)) - 1:.0f}px;top:0;'
+              'width:2px;height:12px;background:#d62728" title="current threshold"></div>')
+    scale = (f'<div style="position:relative;width:{width}px;height:20px;border-top:1px solid #bbb;'
+             f'margin:2px 0 0 98px">'
+             f'{marks}<span style="position:absolute;left:-4px;top:9px;font-size:9px;color:#777">0</span>'
+             f'<span style="position:absolute;left:{width - 4}px;top:9px;font-size:9px;color:#777">1</span></div>')
+    where = (f"Learn-then-Test on the {html.escape(split)} (n={cert.n}) as calibration, δ = {cert.delta:.1%}, "
+             f"ε = {cert.epsilon:.0%}: ")
+    if cert.threshold is None:
+        what = "<b>no threshold is certified</b> (the rule should never exit early)"
+    else:
+        what = (f"certified threshold <b>{cert.threshold:.2f}</b> (▲; calibration disagreement "
+                f"{cert.calibration_risk:.1%})")
+    if cert.is_certified(threshold):
+        now = f" — the current threshold {threshold:.2f} <b>is certified</b>."
+    else:
+        if cert.threshold is None or threshold < cert.threshold:
+            why = "it exits more eagerly than any certified one"
+        else:
+            why = "it is not one of the tested candidates"
+        now = f" — the current threshold {threshold:.2f} is <b>not certified</b> ({why})."
+    return f'<div class="adainfer-certification">{scale}{where}{what}{now}</div>'
 
 
 def figure_png(fig, *, dpi: int = 80) -> bytes:

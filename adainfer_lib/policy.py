@@ -35,6 +35,11 @@ every later layer — what the stopping rule actually needs). Training rows are 
 Replay helpers (no model needed, before any real early exit): ``simulate``, ``simulate_exits``,
 ``threshold_sweep``, ``choose_threshold`` / ``tune_threshold`` (on the TRAIN table, with out-of-fold stop
 probabilities), ``compare_policies`` and ``oracle_exit_layers``.
+
+A policy knows its model: ``check_policy_model`` compares the model cache id, layer count and label words
+recorded at fit time with those of the model, trace or table it is used with (``PolicyModelMismatchError``
+naming both); ``run_early_exit``, every replay (through ``ExitPolicy.stop_matrix``), the evaluation and the
+explorer call it.
 """
 
 from __future__ import annotations
@@ -51,7 +56,9 @@ import pandas as pd
 from sklearn.base import BaseEstimator, ClassifierMixin, clone
 
 from .cache import atomic_write_bytes, atomic_write_text
-from .features import FULL_VOCAB_FEATURES, LABEL_SCHEMES, ONLINE_FEATURES, n_layers_of
+from .checks import (THRESHOLD_RANGE, check_choice, check_exit_layers, check_int, check_min_layer, check_number,
+                     check_threshold)
+from .features import FULL_VOCAB_FEATURES, LABEL_SCHEMES, ONLINE_FEATURES, UNIT_INTERVAL_FEATURES, n_layers_of
 
 POLICY_FORMAT_VERSION = 1
 CLASSIFIERS = ("svm", "crf", "logistic", "threshold")
@@ -61,8 +68,106 @@ DEFAULT_THRESHOLD_FEATURE = "label_gap"
 DEFAULT_THRESHOLDS = tuple(np.round(np.arange(0.0, 1.0001, 0.01), 2)) + (1.01,)
 
 
-class PolicyModelMismatchError(ValueError):
-    """A saved policy loaded for a model other than the one it was fitted on."""
+class ModelMismatchError(ValueError):
+    """Something fitted or traced on one model (or task) used with another model (or task's label words)."""
+
+
+class PolicyModelMismatchError(ModelMismatchError):
+    """A policy used with a model, trace, feature table or label words other than those it was fitted on."""
+
+
+_UNKNOWN_IDENTITY = {"model_id": None, "model": None, "n_layers": None, "label_words": None}
+
+
+def _model_identity(source) -> dict:
+    """What identifies the model behind ``source``, and the task's label words: ``model_id``
+    (``LensModel.cache_id``), ``model`` (its name), ``n_layers`` (L) and ``label_words`` — None where unknown.
+
+    ``source``: a ``LensModel`` (anything with a ``cache_id``), a ``LayerTrace`` (``meta["model_cache_id"]``),
+    a ``TaskTrace``, a feature table (its ``attrs``, written by ``features.feature_table``), a cache id string,
+    or None. ``TypeError`` for anything else."""
+    if source is None:
+        return dict(_UNKNOWN_IDENTITY)
+    if isinstance(source, str):
+        return {**_UNKNOWN_IDENTITY, "model_id": source}
+    if isinstance(source, pd.DataFrame):
+        attrs = source.attrs
+        return {"model_id": attrs.get("model_cache_id"), "model": attrs.get("model"),
+                "n_layers": attrs.get("n_layers"), "label_words": attrs.get("label_words") or None}
+    if hasattr(source, "trace") and hasattr(source, "gold"):  # a TaskTrace: its LayerTrace
+        source = source.trace
+    if hasattr(source, "label_logits") and hasattr(source, "meta"):  # a LayerTrace
+        return {"model_id": source.meta.get("model_cache_id"), "model": source.model_name,
+                "n_layers": source.n_layers, "label_words": list(source.label_words) or None}
+    if hasattr(source, "cache_id"):  # a LensModel
+        return {"model_id": source.cache_id, "model": getattr(source, "name", None),
+                "n_layers": getattr(source, "n_layers", None), "label_words": None}
+    raise TypeError(f"cannot tell which model {type(source).__name__!r} belongs to: pass a LensModel, a LayerTrace, "
+                    "a TaskTrace, a feature table or a model cache id")
+
+
+def _fitted_identity(policy) -> dict:
+    """The model identity and label words a policy recorded when it was fitted (``ExitPolicy.metadata``), or
+    carries as attributes (``label_words`` of the simple rules); None where it recorded nothing."""
+    meta = getattr(policy, "metadata", None)
+    meta = meta() if callable(meta) else meta
+    meta = meta if isinstance(meta, Mapping) else {}
+    words = meta.get("label_words") or getattr(policy, "label_words", None)
+    return {"model_id": meta.get("model_cache_id"), "model": meta.get("model"), "n_layers": meta.get("n_layers"),
+            "label_words": list(words) if words else None, "task": meta.get("task")}
+
+
+def _refuse_other_model(recorded: dict, used: dict, subject: str, error: type[ModelMismatchError],
+                        advice: str = "refit it on a trace of this model") -> None:
+    """The one comparison of identities: ``error`` naming both models when both cache ids are known and
+    differ, or both layer counts are known and differ; unknown identities pass."""
+    a, b = recorded.get("model_id"), used.get("model_id")
+    if a is not None and b is not None and a != b:
+        raise error(f"{subject} model {recorded.get('model')!r} (cache id {a}), not model {used.get('model')!r} "
+                    f"(cache id {b}): features, calibration offsets and layer count belong to one model — {advice}")
+    la, lb = recorded.get("n_layers"), used.get("n_layers")
+    if la is not None and lb is not None and int(la) != int(lb):
+        raise error(f"{subject} a model with L={la} layers ({recorded.get('model')!r}), not one with L={lb} "
+                    f"({used.get('model')!r}) — {advice}")
+
+
+def check_policy_model(policy, model=None, *, model_id: str | None = None, label_words: Sequence[str] | None = None,
+                       n_examples: int | None = None) -> None:
+    """Refuse to use ``policy`` with a model, trace or task it was not fitted for.
+
+    ``model``: a ``LensModel`` (identified by ``cache_id``), or what a replay runs on — a ``LayerTrace``
+    (``meta["model_cache_id"]``), a ``TaskTrace`` or a feature table (``attrs``); ``model_id`` and
+    ``label_words`` override what ``model`` says. Raises ``PolicyModelMismatchError`` naming both models when
+    the policy recorded another model (cache id, or layer count) at fit time, or both label-word lists when it
+    carries other label words (its calibration offsets are per label word). Then, where the policy has a
+    ``check_layers(n_layers, n_examples)`` method (the simple exit rules, ``ExitPolicy``), its layers are
+    checked against the model's L and ``n_examples`` prompts (``ValueError``). Policies that recorded no
+    identity (``FixedExitPolicy``, ``ScheduledExitPolicy``, policies from older files) pass the identity checks.
+    """
+    used = _model_identity(model)
+    if model_id is not None:
+        used["model_id"] = model_id
+    if label_words is not None:
+        used["label_words"] = list(label_words) or None
+    fitted = _fitted_identity(policy)
+    _refuse_other_model(fitted, used, "this policy was fitted on", PolicyModelMismatchError)
+    if fitted["label_words"] and used["label_words"] and fitted["label_words"] != used["label_words"]:
+        task = f" (task {fitted['task']!r})" if fitted.get("task") else ""
+        raise PolicyModelMismatchError(
+            f"this policy carries label words {fitted['label_words']}{task}, not {used['label_words']}: its "
+            "calibration offsets are per label word — refit it on this task, or move it here with "
+            "ExitPolicy.for_task(feature_table of this task)")
+    check_layers = getattr(policy, "check_layers", None)
+    if callable(check_layers):
+        check_layers(None if used["n_layers"] is None else int(used["n_layers"]), n_examples=n_examples)
+
+
+def check_trace_model(traced, model) -> None:
+    """``ModelMismatchError`` naming both models when ``traced`` (a ``LayerTrace``, ``TaskTrace`` or feature
+    table) was traced with a model other than ``model`` (a ``LensModel``, or another trace or table); passes
+    where either identity is unknown."""
+    _refuse_other_model(_model_identity(traced), _model_identity(model), "this trace was made with",
+                        ModelMismatchError, advice="trace the prompts with this model")
 
 
 def check_policy_features(features: Sequence[str]) -> tuple[str, ...]:
@@ -115,6 +220,11 @@ class ExitPolicy(ClassifierMixin, BaseEstimator):
     ``fit(table)`` reads the labels from ``table[label_scheme]`` (or ``y``, aligned with the rows) and the
     metadata a runner needs (model cache id, task, label words, calibration) from ``table.attrs``.
     ``predict_proba(table)`` → (rows, 2), column 1 = P(stop); ``predict`` → 1 where P(stop) >= threshold.
+
+    The constructor and ``set_params`` check every parameter (``ValueError`` naming the bad value and what is
+    allowed: ``threshold`` in ``threshold_range``, ``min_layer`` an integer >= 0, known ``classifier`` /
+    ``label_scheme`` / ``svm``, positive ``C``, ...). Replays refuse a table of another model or task, and
+    ``run_early_exit`` another model (``check_policy_model``: ``PolicyModelMismatchError``).
     """
 
     def __init__(self, classifier: str = "svm", features: Sequence[str] | None = None,
@@ -154,17 +264,53 @@ class ExitPolicy(ClassifierMixin, BaseEstimator):
     def _classifier_extras(self) -> dict:
         return {k: getattr(self, k) for k in getattr(self, "_extra_params", ())}
 
+    def set_params(self, **params) -> ExitPolicy:
+        """sklearn's ``set_params``, then the constructor's checks: ``ValueError`` on a bad value (and the
+        policy keeps its previous parameters)."""
+        previous = {k: getattr(self, k) for k in params if hasattr(self, k)}
+        super().set_params(**params)
+        try:
+            self._validate()
+        except ValueError:
+            for key, value in previous.items():
+                setattr(self, key, value)
+            raise
+        return self
+
     def _validate(self) -> tuple[str, ...]:
-        if self.classifier not in CLASSIFIERS:
-            raise ValueError(f"classifier must be one of {CLASSIFIERS}, not {self.classifier!r}")
-        if self.label_scheme not in LABEL_SCHEMES:
-            raise ValueError(f"label_scheme must be one of {LABEL_SCHEMES}, not {self.label_scheme!r}")
-        if self.svm not in ("svc", "linear"):
-            raise ValueError(f"svm must be 'svc' or 'linear', not {self.svm!r}")
+        """Check every parameter (``ValueError`` naming the bad value and what is allowed); returns the
+        resolved features."""
+        check_choice(self.classifier, "classifier", CLASSIFIERS)
+        check_choice(self.label_scheme, "label_scheme", LABEL_SCHEMES)
+        check_choice(self.svm, "svm", ("svc", "linear"))
         features = self.resolved_features
         if self.classifier == "threshold" and len(features) != 1:
             raise ValueError(f"the threshold classifier uses exactly one feature, got {features}")
+        low, high = self.threshold_range
+        check_threshold(self.threshold, low=low, high=high)
+        check_min_layer(self.min_layer)
+        check_number(self.C, "C", positive=True)
+        check_int(self.max_train_rows, "max_train_rows", low=2, none_ok=True)
+        check_number(self.c1, "c1", low=0.0)
+        check_number(self.c2, "c2", low=0.0)
+        check_int(self.max_iterations, "max_iterations", low=1)
+        check_int(self.crf_bins, "crf_bins", low=0, none_ok=True)
         return features
+
+    @property
+    def threshold_range(self) -> tuple[float | None, float | None]:
+        """Allowed thresholds: ``[0, 1.01]`` (stop probabilities; 1.01 = never stop early), except for the
+        ``"threshold"`` classifier on a feature outside [0, 1] (``layer``, ``entropy``, ``cos_prev``), whose
+        threshold is any finite number: ``(None, None)``."""
+        if self.classifier == "threshold" and self.resolved_features[0] not in UNIT_INTERVAL_FEATURES:
+            return (None, None)
+        return THRESHOLD_RANGE
+
+    def check_layers(self, n_layers: int | None, n_examples: int | None = None) -> None:
+        """``ValueError`` when ``min_layer`` is beyond the model's L (``n_layers``; None: not checked): the
+        stopping rule would never check a layer. ``n_examples`` is not used (one policy fits any number)."""
+        if n_layers is not None:
+            check_min_layer(self.min_layer, n_layers)
 
     @property
     def resolved_features(self) -> tuple[str, ...]:
@@ -248,6 +394,10 @@ class ExitPolicy(ClassifierMixin, BaseEstimator):
         """Fit on the decision rows of the feature table ``X`` (labels ``X[label_scheme]`` unless ``y``)."""
         if not isinstance(X, pd.DataFrame):
             raise TypeError("ExitPolicy.fit takes a feature table (pandas DataFrame from features.feature_table)")
+        missing = [c for c in ("example", "layer", *([self.label_scheme] if y is None else [])) if c not in X.columns]
+        if missing:
+            raise ValueError(f"the table lacks column(s) {missing}: ExitPolicy.fit takes a feature table "
+                             "(features.feature_table)")
         self.features_ = self._validate()
         L = n_layers_of(X)
         mask = ((X["layer"] >= self.min_layer) & (X["layer"] < L)).to_numpy()
@@ -486,7 +636,12 @@ class ExitPolicy(ClassifierMixin, BaseEstimator):
 
     # ---- the stopping rule ---------------------------------------------------------------------------------
     def stop_matrix(self, table: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-        """(examples (n,), P(stop) (n, L+1)); NaN where the table has no row (cached per table object)."""
+        """(examples (n,), P(stop) (n, L+1)); NaN where the table has no row (cached per table object).
+
+        Every replay goes through here (``exit_layers``, ``simulate``, ``threshold_sweep``, ``compare_policies``,
+        the explorer): ``PolicyModelMismatchError`` when ``table`` comes from another model or carries other
+        label words than the policy was fitted with (``check_policy_model``)."""
+        check_policy_model(self, table)
         cache = getattr(self, "_proba_cache", None)
         key = (id(table), len(table), self.min_layer)
         if cache is not None and key in cache and cache[key][0] is table:
@@ -500,7 +655,11 @@ class ExitPolicy(ClassifierMixin, BaseEstimator):
 
     def exit_layers(self, table: pd.DataFrame, threshold: float | None = None) -> np.ndarray:
         """Exit layer per example (n_examples,), examples in ascending id order: the first layer
-        ``>= min_layer`` whose P(stop) ``>= threshold`` (default ``self.threshold``), else L."""
+        ``>= min_layer`` whose P(stop) ``>= threshold`` (default ``self.threshold``), else L. ``ValueError`` for
+        a threshold outside ``threshold_range``; ``PolicyModelMismatchError`` as in ``stop_matrix``."""
+        if threshold is not None:
+            low, high = self.threshold_range
+            threshold = check_threshold(threshold, low=low, high=high)
         _, P = self.stop_matrix(table)
         return first_exit(P, self.threshold if threshold is None else threshold, self.min_layer)
 
@@ -509,9 +668,9 @@ class ExitPolicy(ClassifierMixin, BaseEstimator):
         """A copy that runs on another task of the same model: the classifier is unchanged, the task, label
         words and calibration offsets (needed online) are those of ``table`` (a feature table)."""
         self._check_fitted()
-        if self.metadata.get("model_cache_id") and table.attrs.get("model_cache_id") not in (None, self.metadata["model_cache_id"]):
-            raise PolicyModelMismatchError(
-                f"policy fitted on model {self.metadata['model_cache_id']}, table traced with {table.attrs['model_cache_id']}")
+        # the model must match (PolicyModelMismatchError); the label words are what this copy swaps
+        _refuse_other_model(_fitted_identity(self), _model_identity(table), "this policy was fitted on",
+                            PolicyModelMismatchError)
         other = copy.copy(self)
         other.metadata_ = {**self.metadata, "task": table.attrs.get("task"),
                            "label_words": table.attrs.get("label_words"), "label_names": table.attrs.get("label_names"),
@@ -547,18 +706,15 @@ class ExitPolicy(ClassifierMixin, BaseEstimator):
             raise ValueError(f"{path} is not an ExitPolicy file of format {POLICY_FORMAT_VERSION}")
         policy = payload["policy"]
         if model is not None:
-            wanted = model if isinstance(model, str) else getattr(model, "cache_id", None)
-            fitted = policy.metadata.get("model_cache_id")
-            if fitted is None:
+            if policy.metadata.get("model_cache_id") is None:
                 import warnings
 
                 warnings.warn(f"{path}: the policy records no model (fitted on a table without attrs); "
                               "cannot check it matches", stacklevel=2)
-            elif fitted != wanted:
-                raise PolicyModelMismatchError(
-                    f"{path} was fitted for model {policy.metadata.get('model')!r} (cache id {fitted}), not for "
-                    f"{getattr(model, 'name', wanted)!r} (cache id {wanted}): a policy's features, calibration and "
-                    "layer count belong to one model — refit it on a trace of this model")
+            try:
+                check_policy_model(policy, model)
+            except PolicyModelMismatchError as err:
+                raise PolicyModelMismatchError(f"{path}: {err}") from None
         return policy
 
 
@@ -619,10 +775,15 @@ def simulate_exits(table: pd.DataFrame, exits: np.ndarray, *, ci: float | None =
     ``accuracy`` (decision at the exit layer vs gold), ``consistency`` (vs the full model), ``full_accuracy``,
     ``accuracy_change_pts`` (100 × difference), ``mean_exit_layer``, ``n``, ``L``. With ``ci`` (e.g. 0.95),
     also ``change_ci_low``/``change_ci_high``: a paired bootstrap interval (over examples, ``n_boot``
-    resamples) of the accuracy change in points — how much of it n can resolve."""
+    resamples) of the accuracy change in points — how much of it n can resolve.
+
+    ``ValueError`` for exits that are not integers in 0..L, one per example of the table, for ``ci`` outside
+    (0, 1) or ``n_boot`` < 1."""
     L = n_layers_of(table)
     ex = _per_example(table)
-    exits = np.asarray(exits, dtype=int)
+    exits = check_exit_layers(exits, L, "exits", n_examples=len(ex["gold"]))
+    check_number(ci, "ci", low=0.0, high=1.0, none_ok=True)
+    check_int(n_boot, "n_boot", low=1)
     at_exit = ex["pred"][np.arange(len(exits)), exits]
     if np.isnan(at_exit).any():
         raise ValueError("some exit layers have no row in the table")
@@ -642,7 +803,9 @@ def simulate_exits(table: pd.DataFrame, exits: np.ndarray, *, ci: float | None =
 
 def simulate(policy: ExitPolicy, table: pd.DataFrame, threshold: float | None = None, **kwargs) -> dict:
     """``simulate_exits`` of the policy's own exits (at ``threshold``, default its own) on ``table``:
-    what early exit would give, computed from the trace before any real early-exit run."""
+    what early exit would give, computed from the trace before any real early-exit run.
+    ``PolicyModelMismatchError`` when ``table`` is of another model or task (``check_policy_model``);
+    ``ValueError`` for a threshold outside the policy's ``threshold_range``."""
     return simulate_exits(table, policy.exit_layers(table, threshold), **kwargs)
 
 
@@ -663,9 +826,24 @@ def _sweep(table: pd.DataFrame, P: np.ndarray, thresholds: Sequence[float], min_
 
 def threshold_sweep(policy: ExitPolicy, table: pd.DataFrame, thresholds: Sequence[float] | None = None) -> pd.DataFrame:
     """One row per threshold: ``simulate`` metrics of ``policy`` on ``table`` (stop probabilities computed
-    once). Columns: threshold, layers_saved, accuracy, consistency, full_accuracy, accuracy_change_pts, ..."""
+    once). Columns: threshold, layers_saved, accuracy, consistency, full_accuracy, accuracy_change_pts, ...
+    ``ValueError`` for an empty grid or a threshold outside the policy's ``threshold_range``;
+    ``PolicyModelMismatchError`` when ``table`` is of another model or task."""
+    thresholds = _threshold_grid(policy, thresholds)
     _, P = policy.stop_matrix(table)
-    return _sweep(table, P, DEFAULT_THRESHOLDS if thresholds is None else thresholds, policy.min_layer)
+    return _sweep(table, P, thresholds, policy.min_layer)
+
+
+def _threshold_grid(policy: ExitPolicy, thresholds: Sequence[float] | None) -> list[float]:
+    """``thresholds`` (default ``DEFAULT_THRESHOLDS``) checked against the policy's ``threshold_range``."""
+    if thresholds is None:
+        return list(DEFAULT_THRESHOLDS)
+    if isinstance(thresholds, (str, bytes)) or not isinstance(thresholds, (Sequence, np.ndarray)):
+        raise ValueError(f"thresholds must be a sequence of numbers, not {thresholds!r}")
+    if len(thresholds) == 0:
+        raise ValueError("thresholds is empty: give at least one threshold (or None for the default grid)")
+    low, high = policy.threshold_range
+    return [check_threshold(t, "each threshold", low=low, high=high) for t in thresholds]
 
 
 _OOF_CACHE: "OrderedDict[tuple, tuple]" = OrderedDict()  # (table id, params, cv, seed) -> (table, P)
@@ -710,8 +888,17 @@ def choose_threshold(policy: ExitPolicy, train_table: pd.DataFrame, *, max_loss:
     ``metric`` ("accuracy" vs the full model's accuracy, or "consistency" vs 1) on the TRAIN table — never
     tune on test. With ``cv``, stop probabilities are out-of-fold (``out_of_fold_stop_matrix``; a fitted
     classifier is over-confident on its own training rows); ``cv=None`` uses the fitted policy in-sample.
-    Ties go to the higher (more cautious) threshold. Returns (threshold, the train sweep)."""
-    thresholds = DEFAULT_THRESHOLDS if thresholds is None else thresholds
+    Ties go to the higher (more cautious) threshold. Returns (threshold, the train sweep).
+
+    ``ValueError`` for ``max_loss`` outside [0, 1], an unknown ``metric``, a bad threshold grid or ``cv`` not
+    None / an integer >= 2; ``PolicyModelMismatchError`` when ``train_table`` is of another model or task."""
+    if not isinstance(policy, ExitPolicy):
+        raise TypeError(f"choose_threshold takes an ExitPolicy, not {type(policy).__name__}")
+    check_number(max_loss, "max_loss", low=0.0, high=1.0, allowed="a number in [0, 1] (0.01 = 1 point)")
+    check_choice(metric, "metric", ("accuracy", "consistency"))
+    check_int(cv, "cv", low=2, none_ok=True, allowed="None (in-sample) or an integer >= 2 (folds)")
+    thresholds = _threshold_grid(policy, thresholds)
+    check_policy_model(policy, train_table)
     if cv and policy.classifier != "threshold":
         P = out_of_fold_stop_matrix(policy, train_table, cv=cv, seed=seed)
     else:
@@ -746,9 +933,15 @@ def compare_policies(policies: Mapping[str, ExitPolicy], train_table: pd.DataFra
     """Each fitted policy at the threshold chosen on ``train_table`` (``choose_threshold``), evaluated on
     ``test_table``; plus the oracle. One row per policy: name, classifier, features, label_scheme, threshold,
     train_layers_saved, train_accuracy_change_pts, then the test metrics of ``simulate_exits`` (with the
-    bootstrap interval of the accuracy change when ``ci``)."""
+    bootstrap interval of the accuracy change when ``ci``). ``TypeError`` for a policy that is not an
+    ``ExitPolicy``, ``NotFittedError`` for an unfitted one; the rest as ``choose_threshold`` and ``simulate``."""
+    if not isinstance(policies, Mapping):
+        raise TypeError(f"policies must be a mapping name -> fitted ExitPolicy, not {type(policies).__name__}")
     rows = []
     for name, policy in policies.items():
+        if not isinstance(policy, ExitPolicy):
+            raise TypeError(f"policy {name!r} is a {type(policy).__name__}, not an ExitPolicy")
+        policy._check_fitted()
         threshold, sweep = choose_threshold(policy, train_table, max_loss=max_loss, metric=metric, cv=cv)
         chosen = sweep[sweep["chosen"]].iloc[0]
         rows.append({"policy": name, "classifier": policy.classifier, "features": "+".join(policy.features_),

@@ -25,6 +25,9 @@ class ArchitectureSpec:
     unembed: str
     # Applied after the final norm and before the unembedding (OPT-350m projects 1024 -> 512 here).
     post_norm: tuple[str, ...] = ()
+    # ``final_norm`` and ``post_norm`` may be attributes that exist and are None (post-norm OPT has no final
+    # norm; most OPT sizes have no ``project_out``): that means "no module". A path that does not exist is an
+    # error (``RegistryPathError``), never a silent identity.
 
 
 _LLAMA_LIKE = dict(layers="model.layers", final_norm="model.norm", unembed="lm_head")
@@ -77,18 +80,53 @@ def spec_for(model_type: str) -> ArchitectureSpec:
     )
 
 
-def get_submodule(root: nn.Module, path: str) -> nn.Module:
-    """``root.a.b.c`` for ``path == "a.b.c"``; a missing or ``None`` part is the identity."""
-    module: nn.Module | None = root
+class RegistryPathError(UnsupportedArchitectureError):
+    """A registry path that does not lead to a module of this model (a misspelt entry, or a transformers
+    version that renamed the module): the lens would be built without that piece, so we refuse."""
+
+
+def _model_type(root: nn.Module) -> str:
+    return str(getattr(getattr(root, "config", None), "model_type", type(root).__name__))
+
+
+def get_submodule(root: nn.Module, path: str, *, optional: bool = False) -> nn.Module | None:
+    """``root.a.b.c`` for ``path == "a.b.c"``.
+
+    The registry never guesses: an attribute on the path that does not exist raises ``RegistryPathError``
+    naming the model type, the path and the missing part. Only an attribute that exists and is ``None``
+    means "this model has no such module" (post-norm OPT has no ``final_layer_norm``; most OPT sizes have no
+    ``project_out``): then the result is ``None`` when ``optional``, and ``RegistryPathError`` otherwise.
+    A part that is neither a module nor ``None`` also raises ``RegistryPathError``.
+    """
+    module: object = root
+    walked: list[str] = []
     for part in path.split("."):
-        module = getattr(module, part, None)
+        if not hasattr(module, part):
+            owner = ".".join([type(root).__name__, *walked])
+            raise RegistryPathError(
+                f"model type {_model_type(root)!r}: the registry path {path!r} does not exist ({owner} has no "
+                f"attribute {part!r}). Fix the ArchitectureSpec in adainfer_lib.registry.ARCHITECTURES."
+            )
+        module = getattr(module, part)
+        walked.append(part)
         if module is None:
-            return nn.Identity()
+            if optional:
+                return None
+            raise RegistryPathError(
+                f"model type {_model_type(root)!r}: the registry path {path!r} is None on this model "
+                f"({'.'.join(walked)} is None), but the lens needs that module."
+            )
+    if not isinstance(module, nn.Module):
+        raise RegistryPathError(
+            f"model type {_model_type(root)!r}: the registry path {path!r} leads to a "
+            f"{type(module).__name__}, not a torch module."
+        )
     return module
 
 
 def layer_list(root: nn.Module, spec: ArchitectureSpec) -> nn.ModuleList:
-    """The decoder layers of ``root``; raises if the path does not lead to a ``ModuleList``."""
+    """The decoder layers of ``root``; ``RegistryPathError`` if the path does not exist, and
+    ``UnsupportedArchitectureError`` if it does not lead to a ``ModuleList``."""
     layers = get_submodule(root, spec.layers)
     if not isinstance(layers, nn.ModuleList):
         raise UnsupportedArchitectureError(

@@ -6,7 +6,9 @@ minimum layer (sliders); the policy (classifier · label scheme) when several ar
 vocabulary or the task's label words). Views, updated on every change: the top-k tokens per layer with
 their probabilities and the stop probability, the confidence curves with the exit layer marked, the verdict
 ("exit layer: 17 / 30", the prediction at the exit vs the full model's), and — given ``dataset_trace`` — how
-the exit-layer histogram, layers saved and accuracy of the whole split move with the threshold.
+the exit-layer histogram, layers saved and accuracy of the whole split move with the threshold, and which
+thresholds Learn-then-Test certifies on that split for the δ, ε chosen beside the sliders (marked ▲ under
+the threshold slider; chapter 06).
 
 What is slow is done once: a typed text is traced once (cached in memory by text; a test example is
 sliced out of ``dataset_trace`` without running the model), and each policy's stop probabilities over the
@@ -33,7 +35,8 @@ from .features import feature_table
 from .lens import LayerTrace, trace
 from .paths import data_dir
 from .plots import figure_title
-from .policy import ExitPolicy, first_exit
+from .checks import check_int
+from .policy import ExitPolicy, PolicyModelMismatchError, check_policy_model, check_trace_model, first_exit
 
 SNIPPET_CHARS = 70
 
@@ -64,6 +67,30 @@ def load_saved_policies(model, task_name: str, directory: str | Path | None = No
     return found
 
 
+def _check_explorer_args(model, policy, task, *, policies, dataset_trace, top_k, max_examples, cache_size) -> None:
+    """The explorer's arguments, checked before any widget is built (errors: see ``ExitExplorer``)."""
+    for value, name in ((top_k, "top_k"), (max_examples, "max_examples"), (cache_size, "cache_size")):
+        check_int(value, name, low=1)
+    if policies is not None and not isinstance(policies, Mapping):
+        raise TypeError(f"policies must be a mapping name -> fitted ExitPolicy, not {type(policies).__name__}")
+    for name, candidate in {"policy": policy, **{f"policies[{k!r}]": v for k, v in (policies or {}).items()}}.items():
+        if not isinstance(candidate, ExitPolicy):
+            raise TypeError(f"{name} is a {type(candidate).__name__}: the explorer shows fitted ExitPolicy objects "
+                            "(their classifier, label scheme and stop probabilities)")
+        candidate._check_fitted()
+        try:
+            check_policy_model(candidate, model, label_words=task.label_words)
+        except PolicyModelMismatchError as err:
+            raise PolicyModelMismatchError(f"the explorer cannot show {name} on model {model.name!r}, task "
+                                           f"{task.name!r}: {err}") from None
+    if dataset_trace is not None:
+        check_trace_model(dataset_trace, model)
+        if dataset_trace.task_name != task.name or list(dataset_trace.trace.label_words) != list(task.label_words):
+            raise ValueError(f"dataset_trace is of task {dataset_trace.task_name!r} with label words "
+                             f"{list(dataset_trace.trace.label_words)}, not of {task.name!r} with "
+                             f"{list(task.label_words)}: pass trace_task(model, task)")
+
+
 class ExitExplorer:
     """Interactive AdaInfer exit explorer for ``model`` × ``task`` (see the module docstring).
 
@@ -73,8 +100,12 @@ class ExitExplorer:
     shown from it without running the model), ``top_k`` tokens per layer, ``max_examples`` in the dropdown.
 
     Widgets (attributes): ``example``, ``text``, ``trace_button``, ``policy_choice``, ``lens``, ``threshold``,
-    ``min_layer`` (controls); ``status``, ``summary``, ``tokens``, ``curves``, ``dataset_summary``,
-    ``dataset_plot`` (views); ``widget`` (the whole box; the explorer displays as it).
+    ``min_layer``, ``delta``, ``epsilon`` (controls); ``status``, ``summary``, ``tokens``, ``curves``,
+    ``certificate``, ``dataset_summary``, ``dataset_plot`` (views); ``widget`` (the whole box).
+    Learn-then-Test (with ``dataset_trace``): the split serves as the calibration set (the policy must not have
+    been fitted on it); ``certification`` holds the current ``risk_control.Certification`` (disagreement with
+    the full model, risk level ``delta``, error level ``epsilon``) and ``threshold_certified`` says whether the
+    slider's threshold is certified.
     State after each render: ``exit_layer``, ``stop_proba`` (L+1,), ``table`` (the input's feature rows),
     ``current_text``, ``current_gold``, ``error`` (the last message or None), ``timings`` (seconds).
     Methods: ``select_example(i)``, ``show_text(text)``, ``trace_text(text)``, ``render()``; with
@@ -82,12 +113,23 @@ class ExitExplorer:
 
     Decisions — the input's and the split's — use the chosen policy's own calibration (as ``run_early_exit``
     does), falling back to ``dataset_trace``'s, then to raw label scores.
+
+    The constructor checks its arguments (``_check_explorer_args``): ``TypeError`` for a policy that is not a
+    fitted ``ExitPolicy``, ``PolicyModelMismatchError`` for one fitted on another model or task,
+    ``ModelMismatchError`` / ``ValueError`` for a ``dataset_trace`` of another model or task, ``ValueError``
+    for ``top_k``, ``max_examples`` or ``cache_size`` below 1.
     """
 
     def __init__(self, model, policy, task, *, policies: Mapping[str, object] | None = None,
-                 dataset_trace=None, top_k: int = 5, max_examples: int = 200, cache_size: int = 64):
+                 dataset_trace=None, top_k: int = 5, max_examples: int = 200, cache_size: int = 64,
+                 delta: float = 0.02, epsilon: float = 0.05):
         import ipywidgets as w
 
+        from .risk_control import check_level
+
+        _check_explorer_args(model, policy, task, policies=policies, dataset_trace=dataset_trace, top_k=top_k,
+                             max_examples=max_examples, cache_size=cache_size)
+        delta, epsilon = check_level(delta, "delta"), check_level(epsilon, "epsilon")
         self.model, self.task, self.top_k, self.cache_size = model, task, top_k, cache_size
         self.n_layers = int(model.n_layers)
         self.policies = dict(policies or {})
@@ -106,6 +148,8 @@ class ExitExplorer:
         self._policy_copies: dict = {}
         self._decisions: dict = {}
         self._sweeps: dict = {}
+        self._certifications: dict = {}
+        self.certification = None
         self._busy = 0
         self._dataset_rendered = False
         self.exit_layer: int | None = None
@@ -139,6 +183,13 @@ class ExitExplorer:
         self.min_layer = w.IntSlider(value=int(np.clip(policy.min_layer, 0, self.n_layers)), min=0,
                                      max=self.n_layers, step=1, description="min layer", continuous_update=False,
                                      style=style, layout=w.Layout(width="460px"))
+        self.delta = w.BoundedFloatText(value=delta, min=0.001, max=0.999, step=0.005, description="δ (risk)",
+                                        style=style, layout=w.Layout(width="190px"),
+                                        tooltip="Learn-then-Test: at most this disagreement with the full model")
+        self.epsilon = w.BoundedFloatText(value=epsilon, min=0.001, max=0.999, step=0.01, description="ε (error)",
+                                          style=style, layout=w.Layout(width="190px"),
+                                          tooltip="Learn-then-Test: the guarantee may fail for this share of draws")
+        self.certificate = w.HTML()
         self.status = w.HTML()
         self.summary = w.HTML()
         self.tokens = w.HTML()
@@ -151,6 +202,7 @@ class ExitExplorer:
             w.HBox([self.policy_choice, w.Label("lens", layout=w.Layout(margin="0 6px 0 24px")), self.lens],
                    layout=w.Layout(flex_flow="row wrap", align_items="center")),
             w.HBox([self.threshold, self.min_layer], layout=w.Layout(flex_flow="row wrap")),
+            self.certificate, w.HBox([self.delta, self.epsilon], layout=w.Layout(flex_flow="row wrap")),
             self.status, self.summary,
             w.Box([self.curves, self.tokens], layout=w.Layout(display="flex", flex_flow="row wrap",
                                                               align_items="flex-start")),
@@ -164,6 +216,8 @@ class ExitExplorer:
         self.lens.observe(lambda _change: self._safely(self.render, example=True, dataset=False), names="value")
         self.threshold.observe(lambda _change: self._safely(self.render), names="value")
         self.min_layer.observe(lambda _change: self._safely(self.render), names="value")
+        for level in (self.delta, self.epsilon):
+            level.observe(lambda _change: self._safely(self.render, example=False, dataset=True), names="value")
         if self._texts:
             self.select_example(0)
         else:
@@ -183,6 +237,13 @@ class ExitExplorer:
     def policy(self):
         """The policy chosen in the dropdown."""
         return self.policies[self.policy_choice.value]
+
+    @property
+    def threshold_certified(self) -> bool | None:
+        """Whether the slider's threshold is certified by Learn-then-Test (None without ``dataset_trace``)."""
+        if self.certification is None:
+            return None
+        return self.certification.is_certified(float(self.threshold.value))
 
     def select_example(self, index: int) -> None:
         """Show test example ``index`` (its text goes into the textarea, editable); errors go to ``status``."""
@@ -213,7 +274,7 @@ class ExitExplorer:
                              f"longer than the model's context of {limit} tokens: shorten the text.")
         start = time.perf_counter()
         result = trace(self.model, [prompt], label_words=self.task.label_words, top_k=self.top_k, full_vocab=True,
-                       cache=False, progress=False)
+                       prefix=self.task.prefix, cache=False, progress=False)
         self.timings["trace"] = time.perf_counter() - start
         self._trace_cache[text] = result
         while len(self._trace_cache) > self.cache_size:
@@ -363,12 +424,23 @@ class ExitExplorer:
             self.dataset_summary.value = views.message_html(
                 "Pass dataset_trace=trace_task(model, task) to see how the whole test split moves with the threshold.",
                 kind="info")
+            self.certificate.value = views.message_html(
+                "Pass dataset_trace=trace_task(model, task) to certify thresholds with Learn-then-Test.", kind="info")
             return
         threshold, min_layer = float(self.threshold.value), int(self.min_layer.value)
         decisions, sweep = self._dataset_decisions(min_layer)
+        levels = (float(self.delta.value), float(self.epsilon.value))
+        key = (self.policy_choice.value, min_layer, levels)
+        if key not in self._certifications:  # Learn-then-Test once per policy, minimum layer, δ and ε
+            self._certifications[key] = views.certify_decisions(decisions, min_layer, delta=levels[0],
+                                                                epsilon=levels[1])
+        self.certification = self._certifications[key]
+        self.certificate.value = views.certification_html(self.certification, threshold,
+                                                          split=f"{self.dataset_trace.split} split")
         title = figure_title(f"early exit with {self.policy_choice.value}", self.model.name, self.task.name,
                              len(decisions.gold))
-        fig = views.dataset_figure(decisions, sweep, threshold=threshold, min_layer=min_layer, title=title)
+        fig = views.dataset_figure(decisions, sweep, threshold=threshold, min_layer=min_layer, title=title,
+                                   certified=self.certification.threshold)
         self.dataset_plot.value = views.figure_png(fig)
         self.dataset_summary.value = views.dataset_summary_html(decisions, threshold=threshold, min_layer=min_layer,
                                                                 split=f"{self.dataset_trace.split} split")

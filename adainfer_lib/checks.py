@@ -1,0 +1,111 @@
+"""Argument checks at the library's entry points: one error style for every kind of bad input.
+
+Each check returns the value it accepted (as the plain Python type the caller uses) or raises ``ValueError``
+naming the argument, the bad value and what is allowed — at the call that received it, not three functions
+later as a numpy message about broadcasting or zero-size arrays.
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Sequence
+
+import numpy as np
+
+#: The thresholds of the stopping rule are stop probabilities; 1.01 is allowed as "never stop early".
+THRESHOLD_RANGE: tuple[float, float] = (0.0, 1.01)
+
+
+def check_int(value, name: str, *, low: int | None = None, high: int | None = None, none_ok: bool = False,
+              allowed: str | None = None) -> int | None:
+    """``value`` as an ``int`` (Python or numpy integer; not a bool, not a float) within ``low..high``
+    (inclusive, each optional); ``None`` passes when ``none_ok``. ``ValueError`` otherwise, naming ``name``,
+    the value and ``allowed`` (default: the range)."""
+    if value is None and none_ok:
+        return None
+    if allowed is None:
+        bounds = ("" if low is None else f">= {low}") + (" and " if low is not None and high is not None else "") + \
+                 ("" if high is None else f"<= {high}")
+        allowed = f"an integer {bounds}".strip() + (" (or None)" if none_ok else "")
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"{name} must be {allowed}, not {value!r} ({type(value).__name__})")
+    if (low is not None and value < low) or (high is not None and value > high):
+        raise ValueError(f"{name} must be {allowed}, not {value!r}")
+    return int(value)
+
+
+def check_number(value, name: str, *, low: float | None = None, high: float | None = None,
+                 none_ok: bool = False, positive: bool = False, allowed: str | None = None) -> float | None:
+    """``value`` as a finite ``float`` within ``[low, high]`` (each optional; ``positive``: also ``> 0``);
+    ``None`` passes when ``none_ok``. ``ValueError`` otherwise, naming ``name``, the value and ``allowed``."""
+    if value is None and none_ok:
+        return None
+    if allowed is None:
+        if low is not None and high is not None:
+            allowed = f"a number in [{low:g}, {high:g}]"
+        elif positive:
+            allowed = "a positive number"
+        elif low is not None:
+            allowed = f"a number >= {low:g}"
+        elif high is not None:
+            allowed = f"a number <= {high:g}"
+        else:
+            allowed = "a finite number"
+        allowed += " (or None)" if none_ok else ""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real) or not np.isfinite(float(value)):
+        raise ValueError(f"{name} must be {allowed}, not {value!r}")
+    if (low is not None and value < low) or (high is not None and value > high) or (positive and value <= 0):
+        raise ValueError(f"{name} must be {allowed}, not {value!r}")
+    return float(value)
+
+
+def check_threshold(value, name: str = "threshold", *, low: float | None = THRESHOLD_RANGE[0],
+                    high: float | None = THRESHOLD_RANGE[1]) -> float:
+    """A stopping-rule threshold: a finite number in ``[low, high]`` (default ``[0, 1.01]``: stop probabilities,
+    1.01 = never stop early). ``ValueError`` otherwise."""
+    extra = " (a stop probability; 1.01 = never stop early)" if (low, high) == THRESHOLD_RANGE else ""
+    allowed = None if low is None or high is None else f"a number in [{low:g}, {high:g}]{extra}"
+    return check_number(value, name, low=low, high=high, allowed=allowed)
+
+
+def check_choice(value, name: str, choices: Sequence):
+    """``value`` if it is one of ``choices``; ``ValueError`` naming the value and the choices otherwise."""
+    try:
+        ok = value in tuple(choices)
+    except TypeError:  # unhashable or incomparable value
+        ok = False
+    if not ok:
+        raise ValueError(f"{name} must be one of {tuple(choices)}, not {value!r}")
+    return value
+
+
+def check_exit_layers(layers, n_layers: int | None, name: str = "exit layers", *,
+                      n_examples: int | None = None) -> np.ndarray:
+    """Exit layers (one per example, or one for all) as a 1-D int array: integers in ``0..L`` (``n_layers`` =
+    L; 0 exits on the embeddings, as the oracle may; L runs the full model; ``n_layers=None``: only ``>= 0``,
+    for a rule built before its model is known). With ``n_examples``, exactly one per example. ``ValueError``
+    naming the bad values (the first few), the allowed range and the count."""
+    allowed = "integers >= 0" if n_layers is None else \
+        f"integers in 0..{n_layers} (the model has L={n_layers} layers; 0 = the embeddings)"
+    arr = np.asarray(layers)
+    if arr.ndim > 1:
+        raise ValueError(f"{name} must be one layer per example (a 1-D array), got shape {arr.shape}")
+    integral = arr.dtype.kind in "iu" or (arr.dtype.kind == "f" and bool(np.all(np.isfinite(arr) & (arr == np.round(arr)))))
+    if arr.size and not integral:
+        raise ValueError(f"{name} must be {allowed}, got {arr.reshape(-1)[:5].tolist()} ({arr.dtype})")
+    arr = arr.astype(int).reshape(-1)
+    bad = arr[(arr < 0) | (arr > (np.inf if n_layers is None else n_layers))]
+    if bad.size:
+        raise ValueError(f"{name} must be {allowed}, got {sorted(set(bad.tolist()))[:5]}")
+    if n_examples is not None and len(arr) != n_examples:
+        raise ValueError(f"{name}: {len(arr)} given for {n_examples} examples (one per example)")
+    return arr
+
+
+def check_min_layer(value, n_layers: int | None = None) -> int:
+    """The stopping rule's first checked layer: an integer >= 0 (0 = the embeddings), and <= L once the
+    model's ``n_layers`` = L is known (beyond it no layer would ever be checked). ``ValueError`` otherwise."""
+    if n_layers is None:
+        return check_int(value, "min_layer", low=0, allowed="an integer >= 0 (0 = the embeddings)")
+    return check_int(value, "min_layer", low=0, high=n_layers,
+                     allowed=f"an integer in 0..{n_layers} (the model has L={n_layers} layers)")
