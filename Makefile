@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 prepare: install
-	$(PY) -m adainfer_lib.prepare
+	$(PY) -m adainfer_lib.prepare --models smollm2-135m gemma3-270m
 
 lab: prepare
 	$(VENV)/bin/jupyter lab notebooks/
@@ -32,4 +32,5 @@ clean-cache:
 	rm -rf data/traces data/policies
 
 reproduce: prepare
-	$(PY) tools/reproduce.py
+	$(PY) tools/reproduce.py --no-readme
+	$(PY) tools/reproduce.py --model gemma3-270m 01 03

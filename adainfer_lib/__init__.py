@@ -21,7 +21,7 @@ from . import baselines, early_exit
 from .early_exit import (ExitResult, FixedExitPolicy, FullResult, ScheduledExitPolicy, count_layer_rows, run_early_exit,
                          run_full)
 from .baselines import GapThresholdPolicy, block_influence, dropped_layers
-from .evaluate import (ADAINFER_POLICIES, Evaluation, evaluate, fit_policies, pareto_curves, pareto_front,
+from .evaluate import (ADAINFER_POLICIES, Evaluation, best_within, evaluate, fit_policies, pareto_curves, pareto_front,
                        plot_exit_layers, plot_pareto, plot_speedup, run_evaluation, shortgpt_curve, suggest_min_layer,
                        time_interleaved)
 from . import plots_risk, risk_control

@@ -64,7 +64,8 @@ class ExitResult:
     - ``exit_states`` (n, hidden): the residual state at the last position at the exit layer;
     - ``exit_features``: the online features at the exit layer, name -> (n,);
     - ``seconds`` (n,): wall-clock per example (the batch's time divided by its size; exact at batch
-      size 1), tokenization included; ``check_seconds`` (n,): the part spent in exit checks;
+      size 1), building the batch included, tokenization and the shared prefix (computed once per run) not;
+      ``check_seconds`` (n,): the part spent in exit checks;
       ``batch_seconds``: wall-clock of each batch; ``cpu_seconds`` (n,): process CPU time, the same way
       (less sensitive than wall-clock to other programs on a shared machine).
     """

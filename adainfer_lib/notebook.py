@@ -42,13 +42,16 @@ class NotebookSettings:
 
     def save_result(self, obj, name: str, model=None):
         """Save a table (CSV) or figure (PNG) for the README: under ``results/`` in full mode, under
-        ``build/quick-results/`` in quick mode (so a CI run never overwrites the published numbers).
+        ``build/quick-results/`` in quick mode (so a CI run never overwrites the published numbers); a model
+        other than the default saves into a sub-folder named after it (``results/gemma3-270m/``).
         With ``model`` (a ``LensModel``) a table gets ``model``, ``weights`` and ``date`` columns."""
         import datetime as dt
 
         from .paths import REPO_ROOT
 
         folder = REPO_ROOT / ("build/quick-results" if self.quick else "results")
+        if self.model != DEFAULT_MODEL:
+            folder = folder / "".join(c if c.isalnum() or c in "-_." else "_" for c in self.model)
         folder.mkdir(parents=True, exist_ok=True)
         if hasattr(obj, "to_csv"):
             if model is not None:

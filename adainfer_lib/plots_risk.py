@@ -54,12 +54,12 @@ def violations_figure(summary: pd.DataFrame, *, title: str):
     with ± one binomial standard error at ε, and ε as a dashed line: Learn-then-Test must stay at or below it."""
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 0.6 + 0.55 * len(summary)))
+    fig, ax = plt.subplots(figsize=(9.5, 0.9 + 0.55 * len(summary)))
     y = np.arange(len(summary))
     colours = ["#029e73" if r == "Learn-then-Test" else "#de8f05" for r in summary.rule]
     ax.barh(y, summary.violation_rate, xerr=summary.se, color=colours, alpha=0.85, capsize=3)
-    for yi, (rate, saved) in enumerate(zip(summary.violation_rate, summary.layers_saved)):
-        ax.text(rate + 0.01, yi, f"{rate:.1%} (saves {saved:.1%})", va="center", fontsize=8)
+    for yi, (rate, se, saved) in enumerate(zip(summary.violation_rate, summary.se, summary.layers_saved)):
+        ax.text(rate + se + 0.01, yi, f"{rate:.1%} (saves {saved:.1%})", va="center", fontsize=8)
     epsilon = float(summary.epsilon.iloc[0])
     ax.axvline(epsilon, color="black", ls="--", lw=1, label=f"ε = {epsilon:.0%}")
     right = min(1.15, max(0.3, float(summary.violation_rate.max()) + 0.25))
@@ -86,6 +86,6 @@ def price_figure(price: pd.DataFrame, *, title: str):
            xlabel="calibration prompts n_cal", ylabel="layers saved (certified threshold)",
            ylim=(0, max(0.05, oracle * 1.1)), title=title)
     ax.minorticks_off()
-    ax.legend(loc="lower right", fontsize=8, title=f"ε = {float(price.epsilon.iloc[0]):.0%}")
+    ax.legend(loc="lower right", fontsize=8, title=f"δ (ε = {float(price.epsilon.iloc[0]):.0%})")
     fig.tight_layout()
     return fig

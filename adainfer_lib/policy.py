@@ -572,8 +572,16 @@ class ExitPolicy(ClassifierMixin, BaseEstimator):
                 alpha = self._crf_step(alpha, self._matrix({k: v[:, t] for k, v in arrays.items()}))
             return _softmax_last(self._crf_step(alpha, current))[:, 1]
         entries = [e for e in history if self.min_layer <= _layer_number(e["layer"]) < layer]
-        alpha, rows = None, None
-        for entry in entries:
+        # The forward recursion is resumed from the last entry it already went through (its filtered state is
+        # kept in the entry under this policy's key), so a run costs one step per checked layer, not a replay.
+        key = ("_crf_forward", id(self), float(self.threshold))
+        alpha, rows, start = None, None, 0
+        for i in range(len(entries) - 1, -1, -1):
+            if key in entries[i]:
+                alpha, rows = entries[i][key]
+                start = i + 1
+                break
+        for entry in entries[start:]:
             entry_rows = np.asarray(entry["rows"])
             if rows is not None and not np.array_equal(entry_rows, rows):
                 raise ValueError("history does not match this policy's decisions (rows that should have stopped "
@@ -581,6 +589,7 @@ class ExitPolicy(ClassifierMixin, BaseEstimator):
             alpha = self._crf_step(alpha, self._matrix(entry, _layer_number(entry["layer"])))
             go_on = _softmax_last(alpha)[:, 1] < self.threshold
             rows, alpha = entry_rows[go_on], alpha[go_on]
+            entry[key] = (alpha, rows)
         if rows is not None and len(rows) != len(current):
             raise ValueError(f"{len(current)} running rows at layer {layer}, but the history leaves {len(rows)}")
         return _softmax_last(self._crf_step(alpha, current))[:, 1]

@@ -334,3 +334,26 @@ def test_certified_policy_runs_through_run_early_exit(default_tokenizer):
     assert none.threshold is None
     res = ai.run_early_exit(model, fresh, never, label_words=words, calibration=calibration, batch_size=4)
     assert (res.exit_layers == model.n_layers).all()
+
+
+def test_figures_are_titled_and_mark_the_certified_threshold():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from adainfer_lib import plots_risk
+
+    train, pool = synthetic_table(120, 12, seed=12), synthetic_table(800, 12, seed=13)
+    policy = ai.ExitPolicy("threshold", features=("label_gap",)).fit(train)
+    _, cert = ai.certify_threshold(policy, pool.loc[pool.example < 400], delta=0.1)
+    fig = plots_risk.certification_figure(cert, title="t — m, sentiment, n=400")
+    top = fig.axes[0]
+    assert top.get_title() == "t — m, sentiment, n=400"
+    assert any(np.allclose(line.get_xdata(), cert.threshold) for line in top.lines)  # the certified threshold
+    replay = ai.replay_exits(policy, pool)
+    summary = ai.violation_summary(ai.guarantee_check(replay, n_cal=400, n_draws=20, delta=0.1))
+    assert plots_risk.violations_figure(summary, title="v").axes[0].get_title() == "v"
+    price = ai.price_of_guarantee(replay, n_cals=[100, 400], deltas=[0.05, 0.1], n_draws=10)
+    assert plots_risk.price_figure(price, title="p").axes[0].get_title() == "p"
+    plt.close("all")

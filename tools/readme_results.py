@@ -13,6 +13,9 @@ from pathlib import Path
 
 import pandas as pd
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from adainfer_lib.seeds import mean_sd  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
 RESULTS = ROOT / "results"
@@ -41,30 +44,59 @@ def provenance(frame: pd.DataFrame) -> str:
     return ", ".join(f"{c} {'/'.join(map(str, v))}" for c, v in values.items())
 
 
+def per_model(results: Path, name: str) -> pd.DataFrame:
+    """``name`` from ``results/`` (the default model) and from every ``results/<model>/`` beside it."""
+    paths = [results / name, *sorted(results.glob(f"*/{name}"))]
+    frames = [pd.read_csv(path) for path in paths if path.exists()]
+    if not frames:
+        raise FileNotFoundError(f"no {name} under {results}: run `make reproduce`")
+    return pd.concat(frames, ignore_index=True)
+
+
 def layer_statistics(results: Path) -> str:
-    """Chapter 01: the full model's accuracy and the oracle exit, per task."""
-    t = pd.read_csv(results / "01_oracle_by_task.csv")
-    shown = pd.DataFrame({
-        "task": t["task"], "n": t["n"], "accuracy at layer L": t["accuracy at layer L"].map("{:.3f}".format),
-        "chance": t["chance"].map("{:.2f}".format),
-        "mean earliest consistent layer / L": t["mean earliest consistent layer / L"].map("{:.3f}".format),
-        "oracle layers saved": t["oracle layers saved"].map(pct)})
-    return (f"**Layer statistics (chapter 01)** — {provenance(t)}. The oracle exit is the earliest layer from "
-            "which the prediction equals the final one and stays: the bound on any exit rule that keeps the "
-            "predictions.\n\n" + markdown_table(shown))
+    """Chapter 01: per model and task, the full model's accuracy, the best layer's and the oracle exit, as
+    mean ± sd over demonstration seeds; then one-set vs per-query demonstrations on the same reviews."""
+    t = per_model(results, "01_over_seeds.csv")
+    shown = mean_sd(t, ["model", "task", "n"], ["accuracy_full", "best_layer_accuracy", "oracle_layers_saved"])
+    shown = shown.rename(columns={"n": "n test", "accuracy_full": "accuracy at layer L",
+                                  "best_layer_accuracy": "best layer's accuracy",
+                                  "oracle_layers_saved": "oracle layers saved"})
+    shown.insert(3, "chance", t.groupby(["model", "task"], sort=False)["chance"].first().map("{:.2f}".format).values)
+    protocols = pd.read_csv(results / "01_demonstration_protocols.csv")
+    side = pd.DataFrame({
+        "demonstrations": protocols["demos"].map({"fixed": "one set (seed 0)", "per_query": "drawn per query"}),
+        "n": protocols["n"], "accuracy at layer L": protocols["accuracy_full"].map("{:.3f}".format),
+        "best layer (accuracy)": [f"{b} ({a:.3f})" for b, a in zip(protocols["best_layer"], protocols["best_layer_accuracy"])],
+        "oracle layers saved": protocols["oracle_layers_saved"].map(pct)})
+    return (f"**Layer statistics (chapter 01)** — {provenance(t)}; mean ± sd over {t['seed'].nunique()} demonstration "
+            "seeds (one demonstration set per seed, batch calibration fitted on the train split). The oracle exit is "
+            "the earliest layer from which the prediction equals the final one and stays: the bound on any exit "
+            "rule that keeps the predictions.\n\n" + markdown_table(shown)
+            + f"\n\nWhy one demonstration set: the same sentiment test reviews ({provenance(protocols)}), batch "
+            "calibration fitted on train prompts of the same protocol:\n\n" + markdown_table(side))
 
 
 def exit_classifiers(results: Path) -> str:
-    """Chapter 03: each policy at its threshold chosen on train for >= 99% consistency, on the test split."""
+    """Chapter 03: each policy at its threshold chosen on train, on the test split: mean ± sd over seeds
+    (≤ 1 point of accuracy lost), then seed 0 with the ≥ 99% consistency criterion and bootstrap intervals."""
+    seeds = per_model(results, "03_policies_over_seeds.csv")
+    over = mean_sd(seeds, ["model", "policy"], ["layers_saved", "accuracy_change_pts", "consistency"], digits=3)
+    over = over.rename(columns={"layers_saved": "layers saved", "accuracy_change_pts": "Δ accuracy (pts)"})
+    full = mean_sd(seeds.drop_duplicates(["model", "seed"]), ["model"], ["full_accuracy"])
     t = pd.read_csv(results / "03_policies_min_consistency.csv")
     shown = pd.DataFrame({
         "policy": t["policy"], "n test": t["n"], "layers saved": t["layers_saved"].map(pct),
         "Δ accuracy (95% CI)": [f"{pts(c)} ({lo:+.1f}, {hi:+.1f})" for c, lo, hi in
                                 zip(t["accuracy_change_pts"], t["change_ci_low"], t["change_ci_high"])],
         "consistency": t["consistency"].map("{:.3f}".format)})
-    return (f"**Exit classifiers (chapter 03, sentiment)** — {provenance(t)}; thresholds chosen on the train "
-            "split (out-of-fold) for ≥ 99% consistency with the full model, reported on the test split "
-            "(replayed exits, equal to real ones):\n\n" + markdown_table(shown))
+    full_text = "; ".join(f"{m} {a}" for m, a in zip(full["model"], full["full_accuracy"]))
+    return (f"**Exit classifiers (chapter 03, sentiment)** — {provenance(seeds)}; n test "
+            f"{int(seeds['n'].max())} per seed, {seeds['seed'].nunique()} demonstration seeds (mean ± sd); "
+            f"full-model accuracy {full_text}. Thresholds chosen on the train split (out-of-fold) for ≤ 1 point "
+            "of accuracy lost, reported on the test split (replayed exits, equal to real ones):\n\n"
+            + markdown_table(over)
+            + f"\n\nSeed 0 with the steadier criterion, ≥ 99% consistency with the full model on train "
+            f"({provenance(t)}):\n\n" + markdown_table(shown))
 
 
 def early_exit(results: Path) -> str:
@@ -85,10 +117,13 @@ def early_exit(results: Path) -> str:
 
 
 def chapter_times(results: Path) -> str:
-    """Full-mode wall-clock time of every chapter (``tools/reproduce.py``)."""
-    t = pd.read_csv(results / "chapter_times.csv")
-    shown = pd.DataFrame({"chapter": t["chapter"], "minutes (full mode)": t["minutes"].map("{:.1f}".format),
-                          "date": t["date"], "machine": t["machine"]})
+    """Full-mode wall-clock time of every chapter (``tools/reproduce.py``), per model."""
+    frames = [pd.read_csv(results / "chapter_times.csv").assign(model="smollm2-135m (default)")]
+    frames += [pd.read_csv(p).assign(model=p.parent.name) for p in sorted(results.glob("*/chapter_times.csv"))]
+    t = pd.concat(frames, ignore_index=True)
+    shown = pd.DataFrame({"model": t["model"], "chapter": t["chapter"],
+                          "minutes (full mode)": t["minutes"].map("{:.1f}".format), "date": t["date"],
+                          "machine": t["machine"]})
     return "**Chapter run times** (`make reproduce`, full mode, traces cached by earlier chapters):\n\n" + markdown_table(shown)
 
 

@@ -3,7 +3,9 @@
 For each notebook in order: execute it with nbclient (``ADAINFER_QUICK=0``), write the executed copy and
 an HTML rendering under ``build/reproduce/``, and record its wall-clock time in
 ``results/chapter_times.csv``. The chapters themselves save their tables and figures to ``results/``
-(``NotebookSettings.save_result``). Usage: ``python tools/reproduce.py [01 04 ...]`` (default: all).
+(``NotebookSettings.save_result``). Usage: ``python tools/reproduce.py [01 04 ...]`` (default: all);
+``--model gemma3-270m`` runs the chapters on another model (``ADAINFER_MODEL``): its tables and times go to
+``results/<model>/``.
 """
 
 from __future__ import annotations
@@ -34,21 +36,32 @@ def execute(path: Path) -> float:
     NotebookClient(nb, timeout=3600, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}).execute()
     seconds = time.perf_counter() - start
     OUT.mkdir(parents=True, exist_ok=True)
-    nbformat.write(nb, OUT / path.name)
+    out = OUT / os.environ.get("ADAINFER_MODEL", "default")
+    out.mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, out / path.name)
     html, _ = HTMLExporter().from_notebook_node(nb)
-    (OUT / path.with_suffix(".html").name).write_text(html, encoding="utf-8")
+    (out / path.with_suffix(".html").name).write_text(html, encoding="utf-8")
     return seconds
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("chapters", nargs="*", help="chapter numbers to run (default: all)")
+    parser.add_argument("--model", default=None, help="run on this model instead of each chapter's default")
+    parser.add_argument("--no-readme", action="store_true", help="do not regenerate the README's results")
     args = parser.parse_args()
+    results = RESULTS
+    if args.model:
+        os.environ["ADAINFER_MODEL"] = args.model
+        from adainfer_lib.models import DEFAULT_MODEL
+
+        if args.model != DEFAULT_MODEL:
+            results = RESULTS / args.model
     paths = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
     if args.chapters:
         paths = [p for p in paths if p.name[:2] in args.chapters]
-    RESULTS.mkdir(exist_ok=True)
-    times_path = RESULTS / "chapter_times.csv"
+    results.mkdir(parents=True, exist_ok=True)
+    times_path = results / "chapter_times.csv"
     times = pd.read_csv(times_path) if times_path.exists() else pd.DataFrame(columns=["chapter", "minutes", "date", "machine"])
     for path in paths:
         print(f"running {path.name} (full mode) ...", flush=True)
@@ -58,8 +71,8 @@ def main() -> None:
                "machine": f"{os.cpu_count()} cores, {platform.machine()}"}
         times = pd.concat([times[times.chapter != path.stem], pd.DataFrame([row])]).sort_values("chapter")
         times.to_csv(times_path, index=False)
-    print(f"executed notebooks and HTML: {OUT}; tables and figures: {RESULTS}")
-    if not args.chapters:  # a complete run: the README shows what it measured
+    print(f"executed notebooks and HTML: {OUT}; tables and figures: {results}")
+    if not args.no_readme:  # the README shows what the runs measured
         from readme_results import update_readme
 
         update_readme()
