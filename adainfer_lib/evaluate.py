@@ -397,17 +397,6 @@ def pareto_front(curve: pd.DataFrame) -> pd.DataFrame:
     return curve.loc[keep].sort_values("layers_saved")
 
 
-def best_within(curves: pd.DataFrame, max_loss_pts: float = 1.0) -> pd.DataFrame:
-    """Per method of ``curves`` (``pareto_curves`` rows, possibly with a ``task`` column): the point that saves
-    the most layers with at most ``max_loss_pts`` points of accuracy lost against the full model (none: the
-    method's row has NaN). One row per (task, method)."""
-    keys = [c for c in ("task", "method") if c in curves.columns]
-    ok = curves[curves["accuracy_change_pts"] >= -max_loss_pts - 1e-9]
-    best = ok.sort_values("layers_saved").groupby(keys, sort=False).tail(1)
-    every = curves[keys].drop_duplicates()
-    return every.merge(best, on=keys, how="left").reset_index(drop=True)
-
-
 def shortgpt_curve(model: LensModel, task, ks: Sequence[int], *, n: int | None = None, n_influence: int = 50,
                    n_calibration: int = 100, batch_size: int = 8, full_predictions=None,
                    influence: np.ndarray | None = None, progress: bool = False) -> pd.DataFrame:
@@ -491,10 +480,13 @@ def fit_policies(train_trace, specs: Mapping[str, dict] | None = None, *, min_la
 
 
 def best_within(curves: pd.DataFrame, max_drop_pts: float = 1.0) -> pd.DataFrame:
-    """Per method, the point with the most layers saved whose accuracy is at most ``max_drop_pts`` points
-    below the full model's (methods with no such point are left out)."""
+    """Per method (and per task, when ``curves`` has a ``task`` column), the point with the most layers saved
+    whose accuracy is at most ``max_drop_pts`` points below the full model's (methods with no such point are
+    left out)."""
+    keys = ["task", "method"] if "task" in curves.columns else ["method"]
     ok = curves[curves.accuracy_change_pts >= -max_drop_pts]
-    return ok.sort_values("layers_saved").groupby("method").tail(1).sort_values("layers_saved", ascending=False)
+    best = ok.sort_values("layers_saved").groupby(keys, sort=False).tail(1)
+    return best.sort_values([*keys[:-1], "layers_saved"], ascending=[True] * (len(keys) - 1) + [False])
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -34,12 +34,13 @@ def certification_figure(cert, *, title: str):
     if cert.threshold is not None:
         for ax in (top, bottom):
             ax.axvline(cert.threshold, color=STATUS_COLOURS["certified"], lw=1.5)
-        top.annotate(f"certified: {cert.threshold:g}", (cert.threshold, cert.delta), xytext=(6, 8),
-                     textcoords="offset points", color=STATUS_COLOURS["certified"])
+        top.annotate(f"certified: {cert.threshold:g}", (cert.threshold, 0.62), xycoords=("data", "axes fraction"),
+                     xytext=(-4, 0), textcoords="offset points", ha="right", va="center", rotation=90,
+                     color=STATUS_COLOURS["certified"])
     top.set(ylabel=f"{cert.risk.replace('_', ' ')} (calibration, n={cert.n})", title=title)
     top.set_ylim(0, max(2.5 * cert.delta, float(frame.empirical_risk[frame.status != "not tested"].max()
                                                 if (frame.status != "not tested").any() else 0) * 1.1))
-    top.legend(loc="upper left", fontsize=8)
+    top.legend(loc="center right", fontsize=8)
     bottom.set(yscale="log", ylabel="p-value of H₀: risk > δ", xlabel="threshold (conservative → aggressive)")
     bottom.set_ylim(max(1e-12, float(np.clip(frame.p_value, 1e-12, 1).min()) / 3), 2)
     bottom.legend(loc="lower left", fontsize=8)
