@@ -5,7 +5,14 @@ On the default model and ~50 prompts of ~100 tokens, times (interleaved, several
 - ``trace`` with the full-vocabulary lens (top-k, top_prob, gap, entropy, KL at every layer);
 - ``trace`` with label words only (two rows of the unembedding per layer);
 - a naive lens: every position of every layer through the final norm and the head.
-Prints each as a ratio to the plain forward pass. Usage: ``python benchmarks/trace_throughput.py [--model NAME]``.
+Prints each as a ratio to the plain forward pass.
+
+Then the prompt-prefix KV cache, on the same 4-shot sentiment test prompts (one demonstration set, seed 0):
+``trace`` without the cache (every prompt runs its ~160 tokens) and with it (the shared instruction and
+demonstrations run once per run — their cost included: the model's prefix store is emptied before each
+cached run — and each prompt runs only its query's tokens); ms per prompt and their ratio. For reference,
+the same test reviews with demonstrations drawn per query (the protocol before, which no cache can share).
+Usage: ``python benchmarks/trace_throughput.py [--model NAME]``.
 """
 
 from __future__ import annotations
@@ -16,7 +23,7 @@ import time
 import torch
 
 import adainfer_lib as ai
-from adainfer_lib.lens import encode
+from adainfer_lib.inputs import prepare_prompts
 
 SENTENCES = [
     "the film is a charming, funny and moving portrait of a family that refuses to fall apart",
@@ -39,15 +46,20 @@ def make_prompts(tokenizer, n: int, target_tokens: int) -> list[str]:
     return prompts
 
 
+def _batches(model: ai.LensModel, prompts: list[str], batch_size: int):
+    prepared = prepare_prompts(model, prompts, caller="benchmark", batch_size=batch_size, prefix_cache=False)
+    return [prepared.batch(idx).forward_kwargs(model) for idx in prepared.batches]
+
+
 def plain_forward(model: ai.LensModel, prompts: list[str], batch_size: int) -> None:
-    for i in range(0, len(prompts), batch_size):
-        model.hf_model(**encode(model, prompts[i : i + batch_size]), use_cache=False, logits_to_keep=1)
+    for kwargs in _batches(model, prompts, batch_size):
+        model.hf_model(**kwargs)
 
 
 def naive_lens(model: ai.LensModel, prompts: list[str], batch_size: int) -> None:
     """All positions of all layers through norm + head, then softmax (what a straightforward lens does)."""
-    for i in range(0, len(prompts), batch_size):
-        out = model.hf_model(**encode(model, prompts[i : i + batch_size]), use_cache=False, output_hidden_states=True)
+    for kwargs in _batches(model, prompts, batch_size):
+        out = model.hf_model(**kwargs, output_hidden_states=True)
         for h in out.hidden_states[:-1]:
             torch.softmax(model.lens(h), dim=-1)
         torch.softmax(model.unembed(out.hidden_states[-1]), dim=-1)
@@ -86,6 +98,41 @@ def main() -> None:
     base = best["plain forward"]
     for name, seconds in best.items():
         print(f"{name:28s} {seconds:7.2f} s   {seconds / base:5.2f}x plain forward")
+    prefix_cache_benchmark(model, args.n, args.batch_size, args.rounds)
+
+
+def prefix_cache_benchmark(model: ai.LensModel, n: int, batch_size: int, rounds: int) -> None:
+    """ms per prompt of ``trace`` on 4-shot sentiment prompts without and with the prompt-prefix KV cache."""
+    fixed = ai.load_task("sentiment", n=n, n_train=50, seed=0)
+    per_query = ai.load_task("sentiment", n=n, n_train=50, seed=0, demos="per_query")
+    words = fixed.label_words
+
+    def cached() -> None:
+        model.__dict__.pop("_prefix_kv", None)  # the prefix's own forward pass is part of the cost
+        ai.trace(model, fixed.prompts(), label_words=words, batch_size=batch_size, prefix=fixed.prefix, progress=False)
+
+    runs = {
+        "per-query demos, no cache": lambda: ai.trace(model, per_query.prompts(), label_words=words,
+                                                      batch_size=batch_size, prefix_cache=False, progress=False),
+        "one demo set, no cache": lambda: ai.trace(model, fixed.prompts(), label_words=words, batch_size=batch_size,
+                                                   prefix_cache=False, progress=False),
+        "one demo set, prefix cache": cached,
+    }
+    best = {name: float("inf") for name in runs}
+    for _ in range(rounds):
+        for name, run in runs.items():
+            start = time.perf_counter()
+            run()
+            best[name] = min(best[name], time.perf_counter() - start)
+    tokens = prepare_prompts(model, fixed.prompts(), caller="benchmark", prefix=fixed.prefix)
+    prefix_len = tokens.prefix.length
+    print(f"\nprompt-prefix KV cache: {n} 4-shot sentiment test prompts (seed 0), "
+          f"{tokens.n_tokens.mean():.0f} tokens on average of which {prefix_len} shared; batch {batch_size}, "
+          f"best of {rounds} interleaved rounds, full-vocabulary lens")
+    for name, seconds in best.items():
+        print(f"{name:28s} {1000 * seconds / n:7.1f} ms / prompt")
+    ratio = best["one demo set, no cache"] / best["one demo set, prefix cache"]
+    print(f"prefix cache speedup on the same prompts: {ratio:.2f}x  (target >= 3)")
 
 
 if __name__ == "__main__":
