@@ -25,6 +25,7 @@ import numpy as np
 
 from . import sources
 from .cache import content_key
+from .checks import check_int
 
 DEFAULT_N_TRAIN = 500
 TASK_FORMAT_VERSION = 2  # bump when splitting or prompting changes, so trace caches are rebuilt
@@ -306,13 +307,6 @@ def _draw_demos(train: datasets.Dataset, n_labels: int, shots: int, seed: int, a
     return rng.permutation(np.concatenate([pool[:q] for pool, q in zip(pools, quota)]).astype(int))
 
 
-def _check_count(name: str, value, *, minimum: int, allow_none: bool = False) -> None:
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}{' or None' if allow_none else ''}, not {value!r}")
-
-
 def load_task(name: str, *, n: int | None = None, shots: int = 4, seed: int = 0, source: str = "offline",
               n_train: int | None = None, demos: str = "fixed") -> Task:
     """Load task ``name`` with ``n`` test examples (all that remain if None) and ``n_train`` train ones.
@@ -332,10 +326,10 @@ def load_task(name: str, *, n: int | None = None, shots: int = 4, seed: int = 0,
         raise ValueError(f"source must be 'offline' or 'hub', not {source!r}")
     if demos not in DEMO_MODES:
         raise ValueError(f"demos must be one of {DEMO_MODES}, not {demos!r}")
-    _check_count("n", n, minimum=1, allow_none=True)
-    _check_count("n_train", n_train, minimum=0, allow_none=True)
-    _check_count("shots", shots, minimum=0)
-    _check_count("seed", seed, minimum=0)
+    check_int(n, "n", low=1, none_ok=True)
+    check_int(n_train, "n_train", low=0, none_ok=True)
+    check_int(shots, "shots", low=0)
+    check_int(seed, "seed", low=0)
     spec = TASKS[name]
     n_train = DEFAULT_N_TRAIN if n_train is None else n_train
     n_draw = n_train + (shots if demos == "fixed" else 0)  # the fixed demonstrations come out of the train side

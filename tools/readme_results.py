@@ -127,6 +127,25 @@ def chapter_times(results: Path) -> str:
     return "**Chapter run times** (`make reproduce`, full mode, traces cached by earlier chapters):\n\n" + markdown_table(shown)
 
 
+def guaranteed_exits(results: Path) -> str:
+    """Chapter 06: how often each threshold rule broke δ over random calibration/test splits, and the price
+    of the guarantee (layers saved) by δ and calibration-set size."""
+    g = pd.read_csv(results / "06_guarantee_check.csv")
+    first = g.iloc[0]
+    shown = pd.DataFrame({"rule": g["rule"], "share of splits breaking δ": g["violation_rate"].map(pct),
+                          "layers saved": g["layers_saved"].map(pct),
+                          "within ε + s.e.": g["within_guarantee"].map({True: "yes", False: "no"})})
+    price = pd.read_csv(results / "06_price_of_guarantee.csv")
+    wide = price.pivot(index="delta", columns="n_cal", values="layers_saved")
+    table = pd.DataFrame({"δ": [pct(d) for d in wide.index],
+                          **{f"n_cal {c:,}": wide[c].map(pct).values for c in wide.columns}})
+    return (f"**Guaranteed exits (chapter 06, Learn-then-Test)** — {provenance(g)}; {first['classifier']}, "
+            f"δ = {pct(first['delta'])}, ε = {pct(first['epsilon'])}, n_cal = {int(first['n_cal']):,}, "
+            f"{int(first['n_draws'])} random calibration/test splits of one traced pool:\n\n" + markdown_table(shown)
+            + f"\n\nThe price of the guarantee (layers saved; the oracle saves "
+            f"{pct(price['oracle_layers_saved'].iloc[0])}):\n\n" + markdown_table(table))
+
+
 def findings(results: Path) -> str:
     """"What the numbers say": each sentence computed from the tables above (default model)."""
     seeds = pd.read_csv(results / "01_over_seeds.csv")
@@ -168,8 +187,8 @@ def findings(results: Path) -> str:
 
 def render(results: Path = RESULTS) -> str:
     """The generated section, markers included."""
-    parts = [layer_statistics(results), exit_classifiers(results), early_exit(results), findings(results),
-             chapter_times(results)]
+    parts = [layer_statistics(results), exit_classifiers(results), early_exit(results), guaranteed_exits(results),
+             findings(results), chapter_times(results)]
     return "\n\n".join([START, *parts, END])
 
 
