@@ -57,10 +57,12 @@ def layer_statistics(results: Path) -> str:
     """Chapter 01: per model and task, the full model's accuracy, the best layer's and the oracle exit, as
     mean ± sd over demonstration seeds; then one-set vs per-query demonstrations on the same reviews."""
     t = per_model(results, "01_over_seeds.csv")
-    shown = mean_sd(t, ["model", "task", "n"], ["accuracy_full", "best_layer_accuracy", "oracle_layers_saved"])
+    shown = mean_sd(t, ["model", "task", "n"], ["accuracy_full", "best_layer_accuracy"]).merge(
+        mean_sd(t.assign(oracle_layers_saved=100 * t["oracle_layers_saved"]), ["model", "task", "n"],
+                ["oracle_layers_saved"], digits=1).drop(columns="seeds"), on=["model", "task", "n"])
     shown = shown.rename(columns={"n": "n test", "accuracy_full": "accuracy at layer L",
                                   "best_layer_accuracy": "best layer's accuracy",
-                                  "oracle_layers_saved": "oracle layers saved"})
+                                  "oracle_layers_saved": "oracle layers saved (%)"})
     shown.insert(3, "chance", t.groupby(["model", "task"], sort=False)["chance"].first().map("{:.2f}".format).values)
     protocols = pd.read_csv(results / "01_demonstration_protocols.csv")
     side = pd.DataFrame({
@@ -80,8 +82,10 @@ def exit_classifiers(results: Path) -> str:
     """Chapter 03: each policy at its threshold chosen on train, on the test split: mean ± sd over seeds
     (≤ 1 point of accuracy lost), then seed 0 with the ≥ 99% consistency criterion and bootstrap intervals."""
     seeds = per_model(results, "03_policies_over_seeds.csv")
-    over = mean_sd(seeds, ["model", "policy"], ["layers_saved", "accuracy_change_pts", "consistency"], digits=3)
-    over = over.rename(columns={"layers_saved": "layers saved", "accuracy_change_pts": "Δ accuracy (pts)"})
+    over = mean_sd(seeds.assign(layers_saved=100 * seeds["layers_saved"]), ["model", "policy"],
+                   ["layers_saved", "accuracy_change_pts"], digits=1).merge(
+        mean_sd(seeds, ["model", "policy"], ["consistency"]).drop(columns="seeds"), on=["model", "policy"])
+    over = over.rename(columns={"layers_saved": "layers saved (%)", "accuracy_change_pts": "Δ accuracy (pts)"})
     full = mean_sd(seeds.drop_duplicates(["model", "seed"]), ["model"], ["full_accuracy"])
     t = pd.read_csv(results / "03_policies_min_consistency.csv")
     shown = pd.DataFrame({
@@ -162,7 +166,7 @@ def findings(results: Path) -> str:
     s = by_task.loc["sentiment"]
     lines = [
         f"- *Not all layers are necessary, for some inputs*: on sentiment an oracle could skip {pct(s.oracle)} ± "
-        f"{pct(s.sd)} of the layers without changing a prediction (mean ± sd over {s.k} seeds, n={s.n} each); "
+        f"{pct(s.sd)} of the layers without changing a prediction (mean ± sd over {int(s.k)} seeds, n={int(s.n)} each); "
         + "; ".join(f"{t} {pct(r.oracle)}" for t, r in by_task.iterrows() if t != "sentiment")
         + ". " + " ".join(f"{t} is {'near' if r.acc - r.chance < 0.1 else 'above'} chance ({r.acc:.3f} vs {r.chance:.2f})"
                           + (", so its savings mean nothing." if r.acc - r.chance < 0.1 else ".")
