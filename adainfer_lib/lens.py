@@ -236,7 +236,7 @@ def last_states(model: LensModel, prompts: Sequence[str], *, prefix_cache: bool 
 def lens_stats(model: LensModel, states: torch.Tensor, label_ids: torch.Tensor, *, full_vocab: bool, top_k: int) -> dict:
     """Lens statistics of N residual states (N, hidden): per-row ``top_prob``, ``gap``, ``entropy`` (N,)
     (NaN without ``full_vocab``), ``top_ids``/``top_probs`` (N, k), ``label_logits`` (N, C) and, with
-    ``full_vocab``, ``logp`` (N, vocab). The one place where a state becomes lens statistics."""
+    ``full_vocab``, ``logp`` and ``probs`` (N, vocab). The one place where a state becomes lens statistics."""
     n = states.shape[0]
     if not full_vocab:
         nan = torch.full((n,), float("nan"))
@@ -254,6 +254,7 @@ def lens_stats(model: LensModel, states: torch.Tensor, label_ids: torch.Tensor, 
         "top_probs": top_probs[:, :top_k],
         "label_logits": logits[:, label_ids],
         "logp": logp,
+        "probs": probs,
     }
 
 
@@ -263,14 +264,15 @@ def _batch_stats(model: LensModel, states: torch.Tensor, label_ids: torch.Tensor
     layer and the cosine between consecutive states."""
     layers, batch = states.shape[:2]
     stats = lens_stats(model, states.reshape(layers * batch, -1), label_ids, full_vocab=full_vocab, top_k=top_k)
-    logp = stats.pop("logp", None)
+    logp, probs = stats.pop("logp", None), stats.pop("probs", None)
     out = {k: v.reshape(layers, batch, *v.shape[1:]).transpose(0, 1).cpu().numpy() for k, v in stats.items()}
     out["top_ids"] = out["top_ids"].astype(np.int32)
     if logp is None:
         out["kl_to_final"] = np.full((batch, layers), np.nan, dtype=np.float32)
     else:
-        logp = logp.reshape(layers, batch, -1)
-        out["kl_to_final"] = (logp.exp() * (logp - logp[-1:])).sum(-1).clamp_min(0).T.cpu().numpy()
+        logp = logp.reshape(layers, batch, -1)  # KL(p_l || p_L) = <p_l, log p_l - log p_L>, reusing p_l
+        kl = torch.einsum("lbv,lbv->lb", probs.reshape(layers, batch, -1), logp - logp[-1:])
+        out["kl_to_final"] = kl.clamp_min(0).T.cpu().numpy()
     cos = torch.nn.functional.cosine_similarity(states[1:], states[:-1], dim=-1).float().cpu()
     out["cos_prev"] = torch.cat([torch.full((1, batch), float("nan")), cos]).T.numpy()
     return out
