@@ -41,7 +41,7 @@ def test_readme_results_follow_a_changed_measurement(tmp_path):
     seeds["oracle_layers_saved"] = 0.987654  # every seed of every task: mean 0.988, sd 0
     seeds.to_csv(tmp_path / "results" / "01_over_seeds.csv", index=False)
     section = render(tmp_path / "results")
-    assert section != render() and "0.988 ± 0.000" in section
+    assert section != render() and "98.8 ± 0.0" in section  # oracle layers saved (%), mean ± sd
 
 
 def test_navigation_check_detects_a_stale_line(tmp_path):
