@@ -213,15 +213,14 @@ def dropped_layers(model: LensModel, drop: Sequence[int]) -> Iterator[LensModel]
     pruned = nn.ModuleList([original[i] for i in kept])
     # Attention modules address the KV cache by their ``layer_idx``: renumber them to their new position (a
     # prompt-prefix cache of the pruned model has len(kept) layers), and put the numbers back afterwards.
-    indexed = [(m, m.layer_idx) for layer in pruned for m in layer.modules() if isinstance(getattr(m, "layer_idx", None), int)]
+    indexed = [(m, position, m.layer_idx) for position, layer in enumerate(pruned) for m in layer.modules()
+               if isinstance(getattr(m, "layer_idx", None), int)]
     # nn.Module.__setattr__ registers the new list as the submodule
     setattr(parent, attr, pruned)
     model.layers = pruned
     try:
-        for position, layer in enumerate(pruned):
-            for m in layer.modules():
-                if isinstance(getattr(m, "layer_idx", None), int):
-                    m.layer_idx = position
+        for module, position, _ in indexed:
+            module.layer_idx = position
         if "num_hidden_layers" in saved_config:
             config.num_hidden_layers = len(kept)
         if saved_config.get("layer_types") is not None:
@@ -230,8 +229,8 @@ def dropped_layers(model: LensModel, drop: Sequence[int]) -> Iterator[LensModel]
     finally:
         setattr(parent, attr, original)
         model.layers = original
-        for module, index in indexed:
-            module.layer_idx = index
+        for module, _, original_index in indexed:
+            module.layer_idx = original_index
         for k, v in saved_config.items():
             setattr(config, k, v)
 

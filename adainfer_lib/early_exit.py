@@ -35,9 +35,11 @@ import pandas as pd
 import torch
 
 from .calibration import Calibration, label_log_softmax
+from .checks import check_exit_layers, check_threshold
 from .inputs import Batch, _find_cache, label_token_ids, prepare_prompts
 from .lens import lens_stats
 from .models import LensModel
+from .policy import check_policy_model
 
 #: Features ``run_early_exit`` computes at every checked layer (full-vocabulary ones are NaN unless the
 #: policy needs the full vocabulary, or ``full_vocab=True``).
@@ -279,8 +281,7 @@ class _BatchRun:
             if cache is not None and index < len(cache.layers):  # this layer's prefix keys/values: active rows only
                 layer_cache = cache.layers[index]
                 if getattr(layer_cache, "keys", None) is not None and layer_cache.keys.shape[0] == self.batch:
-                    layer_cache.keys = layer_cache.keys.index_select(0, idx.to(layer_cache.keys.device))
-                    layer_cache.values = layer_cache.values.index_select(0, idx.to(layer_cache.values.device))
+                    layer_cache.batch_select_indices(idx.to(layer_cache.keys.device))  # transformers' own
             if args:
                 args = (hidden, *_slice_rows(args[1:], idx, self.batch, self.slice_cache))
             else:
@@ -400,7 +401,7 @@ def run_early_exit(
     prepared = prepare_prompts(model, prompts, caller="run_early_exit", batch_size=batch_size,
                                prefix_cache=prefix_cache, prefix=prefix)
     words = resolve_label_words(policy, label_words)
-    check_policy_model(policy, model, label_words=words, n_examples=len(prompts))  # PolicyModelMismatchError
+    check_policy_model(policy, model, label_words=words, n_examples=len(prepared.texts))  # PolicyModelMismatchError
     L = model.n_layers
     offsets = resolve_offsets(policy, calibration, n_layers=L, n_labels=len(words))
     label_ids = torch.tensor(label_token_ids(model.tokenizer, words, prepared.texts[0], owner=model.name),
@@ -519,12 +520,6 @@ def run_full(
 
 # ---------------------------------------------------------------------------------------------------
 # Simple exit rules (stand-ins for a fitted ExitPolicy; also the fixed / scheduled baselines)
-
-
-# ``check_policy_model`` (called once by ``run_early_exit``) lives with the policies; policy.py does not import
-# this module, so importing it here, after the runner's definitions, is not circular.
-from .checks import check_exit_layers, check_threshold  # noqa: E402
-from .policy import check_policy_model  # noqa: E402
 
 
 @dataclass(kw_only=True)

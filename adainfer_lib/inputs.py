@@ -24,6 +24,7 @@ from __future__ import annotations
 import copy
 from collections import OrderedDict
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Sequence
 
 import numpy as np
@@ -202,9 +203,15 @@ def prefix_kv(model, tokens: Sequence[int]) -> PrefixKV:
 
 def _head_kwargs(model) -> dict:
     """Keep only one position's logits where the model supports it (the runner never reads them)."""
+    return {"logits_to_keep": 1} if _accepts_logits_to_keep(type(model.hf_model)) else {}
+
+
+@lru_cache(maxsize=None)
+def _accepts_logits_to_keep(model_class: type) -> bool:
+    """Whether ``model_class.forward`` takes ``logits_to_keep`` (read once per class, not once per batch)."""
     import inspect
 
-    return {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.hf_model.forward).parameters else {}
+    return "logits_to_keep" in inspect.signature(model_class.forward).parameters
 
 
 # ---------------------------------------------------------------------------------------------------
