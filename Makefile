@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 prepare: install
-	$(PY) -m adainfer_lib.prepare --models smollm2-135m gemma3-270m
+	$(PY) -m adainfer_lib.data.prepare --models smollm2-135m gemma3-270m
 
 lab: prepare
 	$(VENV)/bin/jupyter lab notebooks/

@@ -1,30 +1,56 @@
-"""adainfer_lib: the helper library behind the AdaInfer notebook suite (logit lens, exit classifiers,
-real early exit). Each notebook imports only this package."""
+"""adainfer_lib: the helper library behind the AdaInfer notebook suite. Each notebook imports only this package.
 
-from .lens import LayerTrace, trace
-from .models import DEFAULT_MODEL, OFFLINE_MODELS, LensModel, ModelNotFoundError, load_model
-from .registry import RegistryPathError, UnsupportedArchitectureError, supported_model_types
+The sub-packages follow the data flow, and this namespace re-exports their public API in the same order:
+``model`` (load a model, its logit lens, traces) → ``data`` (tasks, calibration, traced tasks) → ``exits``
+(features, exit rules, replay, the real early-exit runner, guaranteed exits) → ``evaluation`` (baselines,
+evaluation, seeds) → ``figures`` (plots, explorer) → ``course`` (set-up cell, exercise checkers).
+``common`` holds the shared paths, cache and argument checks."""
 
-__version__ = "0.1.0"
-from .calibration import CALIBRATION_METHODS, Calibration
-from .notebook import NotebookSettings, setup_notebook
-from .task_trace import TaskTrace, calibration_report, trace_task
-from . import exercises, plots, seeds
-from .tasks import Task, available_tasks, load_task
-from .features import (ONLINE_FEATURES, feature_auc, feature_correlations, feature_table, label_features,
-                       lens_check_cost, per_layer_auc, permutation_importance_table, split_by_example)
-from .policy import (ExitPolicy, choose_threshold, compare_policies, oracle_exit_layers, simulate, simulate_exits,
-                     threshold_sweep, tune_threshold)
-from . import plots_features
-from .widgets import ExitExplorer, load_saved_policies
-from . import baselines, early_exit
-from .early_exit import (ExitResult, FixedExitPolicy, FullResult, ScheduledExitPolicy, count_layer_rows, run_early_exit,
-                         run_full)
-from .baselines import GapThresholdPolicy, block_influence, dropped_layers
-from .evaluate import (ADAINFER_POLICIES, Evaluation, best_within, evaluate, fit_policies, pareto_curves, pareto_front,
-                       plot_exit_layers, plot_pareto, plot_speedup, run_evaluation, shortgpt_curve, suggest_min_layer,
-                       time_interleaved)
-from . import plots_risk, risk_control
-from .risk_control import (Certification, ExitReplay, certify_threshold, guarantee_check, learn_then_test,
-                           max_certifiable_risk, min_calibration_size, price_of_guarantee, replay_exits,
-                           violation_summary)
+__version__ = "0.2.0"
+
+from .model import (DEFAULT_MODEL, OFFLINE_MODELS, LayerTrace, LensModel, ModelNotFoundError, RegistryPathError,
+                    UnsupportedArchitectureError, load_model, supported_model_types, trace)
+from .data import (CALIBRATION_METHODS, Calibration, Task, TaskTrace, available_tasks, calibration_report, load_task,
+                   trace_task)
+from .exits import (ONLINE_FEATURES, Certification, ExitPolicy, ExitReplay, ExitResult, FixedExitPolicy, FullResult,
+                    ScheduledExitPolicy, certify_threshold, choose_threshold, compare_policies, count_layer_rows,
+                    feature_auc, feature_correlations, feature_table, guarantee_check, label_features,
+                    learn_then_test, lens_check_cost, max_certifiable_risk, min_calibration_size, oracle_exit_layers,
+                    per_layer_auc, permutation_importance_table, price_of_guarantee, replay_exits, run_early_exit,
+                    run_full, simulate, simulate_exits, split_by_example, threshold_sweep, tune_threshold,
+                    violation_summary)
+from .exits import runner as early_exit, risk_control
+from .evaluation import (ADAINFER_POLICIES, Evaluation, GapThresholdPolicy, best_within, block_influence,
+                         dropped_layers, evaluate, fit_policies, pareto_curves, pareto_front, plot_exit_layers,
+                         plot_pareto, plot_speedup, run_evaluation, shortgpt_curve, suggest_min_layer,
+                         time_interleaved)
+from .evaluation import baselines, seeds
+from .figures import ExitExplorer, load_saved_policies, plots, plots_features, plots_risk
+from .course import NotebookSettings, exercises, setup_notebook
+from .common import paths
+
+__all__ = [
+    # model and lens
+    "DEFAULT_MODEL", "OFFLINE_MODELS", "LensModel", "ModelNotFoundError", "load_model", "RegistryPathError",
+    "UnsupportedArchitectureError", "supported_model_types", "LayerTrace", "trace",
+    # tasks and data
+    "Task", "available_tasks", "load_task", "CALIBRATION_METHODS", "Calibration", "TaskTrace", "trace_task",
+    "calibration_report",
+    # exits
+    "ONLINE_FEATURES", "label_features", "feature_table", "feature_auc", "per_layer_auc", "feature_correlations",
+    "permutation_importance_table", "split_by_example", "lens_check_cost", "ExitPolicy", "simulate",
+    "simulate_exits", "oracle_exit_layers", "threshold_sweep", "choose_threshold", "tune_threshold",
+    "compare_policies", "FixedExitPolicy", "ScheduledExitPolicy", "ExitResult", "FullResult", "run_early_exit",
+    "run_full", "count_layer_rows", "Certification", "ExitReplay", "replay_exits", "learn_then_test",
+    "certify_threshold", "guarantee_check", "violation_summary", "price_of_guarantee", "max_certifiable_risk",
+    "min_calibration_size",
+    # evaluation
+    "GapThresholdPolicy", "block_influence", "dropped_layers", "ADAINFER_POLICIES", "Evaluation", "fit_policies",
+    "run_evaluation", "evaluate", "time_interleaved", "pareto_curves", "pareto_front", "shortgpt_curve",
+    "best_within", "suggest_min_layer", "plot_pareto", "plot_exit_layers", "plot_speedup",
+    # figures, widgets, course
+    "ExitExplorer", "load_saved_policies", "NotebookSettings", "setup_notebook",
+    # modules used as namespaces in the notebooks
+    "early_exit", "risk_control", "baselines", "seeds", "plots", "plots_features", "plots_risk", "exercises",
+    "paths",
+]

@@ -25,7 +25,7 @@ import time
 import torch
 
 import adainfer_lib as ai
-from adainfer_lib.inputs import prepare_prompts
+from adainfer_lib.model.inputs import prepare_prompts
 
 SENTENCES = [
     "the film is a charming, funny and moving portrait of a family that refuses to fall apart",

@@ -48,7 +48,7 @@ def make_trace(label_logits):
     """A ``LayerTrace`` holding only label logits (n, L+1, C); full-vocabulary statistics are zero."""
     import numpy as np
 
-    from adainfer_lib.lens import LayerTrace
+    from adainfer_lib.model.lens import LayerTrace
 
     n, layers, n_labels = label_logits.shape
     zeros = np.zeros((n, layers), np.float32)
@@ -63,8 +63,8 @@ def task_trace_from_predictions(preds, gold):
     """A raw-calibrated ``TaskTrace`` whose decisions per layer are exactly ``preds`` (n, L+1), 2 labels."""
     import numpy as np
 
-    from adainfer_lib.calibration import fit_calibration
-    from adainfer_lib.task_trace import TaskTrace
+    from adainfer_lib.data.calibration import fit_calibration
+    from adainfer_lib.data.task_trace import TaskTrace
 
     preds = np.asarray(preds)
     logits = np.stack([np.zeros(preds.shape), np.where(preds == 1, 1.0, -1.0)], axis=-1)
@@ -77,7 +77,7 @@ def default_tokenizer():
     """The default model's tokenizer (loaded from the prepared offline model; no weights)."""
     from transformers import AutoTokenizer
 
-    from adainfer_lib.models import DEFAULT_MODEL, prepare_offline_model
+    from adainfer_lib.model.loading import DEFAULT_MODEL, prepare_offline_model
 
     return AutoTokenizer.from_pretrained(prepare_offline_model(DEFAULT_MODEL))
 
@@ -86,7 +86,7 @@ def make_tiny_model(model_type: str, tokenizer, seed: int = 0):
     """A ``LensModel`` around a random tiny model of ``model_type`` (float32, eval mode)."""
     from transformers import AutoModelForCausalLM
 
-    from adainfer_lib.models import LensModel
+    from adainfer_lib.model.loading import LensModel
 
     torch.manual_seed(seed)
     config = tiny_config(model_type, vocab_size=len(tokenizer))
@@ -111,7 +111,7 @@ def default_model():
 
 def encode_batch(model, prompts):
     """One right-padded batch of ``prompts`` (no prefix cache) as forward-pass keyword arguments."""
-    from adainfer_lib.inputs import prepare_prompts
+    from adainfer_lib.model.inputs import prepare_prompts
 
     prepared = prepare_prompts(model, prompts, caller="test", batch_size=len(prompts), prefix_cache=False,
                                sort_by_length=False)

@@ -16,19 +16,19 @@ import pytest
 import torch
 from sklearn.exceptions import NotFittedError
 
-from adainfer_lib.baselines import GapThresholdPolicy
-from adainfer_lib.calibration import Calibration, fit_calibration
-from adainfer_lib.checks import check_exit_layers, check_int, check_number, check_threshold
-from adainfer_lib.early_exit import FixedExitPolicy, ScheduledExitPolicy, run_early_exit
-from adainfer_lib.evaluate import fit_policies, pareto_curves, run_evaluation, shortgpt_curve, suggest_min_layer
-from adainfer_lib.features import feature_table, synthetic_table
-from adainfer_lib.lens import LayerTrace
-from adainfer_lib.models import LensModel
-from adainfer_lib.policy import (ExitPolicy, ModelMismatchError, PolicyModelMismatchError, check_policy_model,
+from adainfer_lib.evaluation.baselines import GapThresholdPolicy
+from adainfer_lib.data.calibration import Calibration, fit_calibration
+from adainfer_lib.common.checks import check_exit_layers, check_int, check_number, check_threshold
+from adainfer_lib.exits.runner import FixedExitPolicy, ScheduledExitPolicy, run_early_exit
+from adainfer_lib.evaluation.evaluate import fit_policies, pareto_curves, run_evaluation, shortgpt_curve, suggest_min_layer
+from adainfer_lib.exits.features import feature_table, synthetic_table
+from adainfer_lib.model.lens import LayerTrace
+from adainfer_lib.model.loading import LensModel
+from adainfer_lib.exits.policy import (ExitPolicy, ModelMismatchError, PolicyModelMismatchError, check_policy_model,
                                  check_trace_model, choose_threshold, compare_policies, simulate, simulate_exits,
                                  threshold_sweep, tune_threshold)
-from adainfer_lib.registry import RegistryPathError, get_submodule
-from adainfer_lib.task_trace import TaskTrace
+from adainfer_lib.model.registry import RegistryPathError, get_submodule
+from adainfer_lib.data.task_trace import TaskTrace
 
 from conftest import TINY_TYPES, make_tiny_model, make_trace, task_trace_from_predictions, tiny_config
 
@@ -181,7 +181,7 @@ def test_exit_rule_threshold_and_label_words_are_checked():
 
 
 def test_trace_without_label_words_becomes_a_table(llama):
-    from adainfer_lib.lens import trace
+    from adainfer_lib.model.lens import trace
 
     t = trace(llama, PROMPTS, progress=False)
     assert t.label_words == [] and t.label_probs().shape == (len(PROMPTS), llama.n_layers + 1, 0)
@@ -378,7 +378,7 @@ def explorer_inputs(llama):
     (dict(policies={"new": ExitPolicy()}), NotFittedError, r"not fitted"),
 ])
 def test_explorer_arguments_are_checked(llama, explorer_inputs, kwargs, error, message):
-    from adainfer_lib.widgets import ExitExplorer
+    from adainfer_lib.figures.widgets import ExitExplorer
 
     task, policy = explorer_inputs
     with pytest.raises(error, match=message):
@@ -386,7 +386,7 @@ def test_explorer_arguments_are_checked(llama, explorer_inputs, kwargs, error, m
 
 
 def test_explorer_refuses_a_dataset_trace_of_another_task(llama, explorer_inputs):
-    from adainfer_lib.widgets import ExitExplorer
+    from adainfer_lib.figures.widgets import ExitExplorer
 
     task, policy = explorer_inputs
     other = task_trace_from_predictions(np.zeros((2, llama.n_layers + 1), int), [0, 1])
@@ -469,7 +469,7 @@ def test_evaluation_refuses_a_policy_or_trace_of_another_model(llama):
 
 
 def test_explorer_refuses_a_policy_of_another_model(llama, default_tokenizer, explorer_inputs):
-    from adainfer_lib.widgets import ExitExplorer
+    from adainfer_lib.figures.widgets import ExitExplorer
 
     task, _ = explorer_inputs
     other = make_tiny_model("llama", default_tokenizer, seed=1)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from adainfer_lib.calibration import Calibration, fit_calibration, label_log_softmax
-from adainfer_lib.task_trace import TaskTrace, calibration_report
+from adainfer_lib.data.calibration import Calibration, fit_calibration, label_log_softmax
+from adainfer_lib.data.task_trace import TaskTrace, calibration_report
 
 from conftest import task_trace_from_predictions
 

@@ -7,15 +7,15 @@ import pandas as pd
 import pytest
 import torch
 
-from adainfer_lib.baselines import (GapThresholdPolicy, block_influence, dropped_layers, first_exit, fixed_exit_layer,
+from adainfer_lib.evaluation.baselines import (GapThresholdPolicy, block_influence, dropped_layers, first_exit, fixed_exit_layer,
                                     label_feature_array, layers_to_drop, oracle_exit_layers, random_exit_layers, run_dropped)
-from adainfer_lib.calibration import fit_calibration
-from adainfer_lib.early_exit import run_early_exit, run_full
-from adainfer_lib.evaluate import (best_within, pareto_curves, pareto_front, plot_exit_layers, plot_pareto,
+from adainfer_lib.data.calibration import fit_calibration
+from adainfer_lib.exits.runner import run_early_exit, run_full
+from adainfer_lib.evaluation.evaluate import (best_within, pareto_curves, pareto_front, plot_exit_layers, plot_pareto,
                                    plot_speedup, run_evaluation, shortgpt_curve, time_interleaved)
-from adainfer_lib.lens import trace
+from adainfer_lib.model.lens import trace
 from conftest import encode_batch as encode
-from adainfer_lib.task_trace import TaskTrace
+from adainfer_lib.data.task_trace import TaskTrace
 
 WORDS = [" negative", " positive"]
 TEXTS = ["a moving, beautifully acted film", "dull and far too long", "I loved every minute", "a waste of time",
@@ -120,7 +120,7 @@ def test_dropped_layers_keep_mixed_layer_types_aligned(default_tokenizer):
     remove its type too, else the layers after it get the wrong mask."""
     from transformers import AutoModelForCausalLM
 
-    from adainfer_lib.models import LensModel
+    from adainfer_lib.model.loading import LensModel
     from conftest import tiny_config
 
     config = tiny_config("gemma3_text", vocab_size=len(default_tokenizer))
@@ -255,8 +255,8 @@ def test_evaluation_table(llama):
 def test_default_model_on_sentiment(default_model):
     """The real model on 16 real sentiment prompts: the early exit's real run agrees with its replay on the
     trace, saves layers, and the dense run equals the trace's last layer."""
-    from adainfer_lib.tasks import load_task
-    from adainfer_lib.task_trace import trace_task
+    from adainfer_lib.data.tasks import load_task
+    from adainfer_lib.data.task_trace import trace_task
 
     task = load_task("sentiment", n=16, n_train=32)
     tt = trace_task(default_model, task, progress=False)
@@ -271,8 +271,8 @@ def test_default_model_on_sentiment(default_model):
 
 
 def test_fit_policies_on_the_train_trace(llama):
-    from adainfer_lib.evaluate import fit_policies, suggest_min_layer
-    from adainfer_lib.features import feature_table
+    from adainfer_lib.evaluation.evaluate import fit_policies, suggest_min_layer
+    from adainfer_lib.exits.features import feature_table
 
     tt = toy_trace(llama, ToyTask())
     first = suggest_min_layer(tt)

@@ -14,9 +14,9 @@ from sklearn.base import clone
 
 import adainfer_lib as ai
 from adainfer_lib import exercises
-from adainfer_lib.calibration import fit_calibration
-from adainfer_lib.evaluate import Evaluation
-from adainfer_lib.features import synthetic_table
+from adainfer_lib.data.calibration import fit_calibration
+from adainfer_lib.evaluation.evaluate import Evaluation
+from adainfer_lib.exits.features import synthetic_table
 
 from conftest import make_trace
 

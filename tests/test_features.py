@@ -6,12 +6,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from adainfer_lib.calibration import Calibration
-from adainfer_lib.features import (FEATURE_COLUMNS, ONLINE_FEATURES, feature_correlations, feature_table,
+from adainfer_lib.data.calibration import Calibration
+from adainfer_lib.exits.features import (FEATURE_COLUMNS, ONLINE_FEATURES, feature_correlations, feature_table,
                                    group_folds, label_features, per_layer_auc, permutation_importance_table,
                                    split_by_example, synthetic_table)
-from adainfer_lib.lens import LayerTrace
-from adainfer_lib.task_trace import TaskTrace
+from adainfer_lib.model.lens import LayerTrace
+from adainfer_lib.data.task_trace import TaskTrace
 
 COLUMNS = ["example", "layer", "layer_frac", "top_prob", "gap", "entropy", "kl_to_final", "cos_prev",
            "label_top_prob", "label_gap", "pred", "final_pred", "gold", "consistent", "correct"]
@@ -112,7 +112,7 @@ def test_feature_correlations_drop_all_nan_features():
 
 
 def test_permutation_importance_ranks_an_informative_feature_above_noise():
-    from adainfer_lib.policy import ExitPolicy
+    from adainfer_lib.exits.policy import ExitPolicy
 
     table = synthetic_table(80, 10, seed=3)
     table["entropy"] = np.random.default_rng(0).random(len(table))  # pure noise

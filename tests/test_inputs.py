@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from adainfer_lib.early_exit import FixedExitPolicy, run_early_exit, run_full
-from adainfer_lib.inputs import (MIN_PREFIX_TOKENS, check_prompts, label_token_ids, prepare_prompts,
+from adainfer_lib.exits.runner import FixedExitPolicy, run_early_exit, run_full
+from adainfer_lib.model.inputs import (MIN_PREFIX_TOKENS, check_prompts, label_token_ids, prepare_prompts,
                                  shared_prefix_length)
-from adainfer_lib.lens import last_states, trace
+from adainfer_lib.model.lens import last_states, trace
 
 PREFIX = ("Review: a fine film\nSentiment: positive\n\nReview: dull and far too long\nSentiment: negative\n\n"
           "Review: moving\nSentiment: positive\n\n")
@@ -66,7 +66,7 @@ def test_prefix_cached_exit_equals_the_lens(tiny_model):
 
 
 def test_prefix_cache_is_reused_and_keyed_by_the_layers(tiny_model):
-    from adainfer_lib.baselines import dropped_layers
+    from adainfer_lib.evaluation.baselines import dropped_layers
 
     trace(tiny_model, PROMPTS, label_words=WORDS, progress=False)
     store = tiny_model.__dict__["_prefix_kv"]
@@ -115,7 +115,7 @@ def sentencepiece_llama():
     from tokenizers import Tokenizer, models, normalizers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-    from adainfer_lib.models import LensModel
+    from adainfer_lib.model.loading import LensModel
 
     chars = sorted(set("".join(PROMPTS) + "Review: x\nSentiment:abcdefghijklmnopqrstuvwxyz,.") - {" "})
     pieces = ["<unk>", "<s>", "</s>", "▁", "▁positive", "▁negative"] + [c for c in chars if c != "▁"]

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from adainfer_lib import LayerTrace, trace
-from adainfer_lib.lens import CorruptCacheError, last_states, trace_cache_path
+from adainfer_lib.model.lens import CorruptCacheError, last_states, trace_cache_path
 
 PROMPTS = [
     "The capital of France is",

@@ -15,8 +15,8 @@ from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import GroupKFold, cross_val_score
 from sklearn.pipeline import Pipeline
 
-from adainfer_lib.features import ONLINE_FEATURES, synthetic_table
-from adainfer_lib.policy import (ExitPolicy, PolicyModelMismatchError, choose_threshold, compare_policies,
+from adainfer_lib.exits.features import ONLINE_FEATURES, synthetic_table
+from adainfer_lib.exits.policy import (ExitPolicy, PolicyModelMismatchError, choose_threshold, compare_policies,
                                  first_exit, oracle_exit_layers, simulate, simulate_exits, threshold_sweep,
                                  tune_threshold)
 
@@ -311,10 +311,10 @@ def test_for_task_swaps_calibration_but_keeps_the_classifier(fitted, test_table)
 
 
 def _tiny_tables(model, prompts, words, seed=0):
-    from adainfer_lib.calibration import fit_calibration
-    from adainfer_lib.features import feature_table
-    from adainfer_lib.lens import trace
-    from adainfer_lib.task_trace import TaskTrace
+    from adainfer_lib.data.calibration import fit_calibration
+    from adainfer_lib.exits.features import feature_table
+    from adainfer_lib.model.lens import trace
+    from adainfer_lib.data.task_trace import TaskTrace
 
     tr = trace(model, prompts, label_words=words, full_vocab=True, progress=False)
     cal = fit_calibration("batch", unlabelled=tr.label_logits)
@@ -327,7 +327,7 @@ def _tiny_tables(model, prompts, words, seed=0):
 def test_runner_stop_probabilities_equal_the_replay_on_a_tiny_model(classifier, default_tokenizer):
     from conftest import make_tiny_model
 
-    from adainfer_lib.early_exit import run_early_exit
+    from adainfer_lib.exits.runner import run_early_exit
 
     model = make_tiny_model("llama", default_tokenizer)
     words = [" positive", " negative", " neutral"]
@@ -351,10 +351,10 @@ def test_runner_stop_probabilities_equal_the_replay_on_a_tiny_model(classifier, 
 @pytest.mark.slow
 def test_real_model_policy_matches_the_early_exit_runner(default_model, tmp_path):
     """Fit on a tiny real sentiment trace; the real runner's stop probabilities equal the trace's."""
-    from adainfer_lib.early_exit import run_early_exit
-    from adainfer_lib.features import feature_table
-    from adainfer_lib.task_trace import trace_task
-    from adainfer_lib.tasks import load_task
+    from adainfer_lib.exits.runner import run_early_exit
+    from adainfer_lib.exits.features import feature_table
+    from adainfer_lib.data.task_trace import trace_task
+    from adainfer_lib.data.tasks import load_task
 
     task = load_task("sentiment", n=16, n_train=16, shots=2, seed=0)
     train = feature_table(trace_task(default_model, task, split="train", progress=False))

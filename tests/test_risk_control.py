@@ -1,4 +1,4 @@
-"""Learn-then-Test (``adainfer_lib.risk_control``): p-values against hand-computed binomial and
+"""Learn-then-Test (``adainfer_lib.exits.risk_control``): p-values against hand-computed binomial and
 Hoeffding–Bentkus cases, fixed-sequence testing, "nothing certified → never exits early", the guarantee by
 simulation, every exit rule, and the certified policy through the real early-exit runner on a tiny model."""
 
@@ -13,9 +13,9 @@ import pytest
 
 import adainfer_lib as ai
 from adainfer_lib import risk_control as rc
-from adainfer_lib.baselines import GapThresholdPolicy
-from adainfer_lib.features import synthetic_table
-from adainfer_lib.policy import CLASSIFIERS, first_exit
+from adainfer_lib.evaluation.baselines import GapThresholdPolicy
+from adainfer_lib.exits.features import synthetic_table
+from adainfer_lib.exits.policy import CLASSIFIERS, first_exit
 
 
 def binom_cdf(k: int, n: int, p: float) -> float:
@@ -302,8 +302,8 @@ def test_warns_when_calibrating_on_the_fitting_table():
 
 
 def _tiny_table(model, prompts, words, gold, calibration=None):
-    from adainfer_lib.calibration import fit_calibration
-    from adainfer_lib.lens import trace
+    from adainfer_lib.data.calibration import fit_calibration
+    from adainfer_lib.model.lens import trace
 
     t = trace(model, prompts, label_words=words, full_vocab=False, cache=False, progress=False)
     cal = calibration or fit_calibration("batch", unlabelled=t.label_logits)

@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from adainfer_lib.seeds import layer_statistics, mean_sd
+from adainfer_lib.evaluation.seeds import layer_statistics, mean_sd
 from conftest import task_trace_from_predictions
 
 

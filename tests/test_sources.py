@@ -9,9 +9,9 @@ from collections import Counter
 import datasets
 import pytest
 
-from adainfer_lib import sources
-from adainfer_lib.cache import atomic_write_bytes, atomic_write_text, content_key
-from adainfer_lib.paths import data_dir
+from adainfer_lib.data import sources
+from adainfer_lib.common.cache import atomic_write_bytes, atomic_write_text, content_key
+from adainfer_lib.common.paths import data_dir
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +76,7 @@ def test_prepare_is_idempotent(prepared):
 
 def test_missing_prepared_file_names_prepare(tmp_path, monkeypatch):
     monkeypatch.setenv("ADAINFER_DATA", str(tmp_path))
-    with pytest.raises(FileNotFoundError, match="python -m adainfer_lib.prepare"):
+    with pytest.raises(FileNotFoundError, match="python -m adainfer_lib.data.prepare"):
         sources.load_source("sentiment")
 
 
@@ -88,7 +88,7 @@ def test_corrupt_archive_is_detected(tmp_path, monkeypatch):
     with pytest.raises(sources.ChecksumError) as err:
         sources.prepare_sources(["sentiment"])
     msg = str(err.value)
-    assert "sha256" in msg and "Delete" in msg and str(bad) in msg and "python -m adainfer_lib.prepare" in msg
+    assert "sha256" in msg and "Delete" in msg and str(bad) in msg and "python -m adainfer_lib.data.prepare" in msg
 
 
 def test_force_downloads_a_corrupt_archive_again(prepared, tmp_path, monkeypatch):
@@ -123,7 +123,7 @@ def test_corrupt_prepared_file_is_detected_and_rebuilt(prepared, tmp_path, monke
     assert len(sources.load_source("topic")) > 2000
     path = sources.prepared_path("topic")
     path.write_text(path.read_text().replace("business", "busyness", 1))
-    with pytest.raises(sources.ChecksumError, match="corrupt.*python -m adainfer_lib.prepare"):
+    with pytest.raises(sources.ChecksumError, match="corrupt.*python -m adainfer_lib.data.prepare"):
         sources.load_source("topic")
     sources.prepare_sources(["topic"])
     assert path.read_bytes() == real_rows.read_bytes()

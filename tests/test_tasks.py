@@ -9,8 +9,8 @@ import datasets
 import numpy as np
 import pytest
 
-from adainfer_lib import sources
-from adainfer_lib.tasks import Task, available_tasks, balanced_quota, load_task
+from adainfer_lib.data import sources
+from adainfer_lib.data.tasks import Task, available_tasks, balanced_quota, load_task
 
 LABEL_LINE = {"sentiment": "Sentiment:", "topic": "Topic:", "mmlu": "Answer:"}
 
@@ -39,10 +39,10 @@ def per_query(prepared) -> dict[str, Task]:
 def tokenizer():
     """The default model's tokenizer (models.load_model), or the converted SmolLM2 copy in /tmp/smol."""
     try:
-        from adainfer_lib.models import load_model
+        from adainfer_lib.model.loading import load_model
     except ImportError:
         if not Path("/tmp/smol").exists():
-            pytest.skip("neither adainfer_lib.models nor /tmp/smol is available")
+            pytest.skip("neither adainfer_lib.model.loading nor /tmp/smol is available")
         from transformers import AutoTokenizer
         return AutoTokenizer.from_pretrained("/tmp/smol")
     return load_model().tokenizer
@@ -216,7 +216,7 @@ def test_hub_only_task_offline():
 
 def test_missing_prepared_file(tmp_path, monkeypatch):
     monkeypatch.setenv("ADAINFER_DATA", str(tmp_path))
-    with pytest.raises(FileNotFoundError, match="python -m adainfer_lib.prepare"):
+    with pytest.raises(FileNotFoundError, match="python -m adainfer_lib.data.prepare"):
         load_task("sentiment", n=10)
 
 

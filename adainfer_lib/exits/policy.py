@@ -55,8 +55,8 @@ import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator, ClassifierMixin, clone
 
-from .cache import atomic_write_bytes, atomic_write_text
-from .checks import (THRESHOLD_RANGE, check_choice, check_exit_layers, check_int, check_min_layer, check_number,
+from ..common.cache import atomic_write_bytes, atomic_write_text
+from ..common.checks import (THRESHOLD_RANGE, check_choice, check_exit_layers, check_int, check_min_layer, check_number,
                      check_threshold)
 from .features import FULL_VOCAB_FEATURES, LABEL_SCHEMES, ONLINE_FEATURES, UNIT_INTERVAL_FEATURES, n_layers_of
 
@@ -337,7 +337,7 @@ class ExitPolicy(ClassifierMixin, BaseEstimator):
         cal = self.metadata.get("calibration")
         if not cal:
             return None
-        from .calibration import Calibration
+        from ..data.calibration import Calibration
 
         return Calibration.from_dict(cal)
 
@@ -448,7 +448,7 @@ class ExitPolicy(ClassifierMixin, BaseEstimator):
     def _fit_metadata(self, X: pd.DataFrame, part: pd.DataFrame, labels: np.ndarray) -> dict:
         import sklearn
 
-        from . import __version__
+        from .. import __version__
 
         attrs = dict(X.attrs)
         calibration = attrs.get("calibration")

@@ -76,7 +76,7 @@ def spec_for(model_type: str) -> ArchitectureSpec:
     raise UnsupportedArchitectureError(
         f"Architecture {model_type!r} is not in the adainfer registry, so its final norm and unembedding "
         f"cannot be located safely. Supported: {families}. To add one, append an ArchitectureSpec to "
-        "adainfer_lib.registry.ARCHITECTURES."
+        "adainfer_lib.model.registry.ARCHITECTURES."
     )
 
 
@@ -105,7 +105,7 @@ def get_submodule(root: nn.Module, path: str, *, optional: bool = False) -> nn.M
             owner = ".".join([type(root).__name__, *walked])
             raise RegistryPathError(
                 f"model type {_model_type(root)!r}: the registry path {path!r} does not exist ({owner} has no "
-                f"attribute {part!r}). Fix the ArchitectureSpec in adainfer_lib.registry.ARCHITECTURES."
+                f"attribute {part!r}). Fix the ArchitectureSpec in adainfer_lib.model.registry.ARCHITECTURES."
             )
         module = getattr(module, part)
         walked.append(part)

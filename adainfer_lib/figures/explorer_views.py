@@ -27,12 +27,12 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from .calibration import Calibration
-from .features import feature_table
-from .lens import LayerTrace
+from ..data.calibration import Calibration
+from ..exits.features import feature_table
+from ..model.lens import LayerTrace
 from .plots import visible_token
-from .policy import first_exit
-from .task_trace import TaskTrace
+from ..exits.policy import first_exit
+from ..data.task_trace import TaskTrace
 
 LENS_MODES = ("full", "labels")
 #: Thresholds of the dataset sweep (the slider's range, 0..1 in steps of 0.01).
@@ -352,7 +352,7 @@ def certify_decisions(decisions: DatasetDecisions, min_layer: int, *, delta: flo
     """Learn-then-Test (``risk_control.learn_then_test``, disagreement, fixed sequence) of the stopping rule at
     ``min_layer`` with the split behind ``decisions`` as the calibration set; candidates: the slider's
     ``thresholds``, tested from 1.00 down. Returns a ``risk_control.Certification``."""
-    from .risk_control import learn_then_test, replay_matrices
+    from ..exits.risk_control import learn_then_test, replay_matrices
 
     replay = replay_matrices(decisions.stop_proba, decisions.preds, decisions.final, decisions.gold,
                              min_layer=min_layer, thresholds=sorted(thresholds, reverse=True))

@@ -31,11 +31,11 @@ import pandas as pd
 from .baselines import (GapThresholdPolicy, block_influence, dropped_layers, first_exit, fixed_exit_layer,
                         label_feature_array, layers_to_drop, oracle_exit_layers, pruned_calibration,
                         random_exit_layers)
-from .early_exit import (ExitResult, FixedExitPolicy, ScheduledExitPolicy, measure_check_cost, resolve_offsets,
+from ..exits.runner import (ExitResult, FixedExitPolicy, ScheduledExitPolicy, measure_check_cost, resolve_offsets,
                          run_early_exit, run_full)
-from .checks import check_choice, check_int, check_number, check_threshold
-from .models import LensModel
-from .policy import check_policy_model, check_trace_model
+from ..common.checks import check_choice, check_int, check_number, check_threshold
+from ..model.loading import LensModel
+from ..exits.policy import check_policy_model, check_trace_model
 
 DEFAULT_BASELINES = ("oracle", "fixed", "random", "shortgpt")
 #: The methods ``pareto_curves`` can sweep besides the given policies.
@@ -104,7 +104,7 @@ def _simulated_exits(policy, task_trace) -> np.ndarray | None:
     try:
         if isinstance(policy, GapThresholdPolicy):
             return np.asarray(policy.exit_layers(task_trace))
-        from .features import feature_table
+        from ..exits.features import feature_table
 
         return np.asarray(policy.exit_layers(feature_table(task_trace)))
     except ImportError:
@@ -160,7 +160,7 @@ def run_evaluation(
     label words, a ``match`` that is not a policy's name, or counts out of range (``n_timing`` >= 0 or None,
     ``repeats``, ``batch_size``, ``n_influence`` >= 1, ``n_calibration`` >= 0).
     """
-    from .task_trace import trace_task
+    from ..data.task_trace import trace_task
 
     _check_policies(policies, model, task.label_words)
     if match is not None and match not in policies:
@@ -365,7 +365,7 @@ def pareto_curves(
     rows = []
     for name, policy in (policies or {}).items():
         if table is None and not isinstance(policy, GapThresholdPolicy):
-            from .features import feature_table
+            from ..exits.features import feature_table
 
             table = feature_table(tt)
         for t in thresholds:
@@ -460,8 +460,8 @@ def fit_policies(train_trace, specs: Mapping[str, dict] | None = None, *, min_la
     ``min_layer="auto"``: ``suggest_min_layer(train_trace)``; a spec's own ``min_layer`` wins.
     ``ValueError`` for ``min_layer`` neither "auto" nor an integer in 0..L, for a spec that is not a dict of
     ``ExitPolicy`` parameters, and for ``max_loss`` / ``cv`` as in ``choose_threshold``."""
-    from .features import feature_table
-    from .policy import ExitPolicy, tune_threshold
+    from ..exits.features import feature_table
+    from ..exits.policy import ExitPolicy, tune_threshold
 
     if min_layer != "auto":
         check_int(min_layer, "min_layer", low=0, high=train_trace.n_layers,

@@ -30,7 +30,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from .calibration import label_log_softmax
+from ..data.calibration import label_log_softmax
 
 #: Features an exit rule may use while the model runs: nothing that needs later layers (``kl_to_final``)
 #: or the gold label. The same names ``early_exit.run_early_exit`` computes at each checked layer.
@@ -196,7 +196,7 @@ def lens_check_cost(model, label_words: Sequence[str], *, context: str = "Answer
 
     import torch
 
-    from .lens import lens_stats
+    from ..model.lens import lens_stats
 
     ids = torch.tensor(model.label_token_ids(list(label_words), context), dtype=torch.long, device=model.device)
     hidden = model.hf_model.config.hidden_size

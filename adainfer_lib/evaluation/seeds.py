@@ -17,7 +17,7 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from .task_trace import TaskTrace, trace_task
+from ..data.task_trace import TaskTrace, trace_task
 
 
 def layer_statistics(tt: TaskTrace) -> dict:
@@ -58,8 +58,8 @@ def policies_over_seeds(model, make_task: Callable[..., object], seeds: Sequence
     on the seed's train table, choose its threshold on train (``compare_policies``, at most ``max_loss``
     lost in ``metric``) and evaluate it on the seed's test table. One row per (seed, policy), the oracle
     included; the columns of ``compare_policies`` plus ``seed`` and ``task``."""
-    from .features import feature_table
-    from .policy import compare_policies
+    from ..exits.features import feature_table
+    from ..exits.policy import compare_policies
 
     frames = []
     for seed in seeds:

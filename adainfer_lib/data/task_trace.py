@@ -7,8 +7,8 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from .calibration import CALIBRATION_METHODS, DEFAULT_CALIBRATION, Calibration, fit_calibration
-from .lens import LayerTrace, trace
-from .models import LensModel
+from ..model.lens import LayerTrace, trace
+from ..model.loading import LensModel
 
 
 @dataclass(frozen=True)

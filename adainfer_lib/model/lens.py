@@ -23,11 +23,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .cache import atomic_write_bytes, content_key
+from ..common.cache import atomic_write_bytes, content_key
 from .inputs import (Batch, check_prompts, label_token_ids, length_sorted_batches,  # noqa: F401  (re-exported)
                      prepare_prompts)
-from .models import LensModel
-from .paths import data_dir
+from .loading import LensModel
+from ..common.paths import data_dir
 
 TRACE_FORMAT_VERSION = 1
 _ARRAYS = ("top_ids", "top_probs", "top_prob", "gap", "entropy", "kl_to_final", "cos_prev", "label_logits", "n_tokens")

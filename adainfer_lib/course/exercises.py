@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .task_trace import TaskTrace
+from ..data.task_trace import TaskTrace
 
 
 @dataclass(frozen=True)
@@ -153,7 +153,7 @@ def _compare(answer: object, reference: float, *, what: str, ok: str, tol: float
 
 def _pooled_auc(table, feature: str, label: str = "settled") -> float:
     """Pooled AUC of one ``feature`` for ``label`` over the decision layers 1 <= layer < L (``feature_auc``)."""
-    from .features import feature_auc
+    from ..exits.features import feature_auc
 
     return float(feature_auc(table, [feature], label=label)["auc"].iloc[0])
 
@@ -163,7 +163,7 @@ def _layer_auc_stats(table, feature: str, label: str) -> dict[str, float]:
     and the AUC over all rows (layers 0..L)."""
     from sklearn.metrics import roc_auc_score
 
-    from .features import n_layers_of, per_layer_auc
+    from ..exits.features import n_layers_of, per_layer_auc
 
     L = n_layers_of(table)
     per_layer = per_layer_auc(table, feature, label=label)
@@ -206,7 +206,7 @@ def check_02_correct_auc(table, answer: float) -> Feedback:
 
 def check_02_raw_calibration_auc(tt: TaskTrace, answer: float) -> Feedback:
     """Exercise 02.2: the pooled AUC of ``label_gap`` for ``settled`` when decisions are *raw*."""
-    from .features import feature_table
+    from ..exits.features import feature_table
 
     what = "the pooled AUC of label_gap for `settled` with raw decisions"
     problem = _not_a_number(answer, what)
@@ -300,7 +300,7 @@ def check_02_label_gap_change(table, label_gap_change, beats_cos_prev: bool) -> 
 def _replay(policy, train, test, **criterion) -> tuple[float, dict, dict]:
     """(threshold chosen on ``train`` by ``choose_threshold(**criterion)``, the replay on ``test`` with its 95%
     bootstrap interval, the train sweep's chosen row)."""
-    from .policy import choose_threshold, simulate
+    from ..exits.policy import choose_threshold, simulate
 
     threshold, sweep = choose_threshold(policy, train, **criterion)
     return threshold, simulate(policy, test, threshold, ci=0.95), sweep[sweep["chosen"]].iloc[0].to_dict()
@@ -352,7 +352,7 @@ def check_03_min_layer(train, test, policies, answer: dict, policy: str = "CRF �
 
     from sklearn.base import clone
 
-    from .features import n_layers_of
+    from ..exits.features import n_layers_of
 
     L = n_layers_of(train)
     if answer is Ellipsis or not isinstance(answer, Mapping) or not answer:
@@ -402,7 +402,7 @@ def check_03_beats_baseline(train, test, policies, answer, baseline: str = "SVM 
     on test than ``baseline`` chosen the same way, at a test consistency at most 1 point lower."""
     from sklearn.base import clone
 
-    from .policy import ExitPolicy
+    from ..exits.policy import ExitPolicy
 
     if not isinstance(answer, ExitPolicy):
         return Feedback(False, "answer an ai.ExitPolicy(...) (fitted on train, or not fitted: the checker fits it); "
@@ -480,8 +480,8 @@ def check_04_consistency_threshold(policies, train_traces, test_traces, answer: 
                                    method: str = "CRF · label features") -> Feedback:
     """Exercise 04.2: ``method``'s threshold chosen on the train trace for ≥ 99% consistency instead of accuracy,
     replayed on the test trace: its layers saved."""
-    from .features import feature_table
-    from .policy import simulate
+    from ..exits.features import feature_table
+    from ..exits.policy import simulate
 
     what = f"the layers saved on the {task} test split, a fraction of L"
     problem = _not_a_number(answer, what)
@@ -542,7 +542,7 @@ def check_06_min_calibration(answer: int, delta: float = 0.02, epsilon: float = 
     certified at ``delta``, ``epsilon`` (both p-values are (1 − δ)^n there)."""
     import math
 
-    from .risk_control import min_calibration_size
+    from ..exits.risk_control import min_calibration_size
 
     what = "the smallest calibration size, a number of prompts"
     problem = _not_a_number(answer, what)
@@ -601,7 +601,7 @@ def _rank(cert, threshold: float | None) -> int:
 
 def check_06_accuracy_drop(policy, calibration, answer, *, delta: float = 0.02, epsilon: float = 0.05) -> Feedback:
     """Exercise 06.2: the threshold Learn-then-Test certifies for ``risk="accuracy_drop"`` on ``calibration``."""
-    from .risk_control import certify_threshold
+    from ..exits.risk_control import certify_threshold
 
     _, drop = certify_threshold(policy, calibration, delta=delta, epsilon=epsilon, risk="accuracy_drop")
     _, dis = certify_threshold(policy, calibration, delta=delta, epsilon=epsilon)
@@ -625,7 +625,7 @@ def check_06_accuracy_drop(policy, calibration, answer, *, delta: float = 0.02, 
 
 def check_06_bonferroni(policy, calibration, answer, *, delta: float = 0.02, epsilon: float = 0.05) -> Feedback:
     """Exercise 06.3: the threshold Learn-then-Test deploys with ``procedure="bonferroni"`` on ``calibration``."""
-    from .risk_control import certify_threshold
+    from ..exits.risk_control import certify_threshold
 
     _, bonf = certify_threshold(policy, calibration, delta=delta, epsilon=epsilon, procedure="bonferroni")
     _, fst = certify_threshold(policy, calibration, delta=delta, epsilon=epsilon)

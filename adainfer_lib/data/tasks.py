@@ -24,8 +24,8 @@ import datasets
 import numpy as np
 
 from . import sources
-from .cache import content_key
-from .checks import check_int
+from ..common.cache import content_key
+from ..common.checks import check_int
 
 DEFAULT_N_TRAIN = 500
 TASK_FORMAT_VERSION = 2  # bump when splitting or prompting changes, so trace caches are rebuilt
@@ -291,7 +291,7 @@ class Task:
         """Token id of each label word as the token that follows the prompt's end (``inputs.label_token_ids``
         in the context of this task's query template). ``ValueError`` naming the word and its tokens unless
         each is exactly one token there and all are distinct."""
-        from .inputs import label_token_ids
+        from ..model.inputs import label_token_ids
 
         return label_token_ids(tokenizer, self.label_words, self.template.render("x"), owner=f"task {self.name!r}")
 
@@ -316,7 +316,7 @@ def load_task(name: str, *, n: int | None = None, shots: int = 4, seed: int = 0,
     data set's test/validation split and train from its train split. ``demos="fixed"`` (default) draws one
     balanced set of ``shots`` demonstrations per ``seed`` from the train side, held out of the ``n_train``
     train examples and never sharing a text with a test example; ``demos="per_query"`` draws them per query
-    (see the module docstring). Offline sources need ``python -m adainfer_lib.prepare`` once;
+    (see the module docstring). Offline sources need ``python -m adainfer_lib.data.prepare`` once;
     ``source="hub"`` needs a reachable hub (or its cache). ``ValueError`` names any invalid argument.
     """
     if name not in TASKS:

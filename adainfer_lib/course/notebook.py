@@ -6,7 +6,7 @@ import os
 import random
 from dataclasses import dataclass
 
-from .models import DEFAULT_MODEL
+from ..model.loading import DEFAULT_MODEL
 
 # Shots per task in the chapters. MMLU prompts are long (4-shot: 614 tokens on average, up to 1,700), so on
 # a CPU the chapters use 1-shot MMLU; pass shots=5 on a GPU to match the paper's protocol.
@@ -34,7 +34,7 @@ class NotebookSettings:
 
     def task(self, name: str, **overrides):
         """``name`` as every chapter studies it: same sizes, shots and seed, hence shared trace caches."""
-        from .tasks import load_task
+        from ..data.tasks import load_task
 
         kwargs = {"n": self.n(*STUDY_SIZES["n"]), "n_train": self.n(*STUDY_SIZES["n_train"]),
                   "shots": STUDY_SHOTS.get(name, 4), "seed": self.seed}
@@ -47,7 +47,7 @@ class NotebookSettings:
         With ``model`` (a ``LensModel``) a table gets ``model``, ``weights`` and ``date`` columns."""
         import datetime as dt
 
-        from .paths import REPO_ROOT
+        from ..common.paths import REPO_ROOT
 
         folder = REPO_ROOT / ("build/quick-results" if self.quick else "results")
         if self.model != DEFAULT_MODEL:
@@ -65,7 +65,7 @@ class NotebookSettings:
 
     def load_model(self, **kwargs):
         """The chapter's model (``ADAINFER_MODEL`` overrides the name given to ``setup_notebook``)."""
-        from .models import load_model
+        from ..model.loading import load_model
 
         return load_model(self.model, **kwargs)
 

@@ -24,8 +24,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from .cache import atomic_write_text
-from .paths import data_dir
+from ..common.cache import atomic_write_text
+from ..common.paths import data_dir
 from .registry import ArchitectureSpec, UnsupportedArchitectureError, apply_softcap, final_logit_softcap, get_submodule, layer_list, spec_for
 
 

@@ -34,11 +34,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .calibration import Calibration, label_log_softmax
-from .checks import check_exit_layers, check_threshold
-from .inputs import Batch, _find_cache, label_token_ids, prepare_prompts
-from .lens import lens_stats
-from .models import LensModel
+from ..data.calibration import Calibration, label_log_softmax
+from ..common.checks import check_exit_layers, check_threshold
+from ..model.inputs import Batch, _find_cache, label_token_ids, prepare_prompts
+from ..model.lens import lens_stats
+from ..model.loading import LensModel
 from .policy import check_policy_model
 
 #: Features ``run_early_exit`` computes at every checked layer (full-vocabulary ones are NaN unless the

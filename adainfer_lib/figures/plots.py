@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .lens import LayerTrace
-from .task_trace import TaskTrace
+from ..model.lens import LayerTrace
+from ..data.task_trace import TaskTrace
 
 
 def figure_title(what: str, model: str, task: str, n: int) -> str:

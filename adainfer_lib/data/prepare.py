@@ -1,4 +1,4 @@
-"""Set-up step: ``python -m adainfer_lib.prepare`` converts the offline model(s) and prepares the offline
+"""Set-up step: ``python -m adainfer_lib.data.prepare`` converts the offline model(s) and prepares the offline
 task data under ``data/`` (or ``$ADAINFER_DATA``). Idempotent: what is already prepared and valid is kept."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from .models import DEFAULT_MODEL, OFFLINE_MODELS, prepare_offline_model
+from ..model.loading import DEFAULT_MODEL, OFFLINE_MODELS, prepare_offline_model
 
 
 def main(argv: list[str] | None = None) -> None:

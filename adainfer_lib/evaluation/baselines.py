@@ -21,12 +21,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from .calibration import label_log_softmax
-from .checks import check_choice, check_min_layer, check_threshold
-from .early_exit import FullResult, run_full
-from .inputs import prepare_prompts
-from .models import LensModel
-from .registry import get_submodule
+from ..data.calibration import label_log_softmax
+from ..common.checks import check_choice, check_min_layer, check_threshold
+from ..exits.runner import FullResult, run_full
+from ..model.inputs import prepare_prompts
+from ..model.loading import LensModel
+from ..model.registry import get_submodule
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -67,7 +67,7 @@ def random_exit_layers(n: int, mean_layer: float, n_layers: int, *, seed: int = 
 
 def label_feature_array(task_trace, name: str = "label_gap") -> np.ndarray:
     """A calibrated label feature (``label_gap`` / ``label_top_prob``) at every layer: (n, L+1)."""
-    from .early_exit import _label_features
+    from ..exits.runner import _label_features
 
     scores = task_trace.scores()
     n, layers, c = scores.shape

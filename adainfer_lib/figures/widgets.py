@@ -30,13 +30,13 @@ from typing import Mapping
 import numpy as np
 
 from . import explorer_views as views
-from .calibration import Calibration
-from .features import feature_table
-from .lens import LayerTrace, trace
-from .paths import data_dir
+from ..data.calibration import Calibration
+from ..exits.features import feature_table
+from ..model.lens import LayerTrace, trace
+from ..common.paths import data_dir
 from .plots import figure_title
-from .checks import check_int
-from .policy import ExitPolicy, PolicyModelMismatchError, check_policy_model, check_trace_model, first_exit
+from ..common.checks import check_int
+from ..exits.policy import ExitPolicy, PolicyModelMismatchError, check_policy_model, check_trace_model, first_exit
 
 SNIPPET_CHARS = 70
 
@@ -125,7 +125,7 @@ class ExitExplorer:
                  delta: float = 0.02, epsilon: float = 0.05):
         import ipywidgets as w
 
-        from .risk_control import check_level
+        from ..exits.risk_control import check_level
 
         _check_explorer_args(model, policy, task, policies=policies, dataset_trace=dataset_trace, top_k=top_k,
                              max_examples=max_examples, cache_size=cache_size)
