@@ -21,11 +21,11 @@ from .exits import (ONLINE_FEATURES, Certification, ExitPolicy, ExitReplay, Exit
                     violation_summary)
 from .exits import runner as early_exit, risk_control
 from .evaluation import (ADAINFER_POLICIES, Evaluation, GapThresholdPolicy, best_within, block_influence,
-                         dropped_layers, evaluate, fit_policies, pareto_curves, pareto_front, plot_exit_layers,
-                         plot_pareto, plot_speedup, run_evaluation, shortgpt_curve, suggest_min_layer,
-                         time_interleaved)
+                         dropped_layers, evaluate, fit_policies, pareto_curves, pareto_front, run_evaluation,
+                         shortgpt_curve, suggest_min_layer, time_interleaved)
 from .evaluation import baselines, seeds
-from .figures import ExitExplorer, load_saved_policies, plots, plots_features, plots_risk
+from .figures import (ExitExplorer, load_saved_policies, plot_exit_layers, plot_pareto, plot_speedup, plots,
+                      plots_features, plots_risk)
 from .course import NotebookSettings, exercises, setup_notebook
 from .common import paths
 

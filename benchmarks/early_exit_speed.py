@@ -33,7 +33,7 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 def fit_policy(model, task, classifier: str, features: list[str] | None, min_layer: int | str, max_loss: float):
     """A policy fitted (and its threshold tuned) on the train split only."""
     from adainfer_lib.evaluation.baselines import GapThresholdPolicy
-    from adainfer_lib.evaluation.evaluate import fit_policies
+    from adainfer_lib import fit_policies
     from adainfer_lib.data.task_trace import trace_task
 
     train = trace_task(model, task, split="train", full_vocab=True, progress=False)
@@ -63,7 +63,7 @@ def main() -> None:
 
     import adainfer_lib as ai
     from adainfer_lib.exits.runner import run_early_exit, run_full
-    from adainfer_lib.evaluation.evaluate import time_interleaved
+    from adainfer_lib import time_interleaved
     from adainfer_lib.data.tasks import load_task
 
     torch.set_grad_enabled(False)

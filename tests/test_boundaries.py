@@ -20,7 +20,7 @@ from adainfer_lib.evaluation.baselines import GapThresholdPolicy
 from adainfer_lib.data.calibration import Calibration, fit_calibration
 from adainfer_lib.common.checks import check_exit_layers, check_int, check_number, check_threshold
 from adainfer_lib.exits.runner import FixedExitPolicy, ScheduledExitPolicy, run_early_exit
-from adainfer_lib.evaluation.evaluate import fit_policies, pareto_curves, run_evaluation, shortgpt_curve, suggest_min_layer
+from adainfer_lib import fit_policies, pareto_curves, run_evaluation, shortgpt_curve, suggest_min_layer
 from adainfer_lib.exits.features import feature_table, synthetic_table
 from adainfer_lib.model.lens import LayerTrace
 from adainfer_lib.model.loading import LensModel

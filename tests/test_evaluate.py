@@ -11,7 +11,7 @@ from adainfer_lib.evaluation.baselines import (GapThresholdPolicy, block_influen
                                     label_feature_array, layers_to_drop, oracle_exit_layers, random_exit_layers, run_dropped)
 from adainfer_lib.data.calibration import fit_calibration
 from adainfer_lib.exits.runner import run_early_exit, run_full
-from adainfer_lib.evaluation.evaluate import (best_within, pareto_curves, pareto_front, plot_exit_layers, plot_pareto,
+from adainfer_lib import (best_within, pareto_curves, pareto_front, plot_exit_layers, plot_pareto,
                                    plot_speedup, run_evaluation, shortgpt_curve, time_interleaved)
 from adainfer_lib.model.lens import trace
 from conftest import encode_batch as encode
@@ -271,7 +271,7 @@ def test_default_model_on_sentiment(default_model):
 
 
 def test_fit_policies_on_the_train_trace(llama):
-    from adainfer_lib.evaluation.evaluate import fit_policies, suggest_min_layer
+    from adainfer_lib import fit_policies, suggest_min_layer
     from adainfer_lib.exits.features import feature_table
 
     tt = toy_trace(llama, ToyTask())

@@ -1,7 +1,10 @@
-"""Figures and widgets: static seaborn figures per chapter (``plots``, ``plots_features``, ``plots_risk``),
+"""Figures and widgets: static seaborn figures per chapter (``plots``, ``plots_features``, ``plots_evaluation``,
+``plots_risk``),
 the explorer's pure render functions (``explorer_views``) and its ipywidgets wiring (``widgets``)."""
 
-from . import plots, plots_features, plots_risk
+from . import plots, plots_evaluation, plots_features, plots_risk
+from .plots_evaluation import plot_exit_layers, plot_pareto, plot_speedup
 from .widgets import ExitExplorer, load_saved_policies
 
-__all__ = ["plots", "plots_features", "plots_risk", "ExitExplorer", "load_saved_policies"]
+__all__ = ["plots", "plots_features", "plots_risk", "plots_evaluation", "plot_pareto", "plot_exit_layers",
+           "plot_speedup", "ExitExplorer", "load_saved_policies"]

@@ -1,0 +1,140 @@
+"""Accuracy vs layers saved: each method's knob swept over a trace (replay), ShortGPT with layers really
+removed, the non-dominated front and the best point within an accuracy budget."""
+
+from __future__ import annotations
+
+import copy
+from typing import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from ..common.checks import check_choice, check_int, check_threshold
+from ..exits.policy import check_trace_model
+from ..exits.runner import run_full
+from ..model.loading import LensModel
+from .baselines import (GapThresholdPolicy, block_influence, dropped_layers, first_exit, label_feature_array,
+                        layers_to_drop, oracle_exit_layers, pruned_calibration, random_exit_layers)
+from .evaluate import PARETO_METHODS, _check_policies
+
+def _point(method: str, param: float, exits: np.ndarray, task_trace) -> dict:
+    preds = task_trace.predictions()
+    gold = np.asarray(task_trace.gold)
+    chosen = preds[np.arange(len(exits)), exits]
+    acc_full = float(np.mean(preds[:, -1] == gold))
+    acc = float(np.mean(chosen == gold))
+    return {"method": method, "param": float(param), "accuracy": acc, "accuracy_change_pts": 100 * (acc - acc_full),
+            "consistency": float(np.mean(chosen == preds[:, -1])), "layers_saved": 1 - float(np.mean(exits)) / task_trace.n_layers,
+            "mean_exit_layer": float(np.mean(exits))}
+
+
+def pareto_curves(
+    task_trace,
+    policies: Mapping[str, object] | None = None,
+    *,
+    thresholds: Sequence[float] | None = None,
+    methods: Sequence[str] = ("oracle", "fixed", "random", "gap"),
+    gap_min_layer: int = 1,
+    seed: int = 0,
+    table: pd.DataFrame | None = None,
+) -> pd.DataFrame:
+    """Accuracy vs layers saved, one row per (method, knob value), replayed on ``task_trace``: each policy
+    with its threshold swept over ``thresholds`` (default 0.05..0.95 and 0.99), ``fixed`` at every layer,
+    ``random`` at every mean depth (seeded), the calibrated label ``gap`` threshold, and the ``oracle`` point.
+    ``table``: the trace's feature table (built with ``features.feature_table`` when a policy needs one).
+    Columns: method, param, accuracy, accuracy_change_pts, consistency, layers_saved, mean_exit_layer.
+
+    ``ValueError`` for unknown ``methods``, an empty threshold grid or thresholds outside [0, 1.01], or
+    ``gap_min_layer`` outside 0..L; ``PolicyModelMismatchError`` for a policy of another model or task, and
+    ``ModelMismatchError`` for a ``table`` of another model than ``task_trace``."""
+    tt = task_trace
+    L, n = tt.n_layers, tt.n_examples
+    thresholds = list(thresholds) if thresholds is not None else [*np.round(np.arange(0.05, 1.0, 0.05), 2), 0.99]
+    for method in methods:
+        check_choice(method, "each of methods", PARETO_METHODS)
+    if not thresholds:
+        raise ValueError("thresholds is empty: give at least one threshold (or None for the default grid)")
+    thresholds = [check_threshold(t, "each threshold") for t in thresholds]
+    check_int(gap_min_layer, "gap_min_layer", low=0, high=L)
+    _check_policies(policies or {}, tt, None)
+    if table is not None:
+        check_trace_model(table, tt)
+    rows = []
+    for name, policy in (policies or {}).items():
+        if table is None and not isinstance(policy, GapThresholdPolicy):
+            from ..exits.features import feature_table
+
+            table = feature_table(tt)
+        for t in thresholds:
+            swept = copy.copy(policy)
+            swept.threshold = float(t)
+            exits = swept.exit_layers(tt if isinstance(policy, GapThresholdPolicy) else table)
+            rows.append(_point(name, t, np.asarray(exits), tt))
+    if "oracle" in methods:
+        rows.append(_point("oracle", np.nan, oracle_exit_layers(tt), tt))
+    if "fixed" in methods:
+        rows += [_point("fixed", k, np.full(n, k), tt) for k in range(1, L + 1)]
+    if "random" in methods:
+        rows += [_point("random", m, random_exit_layers(n, m, L, seed=seed), tt) for m in range(1, L + 1)]
+    if "gap" in methods:
+        gaps = label_feature_array(tt, "label_gap")
+        rows += [_point("label gap threshold", t, first_exit(gaps, t, gap_min_layer), tt) for t in thresholds]
+    return pd.DataFrame(rows)
+
+
+def pareto_front(curve: pd.DataFrame) -> pd.DataFrame:
+    """The non-dominated points of one method's curve (no other point has both more layers saved and
+    higher accuracy), sorted by layers saved."""
+    pts = curve.sort_values(["layers_saved", "accuracy"], ascending=[False, False])
+    best, keep = -np.inf, []
+    for idx, acc in zip(pts.index, pts.accuracy):
+        if acc > best:
+            keep.append(idx)
+            best = acc
+    return curve.loc[keep].sort_values("layers_saved")
+
+
+def best_within(curves: pd.DataFrame, max_drop_pts: float = 1.0) -> pd.DataFrame:
+    """Per method (and per task, when ``curves`` has a ``task`` column), the point with the most layers saved
+    whose accuracy is at most ``max_drop_pts`` points below the full model's (methods with no such point are
+    left out)."""
+    keys = ["task", "method"] if "task" in curves.columns else ["method"]
+    ok = curves[curves.accuracy_change_pts >= -max_drop_pts]
+    best = ok.sort_values("layers_saved").groupby(keys, sort=False).tail(1)
+    return best.sort_values([*keys[:-1], "layers_saved"], ascending=[True] * (len(keys) - 1) + [False])
+
+
+def shortgpt_curve(model: LensModel, task, ks: Sequence[int], *, n: int | None = None, n_influence: int = 50,
+                   n_calibration: int = 100, batch_size: int = 8, full_predictions=None,
+                   influence: np.ndarray | None = None, progress: bool = False) -> pd.DataFrame:
+    """ShortGPT's accuracy vs layers saved with ``k`` in ``ks`` layers really removed (real runs on the first
+    ``n`` test prompts, all if None; each ``k`` costs one pass over them). Same columns as ``pareto_curves``,
+    plus ``n``; ``full_predictions`` (the full model's, over all test prompts) adds consistency.
+    ``influence``: Block Influence already measured (e.g. ``Evaluation.influence``), else measured on
+    ``n_influence`` train prompts. ``ValueError`` for ``n`` < 1 or a ``k`` outside 0..L."""
+    L = model.n_layers
+    check_int(n, "n", low=1, none_ok=True)
+    for k in ks:
+        check_int(k, "each k (layers to drop)", low=0, high=L)
+    prompts = task.prompts("test")[:n]
+    gold = np.asarray(task.test["label"])[: len(prompts)]
+    if full_predictions is not None:
+        full_predictions = np.asarray(full_predictions)[: len(prompts)]
+    if influence is None:
+        influence = block_influence(model, task.prompts("train")[:n_influence], batch_size=batch_size)
+    train = task.prompts("train")[:n_calibration]
+    rows = []
+    for k in ks:
+        drop = layers_to_drop(influence, k)
+        offsets = pruned_calibration(model, drop, train, label_words=task.label_words, batch_size=batch_size)
+        with dropped_layers(model, drop):
+            res = run_full(model, prompts, label_words=task.label_words, calibration=offsets, batch_size=batch_size,
+                           prefix=getattr(task, "prefix", None), progress=progress)
+        acc = float(np.mean(res.predictions == gold))
+        row = {"method": "shortgpt", "param": float(k), "accuracy": acc, "layers_saved": len(drop) / L,
+               "mean_exit_layer": float(L - len(drop)), "n": len(prompts)}
+        if full_predictions is not None:
+            row["consistency"] = float(np.mean(res.predictions == full_predictions))
+            row["accuracy_change_pts"] = 100 * (acc - float(np.mean(full_predictions == gold)))
+        rows.append(row)
+    return pd.DataFrame(rows)
