@@ -311,7 +311,7 @@ class _BatchRun:
         if layer < self.L:
             if self.prev is None:
                 self.prev = torch.zeros((self.batch, h.shape[-1]), dtype=h.dtype, device=h.device)
-            self.prev[self.rows.to(h.device)] = h
+            self.prev[self.rows.to(self.prev.device)] = h.to(self.prev.device)  # layers may sit on several devices
         if self.done.all():
             raise _StopForward
 
@@ -325,7 +325,7 @@ class _BatchRun:
         for name in ("top_prob", "gap", "entropy"):
             feats[name] = stats[name].double().cpu().numpy()
         if self.prev is not None and layer > 0:
-            prev = self.prev[self.rows.to(h.device)]
+            prev = self.prev[self.rows.to(self.prev.device)].to(h.device)
             feats["cos_prev"] = torch.nn.functional.cosine_similarity(h, prev, dim=-1).double().cpu().numpy()
         else:
             feats["cos_prev"] = np.full(n, np.nan)
@@ -509,7 +509,7 @@ def run_full(
             else:
                 logits, at = model.hf_model(**kwargs).logits, batch.last
             rows = torch.arange(len(idx), device=logits.device)
-            label_logits[idx] = logits[rows, at.to(logits.device)][:, label_ids].double().cpu().numpy()
+            label_logits[idx] = logits[rows, at.to(logits.device)][:, label_ids.to(logits.device)].double().cpu().numpy()
             elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
             batch_seconds.append(elapsed)
             seconds[idx], cpu_seconds[idx] = elapsed / len(idx), cpu / len(idx)
