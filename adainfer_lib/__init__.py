@@ -26,7 +26,7 @@ from .evaluation import (ADAINFER_POLICIES, Evaluation, GapThresholdPolicy, best
 from .evaluation import baselines, seeds
 from .figures import (ExitExplorer, load_saved_policies, plot_exit_layers, plot_pareto, plot_speedup, plots,
                       plots_features, plots_risk)
-from .course import NotebookSettings, exercises, setup_notebook
+from .course import NotebookSettings, claims, exercises, setup_notebook
 from .common import paths
 
 __all__ = [
@@ -52,5 +52,6 @@ __all__ = [
     "ExitExplorer", "load_saved_policies", "NotebookSettings", "setup_notebook",
     # modules used as namespaces in the notebooks
     "early_exit", "risk_control", "baselines", "seeds", "plots", "plots_features", "plots_risk", "exercises",
+    "claims",
     "paths",
 ]

@@ -88,3 +88,35 @@ def test_chapter_01_checkers(flipping_trace):
     never_flips = next(i for i in range(tt.n_examples) if not exercises.flips_back(tt, i))
     feedback = exercises.check_01_flip_example(tt, never_flips)
     assert not feedback and "never agrees" in str(feedback)
+
+
+def test_claims_record_and_fail_only_where_they_must():
+    import nbformat
+
+    from adainfer_lib.course.claims import CLAIM_MIME, claim, claims_in
+
+    adaptive = claim("a", False, "{x} above", "{x} below", show=False, x=1)
+    assert adaptive.text == "1 below" and not adaptive.failed
+    firm_full = claim("b", False, "{x} holds", show=False, x=2)
+    assert firm_full.failed and "does not hold" in str(firm_full)
+    firm_quick = claim("c", False, "{x} holds", basis="quick", show=False, x=3)
+    assert not firm_quick.failed
+    assert claim("d", False, "equal", basis="quick", strict=True, show=False).failed
+    bundle = firm_full._repr_mimebundle_()
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x", outputs=[
+        nbformat.v4.new_output("display_data", data=bundle)])])
+    nb = nbformat.reads(nbformat.writes(nb), as_version=4)   # what an executed notebook on disk holds
+    (record,) = claims_in(nb)
+    assert record["failed"] and record["key"] == "b" and CLAIM_MIME in bundle
+
+
+def test_claim_references_read_the_saved_results():
+    from adainfer_lib import setup_notebook
+    from adainfer_lib.course.claims import quick_and_full, reference
+
+    settings = setup_notebook("smollm2-135m")
+    batch = reference(settings, "01_calibration", "accuracy_full", task="sentiment", calibration="batch")
+    assert batch is not None and 0 < batch <= 1
+    assert reference(settings, "no_such_result", "accuracy_full") is None
+    quick = type(settings)(quick=True, model=settings.model, seed=0)
+    assert "full mode" in quick_and_full(quick, 0.5, batch, n=24, ref_n=500)

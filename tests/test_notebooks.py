@@ -1,4 +1,5 @@
-"""Every chapter executes top to bottom in quick mode, and is committed without outputs."""
+"""Every chapter executes top to bottom in quick mode, its checked claims hold, and it is committed without
+outputs."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ from pathlib import Path
 
 import nbformat
 import pytest
+
+from adainfer_lib.course.claims import claims_in
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 
@@ -36,4 +39,6 @@ def test_executes_in_quick_mode(path, model, tmp_path):
         os.environ.update(env_before)
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.get("output_type") == "error"]
     assert not errors
+    failed = [c["text"] for c in claims_in(nb) if c["failed"]]
+    assert not failed, f"{path.name} on {model}: checked claims that do not hold: {failed}"
     nbformat.write(nb, tmp_path / path.name)

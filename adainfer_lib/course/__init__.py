@@ -1,6 +1,7 @@
-"""The course around the notebooks: the set-up cell (``notebook``) and the exercise checkers (``exercises``)."""
+"""The course around the notebooks: the set-up cell (``notebook``) and the exercise checkers (``exercises``) and
+the checked claims beside the prose (``claims``)."""
 
-from . import exercises
+from . import claims, exercises
 from .notebook import NotebookSettings, setup_notebook
 
-__all__ = ["NotebookSettings", "setup_notebook", "exercises"]
+__all__ = ["NotebookSettings", "setup_notebook", "exercises", "claims"]

@@ -60,7 +60,7 @@ class NotebookSettings:
             obj.to_csv(path, index=False, float_format="%.4f")
         else:
             path = folder / f"{name}.png"
-            obj.savefig(path, dpi=110, bbox_inches="tight")
+            obj.savefig(path, dpi=150, bbox_inches="tight")
         return path
 
     def load_model(self, **kwargs):
@@ -71,7 +71,17 @@ class NotebookSettings:
 
 
 def setup_notebook(model: str = DEFAULT_MODEL, *, seed: int = 0) -> NotebookSettings:
-    """Seed everything, set the seaborn theme, turn gradients off; returns the run's settings."""
+    """Seed everything, set the seaborn theme, turn gradients off; returns the run's settings.
+
+    Environment variables (set them before starting JupyterLab, or in the shell that runs a notebook):
+
+    - ``ADAINFER_QUICK=1`` — quick mode: every n shrinks (24 test / 40 train prompts per task) so a chapter runs
+      in a minute; its numbers are noise, and the chapters show the full-mode value from ``results/`` beside them;
+    - ``ADAINFER_N=<k>`` — caps every n at k (e.g. 200 for a faster full run);
+    - ``ADAINFER_MODEL=<name>`` — overrides the model named here (``gemma3-270m``, or a hub name);
+    - ``ADAINFER_ONLINE=1`` — allows hub access (a hub model, ``source="hub"`` data); off by default;
+    - ``ADAINFER_DATA=<dir>`` — where prepared models, task files and traces live (default ``data/``).
+    """
     import numpy as np
     import seaborn as sns
     import torch
@@ -80,8 +90,12 @@ def setup_notebook(model: str = DEFAULT_MODEL, *, seed: int = 0) -> NotebookSett
     np.random.seed(seed)
     torch.manual_seed(seed)
     torch.set_grad_enabled(False)
-    sns.set_theme(context="notebook", style="whitegrid", palette="colorblind")
+    sns.set_theme(context="notebook", style="whitegrid", palette="colorblind", rc={"figure.dpi": 100})
     os.environ.setdefault("HF_HUB_OFFLINE", "0" if os.environ.get("ADAINFER_ONLINE") else "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()   # no frozen "Loading weights 0%" bar in an executed notebook
     quick = os.environ.get("ADAINFER_QUICK", "0") not in ("", "0", "false", "False")
     return NotebookSettings(quick=quick, model=os.environ.get("ADAINFER_MODEL", model), seed=seed)

@@ -15,6 +15,63 @@ def figure_title(what: str, model: str, task: str, n: int) -> str:
     return f"{what} — {model}, {task}, n={n}"
 
 
+# ---- the rules every figure of the suite follows, in one place ----------------------------------------
+# At most MAX_SERIES series per panel; each series its own colour *and* marker (Okabe-Ito colours, which stay
+# apart for colour-blind readers and in grey print; no two oranges); legends outside the data; chance lines
+# where accuracy is plotted; axes never clipped below the data.
+
+MAX_SERIES = 5
+COLOURS = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#666666"]
+MARKERS = ["o", "s", "^", "v", "P", "X", "D"]
+ORACLE = {"marker": "*", "s": 260, "color": "black", "zorder": 6}   # the oracle never shares a policy's marker
+
+
+def series_style(names) -> tuple[dict, dict]:
+    """``(palette, markers)``: a distinct colour and marker per series name, in order of first appearance;
+    the oracle is black (drawn with its own star by the caller)."""
+    names = [n for n in dict.fromkeys(names) if n != "oracle"]
+    palette = {n: COLOURS[i % len(COLOURS)] for i, n in enumerate(names)}
+    markers = {n: MARKERS[i % len(MARKERS)] for i, n in enumerate(names)}
+    return palette | {"oracle": "black"}, markers | {"oracle": "*"}
+
+
+def check_series(names, where: str) -> None:
+    """Warn when a panel would show more than ``MAX_SERIES`` series (a reader cannot follow more)."""
+    import warnings
+
+    names = list(dict.fromkeys(names))
+    if len(names) > MAX_SERIES:
+        warnings.warn(f"{where}: {len(names)} series in one panel ({names}); show at most {MAX_SERIES}",
+                      stacklevel=3)
+
+
+def legend_outside(ax, title: str | None = None, **kwargs) -> None:
+    """Move the axes' legend to the right of the data (nothing hides a point)."""
+    handles, labels = ax.get_legend_handles_labels()
+    if not handles:
+        return
+    ax.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.01, 1), borderaxespad=0, fontsize=9,
+              title=title, title_fontsize=9, frameon=False, **kwargs)
+
+
+def chance_line(ax, chance: float, *, label: str | None = None, **kwargs) -> None:
+    """A labelled horizontal line at the chance accuracy (1 / number of labels)."""
+    ax.axhline(chance, color=kwargs.pop("color", "#999999"), ls=kwargs.pop("ls", "-."), lw=1,
+               label=label or f"chance ({chance:.2f})", **kwargs)
+
+
+def ylim_for(values, low: float = 0.0, high: float = 1.02, pad: float = 0.03) -> tuple[float, float]:
+    """``(low, high)`` widened so that no value is cut off (NaN ignored)."""
+    values = np.asarray(values, dtype=float)
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return low, high
+    return min(low, float(values.min()) - pad), max(high, float(values.max()) + pad)
+
+
+TOKEN_KEY = "␣ = space, ⏎ = newline, ⇥ = tab, ∅ = empty token"
+
+
 def visible_token(token: str, width: int = 10) -> str:
     """A token as it can be read in a figure cell: spaces as ␣, newlines as ⏎, cut to ``width``."""
     return token.replace(" ", "␣").replace("\n", "⏎").replace("\t", "⇥")[:width] or "∅"
@@ -32,6 +89,7 @@ def layer_summary(tt: TaskTrace) -> pd.DataFrame:
         "accuracy": tt.accuracy_by_layer(),
         "consistency": tt.consistency_by_layer(),
         "settled": (earliest[:, None] <= layers[None, :]).mean(0),
+        "chance": 1 / len(tt.label_names),
         "n": tt.n_examples,
     })
 
@@ -46,11 +104,12 @@ def top_token_heatmap(trace: LayerTrace, examples: list[int], labels: list[str],
     probs = trace.top_probs[examples][:, ::every, 0].T  # (layers, examples)
     tokens = np.array([[visible_token(trace.token_strings.get(int(t), "?")) for t in trace.top_ids[e, ::every, 0]]
                        for e in examples]).T
-    fig, ax = plt.subplots(figsize=(2.0 + 1.6 * len(examples), 0.32 * len(layers) + 1.5))
-    sns.heatmap(probs, annot=tokens, fmt="", cmap="Blues", vmin=0, vmax=1, ax=ax, annot_kws={"fontsize": 8},
+    fig, ax = plt.subplots(figsize=(2.5 + 1.9 * len(examples), 0.36 * len(layers) + 2.0))
+    sns.heatmap(probs, annot=tokens, fmt="", cmap="Blues", vmin=0, vmax=1, ax=ax, annot_kws={"fontsize": 9},
                 cbar_kws={"label": "top-1 probability"}, yticklabels=layers, xticklabels=labels)
     ax.invert_yaxis()
-    ax.set(xlabel="prompt", ylabel="layer (0 = embeddings)", title=title)
+    ax.set(xlabel=f"prompt\n(cell: the lens's top-1 token over the full vocabulary; {TOKEN_KEY})",
+           ylabel="layer (0 = embeddings)", title=title)
     fig.tight_layout()
     return fig
 
@@ -61,10 +120,19 @@ def layer_curves(summary: pd.DataFrame, *, title: str):
     import seaborn as sns
 
     long = summary.melt(id_vars=["task", "layer"], value_vars=["accuracy", "consistency"], var_name="measure")
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4), sharey=True)
+    palette, markers = series_style(summary["task"])
+    check_series(palette, "layer_curves")
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.2), sharey=True)
     for ax, measure in zip(axes, ["accuracy", "consistency"]):
-        sns.lineplot(long[long.measure == measure], x="layer", y="value", hue="task", marker="o", ax=ax)
-        ax.set(title=f"{measure} of the lens's decision at layer l", ylim=(0, 1.02), ylabel=measure)
+        sns.lineplot(long[long.measure == measure], x="layer", y="value", hue="task", style="task", palette=palette,
+                     markers=markers, dashes=False, ax=ax, legend=ax is axes[1])
+        if measure == "accuracy" and "chance" in summary:
+            for task, chance in summary.groupby("task", sort=False)["chance"].first().items():
+                ax.axhline(chance, color=palette[task], ls="-.", lw=1)
+        ax.set(title=f"{measure} of the lens's decision at layer l"
+                     + (" (dash-dot: chance)" if measure == "accuracy" and "chance" in summary else ""),
+               ylim=(0, 1.02), ylabel=measure)
+    legend_outside(axes[1], title="task")
     fig.suptitle(title)
     fig.tight_layout()
     return fig
@@ -75,9 +143,12 @@ def settled_curves(summary: pd.DataFrame, *, title: str):
     import matplotlib.pyplot as plt
     import seaborn as sns
 
-    fig, ax = plt.subplots(figsize=(7, 4))
-    sns.lineplot(summary, x="layer", y="settled", hue="task", marker="o", ax=ax)
+    palette, markers = series_style(summary["task"])
+    fig, ax = plt.subplots(figsize=(8, 4))
+    sns.lineplot(summary, x="layer", y="settled", hue="task", style="task", palette=palette, markers=markers,
+                 dashes=False, ax=ax)
     ax.set(ylim=(0, 1.02), ylabel="share settled (could stop here)", title=title)
+    legend_outside(ax, title="task")
     fig.tight_layout()
     return fig
 
@@ -87,10 +158,14 @@ def earliest_layer_hist(earliest: pd.DataFrame, n_layers: int, *, title: str):
     import matplotlib.pyplot as plt
     import seaborn as sns
 
-    fig, ax = plt.subplots(figsize=(9, 4))
-    sns.histplot(earliest, x="layer", hue="task", bins=np.arange(n_layers + 2) - 0.5, stat="probability",
-                 common_norm=False, element="step", ax=ax)
-    ax.set(xlabel="earliest layer from which the prediction equals the final one and stays", title=title)
+    palette, _ = series_style(earliest["task"])
+    fig, ax = plt.subplots(figsize=(10, 4))
+    sns.histplot(earliest, x="layer", hue="task", palette=palette, bins=np.arange(n_layers + 2) - 0.5,
+                 stat="probability", common_norm=False, element="step", fill=False, lw=2, ax=ax)
+    ax.set(xlabel="earliest layer from which the prediction equals the final one and stays",
+           ylabel="share of the task's examples", title=title)
+    if ax.get_legend() is not None:
+        sns.move_legend(ax, "upper left", bbox_to_anchor=(1.01, 1), frameon=False)
     fig.tight_layout()
     return fig
 
@@ -118,6 +193,6 @@ def adainfer_idea(tt: TaskTrace, example: int, *, gap_threshold: float = 0.4, ti
                         f" full model (layer {tt.n_layers}): '{tt.label_names[preds[-1]]}'",
             va="bottom", fontsize=9)
     ax.set(xlabel="layer", ylabel="probability", ylim=(0, 1.2), xlim=(-0.5, tt.n_layers + 0.5), title=title)
-    ax.legend(loc="center left", fontsize=8)
+    legend_outside(ax)
     fig.tight_layout()
     return fig

@@ -8,30 +8,41 @@ from typing import Sequence
 import pandas as pd
 
 from ..evaluation.evaluate import Evaluation
+from .plots import ORACLE, check_series, legend_outside, series_style, ylim_for
 
 def _title(what: str, model: str, task: str, n: int) -> str:
     """A two-line title (these plots sit side by side, one per task)."""
     return f"{what}\n{model}, {task}, n={n}"
 
 
-def plot_pareto(curves: pd.DataFrame, *, accuracy_full: float, model: str, task: str, n: int, ax=None):
-    """Accuracy vs layers saved per method (lines: knob sweeps; the oracle a star; the full model dashed)."""
+def plot_pareto(curves: pd.DataFrame, *, accuracy_full: float, model: str, task: str, n: int, ax=None,
+                chance: float | None = None, legend: bool = True):
+    """Accuracy vs layers saved per method (lines: knob sweeps, each its own colour and marker; the oracle a
+    black star; the full model dashed; chance dash-dot). ``legend=False`` for all but one panel of a row of
+    panels that show the same methods (colours follow the methods' order, so they agree across panels)."""
     import matplotlib.pyplot as plt
-    import seaborn as sns
 
     if ax is None:
-        _, ax = plt.subplots(figsize=(8, 5))
-    lines = curves[curves.method != "oracle"].sort_values(["method", "layers_saved"])
-    sns.lineplot(lines, x="layers_saved", y="accuracy", hue="method", marker="o", sort=False, ax=ax,
-                 estimator=None, markersize=4)
+        _, ax = plt.subplots(figsize=(9, 5))
+    lines = curves[curves.method != "oracle"]
+    palette, markers = series_style(sorted(lines.method.unique()))
+    check_series(palette.keys() - {"oracle"}, "plot_pareto")
+    for method, line in lines.sort_values("layers_saved").groupby("method", sort=True):
+        ax.plot(line.layers_saved, line.accuracy, color=palette[method], marker=markers[method], markersize=5,
+                lw=1.5, label=method)
     oracle = curves[curves.method == "oracle"]
     if len(oracle):
-        ax.scatter(oracle.layers_saved, oracle.accuracy, marker="*", s=250, color="black", label="oracle", zorder=5)
+        ax.scatter(oracle.layers_saved, oracle.accuracy, label="oracle", **ORACLE)
     ax.axhline(accuracy_full, ls="--", color="grey", label="full model")
     ax.axhline(accuracy_full - 0.01, ls=":", color="grey", label="full model − 1 pt")
+    if chance is not None:
+        ax.axhline(chance, ls="-.", color="#999999", label=f"chance ({chance:.2f})")
+    low = min(accuracy_full - 0.1, chance - 0.05 if chance is not None else 1.0)
     ax.set(xlabel="layers saved (1 − mean exit layer / L)", ylabel="accuracy", xlim=(-0.02, 1.0),
+           ylim=ylim_for(curves.accuracy, low=max(0.0, low), high=min(1.02, accuracy_full + 0.05)),
            title=_title("Accuracy vs layers saved", model, task, n))
-    ax.legend(fontsize=8, loc="lower left")
+    if legend:
+        legend_outside(ax)
     return ax
 
 
@@ -44,24 +55,39 @@ def plot_exit_layers(evaluation: Evaluation, methods: Sequence[str] | None = Non
     long = pd.DataFrame([{"method": m, "exit layer": int(layer)} for m in methods for layer in evaluation.exits[m]])
     if ax is None:
         _, ax = plt.subplots(figsize=(8, 4))
-    sns.histplot(long, x="exit layer", hue="method", discrete=True, element="step", fill=False, ax=ax,
-                 binrange=(0, evaluation.n_layers))
-    ax.set(xlim=(0, evaluation.n_layers + 1),
+    palette, _ = series_style(methods)
+    check_series(methods, "plot_exit_layers")
+    sns.histplot(long, x="exit layer", hue="method", hue_order=methods, palette=palette, discrete=True,
+                 element="step", fill=False, lw=2, ax=ax, binrange=(0, evaluation.n_layers))
+    ax.set(xlim=(0, evaluation.n_layers + 1), ylabel="examples",
            title=_title("Exit layer distribution", model, task, len(evaluation.gold)))
+    if ax.get_legend() is not None:
+        sns.move_legend(ax, "upper left", bbox_to_anchor=(1.01, 1), frameon=False)
     return ax
 
 
-def plot_speedup(table: pd.DataFrame, *, model: str, task: str, ax=None):
-    """Measured wall-clock speedup next to the ideal ``L / mean exit layer``, per method."""
+def plot_speedup(table: pd.DataFrame, *, model: str, task: str, ax=None, legend: bool = True):
+    """Measured wall-clock speedup next to the ideal one **on the same timed prompts** (``L / mean exit layer``
+    over the timed prompts: ``ideal_speedup_timed``), per method. The title gives how many prompts were timed;
+    with one timed prompt both bars describe that prompt only."""
     import matplotlib.pyplot as plt
     import seaborn as sns
 
-    data = table[table.method != "full"].melt(id_vars=["method"], value_vars=["ideal_speedup", "measured_speedup"],
-                                              var_name="speedup", value_name="× full model")
+    ideal = "ideal_speedup_timed" if "ideal_speedup_timed" in table else "ideal_speedup"
+    data = table[table.method != "full"].rename(columns={ideal: "ideal (same timed prompts)",
+                                                         "measured_speedup": "measured"})
+    data = data.melt(id_vars=["method"], value_vars=["ideal (same timed prompts)", "measured"],
+                     var_name="speedup", value_name="× full model")
     if ax is None:
-        _, ax = plt.subplots(figsize=(8, 4))
-    sns.barplot(data, x="method", y="× full model", hue="speedup", ax=ax)
-    ax.axhline(1.0, color="grey", ls="--")
+        _, ax = plt.subplots(figsize=(9, 4))
+    sns.barplot(data, x="method", y="× full model", hue="speedup", palette=["#BBBBBB", "#0072B2"], ax=ax)
+    ax.axhline(1.0, color="grey", ls="--", lw=1)
     n_timed = int(table.n_timed.iloc[0]) if len(table) else 0
-    ax.set(title=_title(f"Wall-clock speedup (batch 1, {n_timed} prompts timed)", model, task, int(table.n.iloc[0])))
+    ax.set(xlabel="", title=_title(f"Wall-clock speedup, batch 1, on {n_timed} timed prompt{'s' * (n_timed != 1)}",
+                                   model, task, int(table.n.iloc[0])))
+    if ax.get_legend() is not None:
+        if legend:
+            sns.move_legend(ax, "upper left", bbox_to_anchor=(1.01, 1), frameon=False, title="speedup")
+        else:
+            ax.get_legend().remove()
     return ax

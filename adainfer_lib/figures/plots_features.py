@@ -8,6 +8,8 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from .plots import ORACLE, check_series, legend_outside, series_style, ylim_for
+
 
 def exit_groups(table: pd.DataFrame, n_groups: int = 2) -> pd.Series:
     """Per row, the example's group by its oracle exit: "early" / "late" (split at the median oracle exit),
@@ -31,32 +33,63 @@ def feature_trajectories(table: pd.DataFrame, features: Sequence[str], *, title:
     axes = np.atleast_1d(axes)
     medians = data.drop_duplicates("example").groupby("oracle exit")["oracle_exit"].median()
     hue_order = sorted(medians.index, key=lambda g: medians[g])
-    palette = dict(zip(hue_order, sns.color_palette("colorblind")))
+    palette, _ = series_style(hue_order)
     for ax, feature in zip(axes, features):
         sns.lineplot(data, x="layer", y=feature, hue="oracle exit", hue_order=hue_order, palette=palette,
                      errorbar="se", ax=ax, legend=ax is axes[-1])
         for g, m in medians.items():
             ax.axvline(m, color=palette[g], ls=":", lw=1)
-        ax.set(title=feature)
+        ax.set(title=feature, ylim=ylim_for(data[feature], low=min(0.0, float(np.nanmin(data[feature]))), high=0))
     if axes[-1].get_legend() is not None:
-        sns.move_legend(axes[-1], "upper left", bbox_to_anchor=(1, 1), title="oracle exit (dotted: median)")
+        sns.move_legend(axes[-1], "upper left", bbox_to_anchor=(1.01, 1), frameon=False,
+                        title="oracle exit (dotted: median)")
     fig.suptitle(title)
     fig.tight_layout()
     return fig
 
 
+def merge_duplicate_series(data: pd.DataFrame, hue: str, value: str, by: Sequence[str] = ("layer",),
+                           keep: str | None = None) -> pd.DataFrame:
+    """Series of ``data`` (one per ``hue`` value) whose ``value`` equals another's at every ``by`` point are
+    drawn once, under a joint name ("label_gap = label_top_prob"): with two labels the label gap and the label
+    top probability rank the examples identically, and two labels on one line only hide it."""
+    keys = [k for k in by if k in data.columns] + ([keep] if keep else [])
+    series = {name: g.set_index(keys)[value].round(10) for name, g in data.groupby(hue, sort=False)}
+    names, merged = list(series), {}
+    for i, name in enumerate(names):
+        if name in merged:
+            continue
+        same = [other for other in names[i + 1:] if other not in merged
+                and series[other].index.equals(series[name].index) and series[other].equals(series[name])]
+        for other in same:
+            merged[other] = None
+        if same:
+            merged[name] = " = ".join([name, *same])
+    out = data[~data[hue].isin([k for k, v in merged.items() if v is None])].copy()
+    out[hue] = out[hue].map(lambda n: merged.get(n) or n)
+    return out
+
+
 def auc_by_layer(auc: pd.DataFrame, *, title: str, hue: str = "feature", style: str | None = None):
     """Per-layer AUC lines (``features.per_layer_auc`` output, possibly stacked with a ``label`` or ``task``
-    column for ``style``); the dashed line is chance (0.5)."""
+    column for ``style``); the dashed line is chance (0.5). Features with identical AUCs at every layer are
+    drawn as one line ("label_gap = label_top_prob"); the y-axis reaches every value."""
     import matplotlib.pyplot as plt
     import seaborn as sns
 
-    auc = auc.reset_index(drop=True)
-    fig, ax = plt.subplots(figsize=(9, 4.2))
-    sns.lineplot(auc, x="layer", y="auc", hue=hue, style=style, marker="o", markersize=4, ax=ax)
-    ax.axhline(0.5, color="grey", ls="--", lw=1)
-    ax.set(ylim=(0.2, 1.02), ylabel="ROC AUC at this layer", title=title)
-    sns.move_legend(ax, "upper left", bbox_to_anchor=(1, 1))
+    auc = merge_duplicate_series(auc.reset_index(drop=True), hue, "auc", keep=style)
+    palette, markers = series_style(auc[hue])
+    check_series(palette, "auc_by_layer")
+    fig, ax = plt.subplots(figsize=(10, 4.4))
+    if style is None:
+        sns.lineplot(auc, x="layer", y="auc", hue=hue, style=hue, palette=palette, markers=markers, dashes=False,
+                     markersize=5, ax=ax)
+    else:
+        sns.lineplot(auc, x="layer", y="auc", hue=hue, style=style, palette=palette, marker="o", markersize=5,
+                     ax=ax)
+    ax.axhline(0.5, color="grey", ls="--", lw=1, label="chance (0.5)")
+    ax.set(ylim=ylim_for(auc["auc"], low=0.2), ylabel="ROC AUC at this layer", title=title)
+    legend_outside(ax)
     fig.tight_layout()
     return fig
 
@@ -91,7 +124,7 @@ def importance_bars(importance: pd.DataFrame, *, title: str, hue: str | None = N
 
 
 def tradeoff(curves: pd.DataFrame, *, title: str, points: pd.DataFrame | None = None,
-             hue: str = "policy", full_accuracy: float | None = None):
+             hue: str = "policy", full_accuracy: float | None = None, chance: float | None = None):
     """Layers saved vs accuracy (left) and vs consistency with the full model (right), one line per policy
     (``threshold_sweep`` rows stacked with a ``policy`` column). ``points``: rows with ``layers_saved``,
     ``accuracy``, ``consistency`` and ``policy`` (e.g. the thresholds chosen on train, and the oracle)."""
@@ -100,23 +133,38 @@ def tradeoff(curves: pd.DataFrame, *, title: str, points: pd.DataFrame | None = 
 
     curves = curves.reset_index(drop=True)
     points = None if points is None else points.reset_index(drop=True)
-    fig, axes = plt.subplots(1, 2, figsize=(13, 4.6), sharex=True)
+    fig, axes = plt.subplots(1, 2, figsize=(14, 4.8), sharex=True)
     order = list(dict.fromkeys(list(curves[hue]) + ([] if points is None else list(points[hue]))))
-    palette = dict(zip(order, sns.color_palette("colorblind", len(order))))
+    palette, markers = series_style(order)
+    check_series([o for o in order if o != "oracle"], "tradeoff")
     for ax, metric in zip(axes, ["accuracy", "consistency"]):
-        sns.lineplot(curves, x="layers_saved", y=metric, hue=hue, palette=palette, estimator=None, sort=False,
-                     ax=ax, legend=False, alpha=0.8)
+        for name, curve in curves.groupby(hue, sort=False):
+            ax.plot(curve["layers_saved"], curve[metric], color=palette[name], alpha=0.85, lw=1.6,
+                    label=f"{name} (every threshold)")
         if points is not None:
-            sns.scatterplot(points, x="layers_saved", y=metric, hue=hue, palette=palette, s=90, marker="D",
-                            edgecolor="black", ax=ax, legend=ax is axes[1])
-        if metric == "accuracy" and full_accuracy is not None:
-            ax.axhline(full_accuracy, color="black", ls="--", lw=1, label="full model")
-            ax.axhline(full_accuracy - 0.01, color="black", ls=":", lw=1)
-        ax.set(xlabel="layers saved (1 − mean exit / L)", ylabel=metric, xlim=(-0.02, 1.0))
-    axes[0].set_title("accuracy (dashed: full model, dotted: −1 point)")
+            for _, row in points.iterrows():
+                name = row[hue]
+                style = ORACLE if name == "oracle" else {"marker": markers[name], "s": 110, "color": palette[name],
+                                                         "edgecolor": "black", "zorder": 5}
+                ax.scatter(row["layers_saved"], row[metric], label="oracle" if name == "oracle"
+                           else f"{name}: threshold chosen on train", **style)
+        if metric == "accuracy":
+            if full_accuracy is not None:
+                ax.axhline(full_accuracy, color="black", ls="--", lw=1, label="full model")
+                ax.axhline(full_accuracy - 0.01, color="black", ls=":", lw=1, label="full model − 1 point")
+            if chance is not None:
+                ax.axhline(chance, color="#999999", ls="-.", lw=1, label=f"chance ({chance:.2f})")
+        values = [curves[metric]] + ([points[metric]] if points is not None else [])
+        ax.set(xlabel="layers saved (1 − mean exit / L)", ylabel=metric, xlim=(-0.02, 1.0),
+               ylim=ylim_for(pd.concat(values), low=min(0.4 if chance is None else chance - 0.05, 1.0)))
+    axes[0].set_title("accuracy")
     axes[1].set_title("consistency with the full model")
-    if axes[1].get_legend() is not None:
-        sns.move_legend(axes[1], "upper left", bbox_to_anchor=(1, 1), title="◆ threshold chosen on train; oracle")
+    entries = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            entries.setdefault(label, handle)
+    axes[1].legend(entries.values(), entries.keys(), loc="upper left", bbox_to_anchor=(1.01, 1), borderaxespad=0,
+                   fontsize=9, frameon=False)
     fig.suptitle(title)
     fig.tight_layout()
     return fig
@@ -135,8 +183,10 @@ def exit_histogram(exits: pd.DataFrame, n_layers: int, *, title: str, hue: str =
     sns.stripplot(exits, x="layer", y=hue, order=order, hue=hue, hue_order=order, jitter=0.25, alpha=0.35, size=3,
                   legend=False, ax=ax)
     means = exits.groupby(hue, sort=False)["layer"].mean().reindex(order)
-    ax.scatter(means.to_numpy(), np.arange(len(order)), marker="D", s=60, color="black", zorder=5, label="mean")
-    ax.set(xlim=(-0.5, n_layers + 0.5), xlabel="exit layer (L = ran the full model)", ylabel="", title=title)
-    ax.legend(loc="lower left")
+    ax.scatter(means.to_numpy(), np.arange(len(order)), marker="D", s=60, color="black", zorder=5,
+               label="mean exit layer")
+    ax.set(xlim=(-0.5, n_layers + 0.5), xlabel=f"exit layer (L = {n_layers}: ran the full model)", ylabel="",
+           title=title)
+    legend_outside(ax)
     fig.tight_layout()
     return fig

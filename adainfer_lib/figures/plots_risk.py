@@ -40,10 +40,10 @@ def certification_figure(cert, *, title: str):
     top.set(ylabel=f"{cert.risk.replace('_', ' ')} (calibration, n={cert.n})", title=title)
     top.set_ylim(0, max(2.5 * cert.delta, float(frame.empirical_risk[frame.status != "not tested"].max()
                                                 if (frame.status != "not tested").any() else 0) * 1.1))
-    top.legend(loc="center right", fontsize=8)
+    top.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8, frameon=False)
     bottom.set(yscale="log", ylabel="p-value of H₀: risk > δ", xlabel="threshold (conservative → aggressive)")
     bottom.set_ylim(max(1e-12, float(np.clip(frame.p_value, 1e-12, 1).min()) / 3), 2)
-    bottom.legend(loc="lower left", fontsize=8)
+    bottom.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8, frameon=False)
     lo, hi = float(frame.threshold.min()), float(frame.threshold.max())
     top.set_xlim(hi + 0.02 * (hi - lo or 1), lo - 0.02 * (hi - lo or 1))  # conservative on the left
     fig.tight_layout()
@@ -67,7 +67,7 @@ def violations_figure(summary: pd.DataFrame, *, title: str):
     ax.set(yticks=y, yticklabels=summary.rule, xlim=(0, right), title=title,
            xlabel=f"share of draws with test risk > δ = {float(summary.delta.iloc[0]):.1%} (± s.e. at ε)")
     ax.invert_yaxis()
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8, frameon=False)
     fig.tight_layout()
     return fig
 
@@ -87,6 +87,7 @@ def price_figure(price: pd.DataFrame, *, title: str):
            xlabel="calibration prompts n_cal", ylabel="layers saved (certified threshold)",
            ylim=(0, max(0.05, oracle * 1.1)), title=title)
     ax.minorticks_off()
-    ax.legend(loc="lower right", fontsize=8, title=f"δ (ε = {float(price.epsilon.iloc[0]):.0%})")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8, frameon=False,
+              title=f"δ (ε = {float(price.epsilon.iloc[0]):.0%})")
     fig.tight_layout()
     return fig
