@@ -193,14 +193,16 @@ class LayerTrace:
 @contextmanager
 def record_last_states(model: LensModel, batch: Batch) -> Iterator[list[torch.Tensor]]:
     """Hooks that record, at each row's last real token (``batch.last``), the residual state entering layer 0
-    and leaving every layer. Yields a list that fills with L + 1 tensors (batch, hidden) during one forward."""
+    and leaving every layer. Yields a list that fills with L + 1 tensors (batch, hidden) during one forward, all
+    on ``model.lens_device`` (with a ``device_map`` the layers may sit on several devices)."""
     states: list[torch.Tensor] = []
+    device = model.lens_device
 
     def first_input(_module, args, kwargs):
-        states.append(batch.gather_last(args[0] if args else kwargs["hidden_states"]).detach())
+        states.append(batch.gather_last(args[0] if args else kwargs["hidden_states"]).detach().to(device))
 
     def layer_output(_module, _args, output):
-        states.append(batch.gather_last(output[0] if isinstance(output, tuple) else output).detach())
+        states.append(batch.gather_last(output[0] if isinstance(output, tuple) else output).detach().to(device))
 
     handles = [model.layers[0].register_forward_pre_hook(first_input, with_kwargs=True)]
     handles += [layer.register_forward_hook(layer_output) for layer in model.layers]
@@ -252,7 +254,7 @@ def lens_stats(model: LensModel, states: torch.Tensor, label_ids: torch.Tensor, 
         "entropy": -(probs * logp).sum(-1),
         "top_ids": top_ids[:, :top_k],
         "top_probs": top_probs[:, :top_k],
-        "label_logits": logits[:, label_ids],
+        "label_logits": logits[:, label_ids.to(logits.device)],
         "logp": logp,
         "probs": probs,
     }
@@ -329,7 +331,7 @@ def trace(
     start = time.perf_counter()
     prepared = prepare_prompts(model, prompts, caller="trace", batch_size=batch_size, prefix_cache=prefix_cache, prefix=prefix)
     order = np.concatenate(prepared.batches)
-    ids_tensor = torch.tensor(label_ids, dtype=torch.long, device=model.device)
+    ids_tensor = torch.tensor(label_ids, dtype=torch.long, device=model.lens_device)
     chunks: list[dict] = []
     for idx in tqdm(prepared.batches, desc=f"trace {model.name}", disable=not progress or len(prepared.batches) < 3):
         states = batch_states(model, prepared.batch(idx))

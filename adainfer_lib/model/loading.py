@@ -122,16 +122,57 @@ class LensModel:
 
     @property
     def device(self) -> torch.device:
-        return self.unembed.weight.device
+        """Where inputs go: the device the first decoder layer computes on (``module_device``). With a
+        ``device_map`` the layers may sit on several devices; each layer's hook moves its inputs there."""
+        return module_device(self.layers[0])
+
+    @property
+    def lens_device(self) -> torch.device:
+        """Where the lens computes: the device of its first module that has weights (final norm, projection
+        or unembedding). States of every layer are moved here before the lens reads them."""
+        for module in (self.final_norm, *self.post_norm, self.unembed):
+            if _has_weights(module):
+                return module_device(module)
+        return self.device
+
+    @property
+    def offloaded(self) -> bool:
+        """Whether accelerate has offloaded some weights (they sit on the meta device between forward passes:
+        never read them directly, call the module)."""
+        return any(p.device.type == "meta" for p in self.hf_model.parameters())
 
     @property
     def vocab_size(self) -> int:
-        return self.unembed.weight.shape[0]
+        return self.unembed.weight.shape[0]  # a shape only: defined for an offloaded (meta) weight too
 
     @property
     def cache_id(self) -> str:
-        """Identifies these weights for trace caches: name, dtype, config and a weight fingerprint."""
-        w = self.unembed.weight.detach()
+        """Identifies these weights for trace caches: name, dtype, config and a weight fingerprint.
+
+        The fingerprint sums every (V // 64)-th row of the unembedding in float64. When accelerate has
+        offloaded the unembedding (its weight is on the meta device), the weight is brought in through the
+        module's own hook (``accelerate.utils.align_module_device``: what a forward pass does) and the value
+        is kept per model (an offloaded weight is not edited in place), so an offloaded model has the same id
+        as the same weights loaded plainly, and its trace caches are shared."""
+        w = self.unembed.weight
+        if w.device.type != "meta":
+            return self._cache_id_of(w.detach())
+        memo_key = (id(w), self.name, self.hf_model.config.to_json_string())
+        memo = self.__dict__.get("_cache_id_memo")
+        if memo is None or memo[0] != memo_key:
+            from accelerate.utils import align_module_device
+
+            with align_module_device(self.unembed), torch.no_grad():
+                if self.unembed.weight.device.type == "meta":
+                    raise RuntimeError(f"{self.name}: the unembedding is on the meta device and has no accelerate "
+                                       "hook that loads it; load the model with device_map=... (and "
+                                       "offload_folder=...) or pass it with its weights.")
+                value = self._cache_id_of(self.unembed.weight.detach())
+            memo = (memo_key, value)
+            self.__dict__["_cache_id_memo"] = memo
+        return memo[1]
+
+    def _cache_id_of(self, w: torch.Tensor) -> str:
         fingerprint = float(w[:: max(1, w.shape[0] // 64)].double().sum())
         digest = hashlib.sha256(
             json.dumps(
@@ -141,27 +182,38 @@ class LensModel:
         return f"{_slug(self.name)}-{digest[:12]}"
 
     def normed(self, h: torch.Tensor) -> torch.Tensor:
-        """The final norm (and projection, where the family has one): ``(..., hidden) -> (..., d_unembed)``."""
-        h = self.final_norm(h)
+        """The final norm (and projection, where the family has one): ``(..., hidden) -> (..., d_unembed)``.
+        ``h`` may come from any layer's device: it is moved to ``lens_device`` first."""
+        h = self.final_norm(h.to(self.lens_device))
         for module in self.post_norm:
             h = module(h)
         return h
 
     def lens(self, h: torch.Tensor) -> torch.Tensor:
-        """Logit lens over the full vocabulary: ``(batch, hidden) -> (batch, vocab)`` logits."""
-        return apply_softcap(self.unembed(self.normed(h)), self.softcap)
+        """Logit lens over the full vocabulary: ``(batch, hidden) -> (batch, vocab)`` logits (on the
+        unembedding's device)."""
+        return apply_softcap(self.unembed(self._to_unembed(self.normed(h))), self.softcap)
 
     def label_lens(self, h: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
         """Logit lens restricted to some vocabulary rows: ``(batch, hidden) -> (batch, len(token_ids))``.
 
         Costs ``len(token_ids)`` rows of the unembedding instead of all of them; the values equal
-        ``lens(h)[:, token_ids]``.
+        ``lens(h)[:, token_ids]``. When accelerate has offloaded the unembedding (weight on the meta device)
+        its rows cannot be read: the module is called (its hook brings the weight in) and the columns picked.
         """
+        normed = self._to_unembed(self.normed(h))
+        weight = self.unembed.weight
+        if weight.device.type == "meta":
+            logits = self.unembed(normed)
+            return apply_softcap(logits[:, token_ids.to(logits.device)], self.softcap)
+        ids = token_ids.to(weight.device)
         bias = getattr(self.unembed, "bias", None)
-        logits = nn.functional.linear(
-            self.normed(h), self.unembed.weight[token_ids], None if bias is None else bias[token_ids]
-        )
+        logits = nn.functional.linear(normed.to(weight.device), weight[ids], None if bias is None else bias[ids])
         return apply_softcap(logits, self.softcap)
+
+    def _to_unembed(self, h: torch.Tensor) -> torch.Tensor:
+        """``h`` on the unembedding's device (a no-op where the final norm is on it already)."""
+        return h.to(module_device(self.unembed))
 
     def label_token_ids(self, words: Sequence[str], context: str) -> list[int]:
         """Token id of each label word as the token that follows ``context`` (a prompt's end); ``ValueError``
@@ -172,6 +224,25 @@ class LensModel:
 
     def __repr__(self) -> str:
         return f"LensModel({self.name!r}, {self.spec.family}, n_layers={self.n_layers}, weights={self.weights_note})"
+
+
+def module_device(module: nn.Module) -> torch.device:
+    """The device ``module`` computes on: the execution device of an accelerate hook on it or on one of its
+    submodules (a model loaded with ``device_map``: offloaded weights sit on the meta device and the hook
+    brings them there at forward time), else the device of its first weight or buffer that is not on the meta
+    device; the CPU for a module without any."""
+    for sub in module.modules():
+        device = getattr(getattr(sub, "_hf_hook", None), "execution_device", None)
+        if device is not None:
+            return torch.device(f"cuda:{device}" if isinstance(device, int) else device)
+    for tensor in (*module.parameters(), *module.buffers()):
+        if tensor.device.type != "meta":
+            return tensor.device
+    return torch.device("cpu")
+
+
+def _has_weights(module: nn.Module) -> bool:
+    return next(module.parameters(), None) is not None or hasattr(module, "_hf_hook")
 
 
 def prepare_tokenizer(tokenizer) -> None:
@@ -252,30 +323,50 @@ def prepare_offline_model(alias: str, *, force: bool = False) -> Path:
     return target
 
 
-def _load_pretrained(path_or_name: str, *, dtype: torch.dtype, device: str, **kw):
+def _load_pretrained(path_or_name: str, *, dtype: torch.dtype, device: str | None, device_map=None,
+                     offload_folder: str | os.PathLike | None = None, **kw):
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     config = AutoConfig.from_pretrained(path_or_name, **kw)
     spec = spec_for(config.model_type)  # refuse unsupported families before loading any weights
-    model = AutoModelForCausalLM.from_pretrained(path_or_name, dtype=dtype, **kw).to(device)
+    if device_map is None:
+        model = AutoModelForCausalLM.from_pretrained(path_or_name, dtype=dtype, **kw).to(device or "cpu")
+    else:  # accelerate places (and offloads) the layers; its hooks move weights and inputs at forward time
+        extra = {} if offload_folder is None else {"offload_folder": str(offload_folder)}
+        model = AutoModelForCausalLM.from_pretrained(path_or_name, dtype=dtype, device_map=device_map, **extra, **kw)
     tokenizer = AutoTokenizer.from_pretrained(path_or_name, **kw)
     return model, tokenizer, spec
 
 
-def load_model(name: str = DEFAULT_MODEL, *, dtype: torch.dtype = torch.float32, device: str = "cpu") -> LensModel:
-    """Load ``name`` (offline alias, local folder or hub name) as a ``LensModel`` ready for the lens."""
+def load_model(name: str = DEFAULT_MODEL, *, dtype: torch.dtype = torch.float32, device: str | None = None,
+               device_map: str | dict | None = None, offload_folder: str | os.PathLike | None = None) -> LensModel:
+    """Load ``name`` (offline alias, local folder or hub name) as a ``LensModel`` ready for the lens.
+
+    ``device`` (default the CPU) puts the whole model on one device. ``device_map`` instead lets accelerate
+    split it: ``"auto"`` fills the GPUs in order, then the CPU, then the disk (``offload_folder``); a dict maps
+    module names (``"model.layers.3"``, ``"lm_head"``) to a device, ``"cpu"`` or ``"disk"``. The lens and the
+    early-exit runner then follow each layer's device and never read an offloaded weight directly; the
+    numbers equal the plain model's (``tests/test_offload.py``). ``ValueError`` when both ``device`` and
+    ``device_map`` are given, or ``offload_folder`` without ``device_map``."""
     if not isinstance(name, str) or not name.strip():
         raise ModelNotFoundError("Model name must be a non-empty string, e.g. 'smollm2-135m'.")
+    if device is not None and device_map is not None:
+        raise ValueError(f"load_model({name!r}): pass either device={device!r} (the whole model on one device) or "
+                         f"device_map={device_map!r} (accelerate splits it), not both.")
+    if offload_folder is not None and device_map is None:
+        raise ValueError(f"load_model({name!r}): offload_folder is used only with a device_map that offloads "
+                         "to 'disk' (e.g. device_map='auto').")
+    where = dict(device=device, device_map=device_map, offload_folder=offload_folder)
     if name in OFFLINE_MODELS:
         offline = OFFLINE_MODELS[name]
         folder = prepare_offline_model(name)
-        model, tokenizer, spec = _load_pretrained(str(folder), dtype=dtype, device=device)
+        model, tokenizer, spec = _load_pretrained(str(folder), dtype=dtype, **where)
         return LensModel(name, model, tokenizer, spec, weights_note=offline.weights_note)
     if Path(name).expanduser().is_dir():
-        model, tokenizer, spec = _load_pretrained(str(Path(name).expanduser()), dtype=dtype, device=device)
+        model, tokenizer, spec = _load_pretrained(str(Path(name).expanduser()), dtype=dtype, **where)
         return LensModel(name, model, tokenizer, spec)
     try:
-        model, tokenizer, spec = _load_pretrained(name, dtype=dtype, device=device)
+        model, tokenizer, spec = _load_pretrained(name, dtype=dtype, **where)
     except UnsupportedArchitectureError:
         raise
     except (OSError, ValueError) as err:
