@@ -11,6 +11,7 @@ states, and (given label words) the label-word logits.
 from __future__ import annotations
 
 import json
+import logging
 import time
 import zipfile
 from contextlib import contextmanager
@@ -27,7 +28,10 @@ from ..common.cache import atomic_write_bytes, content_key
 from .inputs import (Batch, check_prompts, label_token_ids, length_sorted_batches,  # noqa: F401  (re-exported)
                      prepare_prompts)
 from .loading import LensModel
+from . import parallel
 from ..common.paths import data_dir
+
+log = logging.getLogger("adainfer_lib")
 
 TRACE_FORMAT_VERSION = 1
 _ARRAYS = ("top_ids", "top_probs", "top_prob", "gap", "entropy", "kl_to_final", "cos_prev", "label_logits", "n_tokens")
@@ -300,6 +304,7 @@ def trace(
     prefix: str | None = None,
     cache: bool = False,
     progress: bool = True,
+    distributed: bool | None = None,
 ) -> LayerTrace:
     """Logit-lens statistics of ``prompts`` at every layer (see ``LayerTrace``).
 
@@ -311,8 +316,17 @@ def trace(
     for every batch (``inputs.prefix_kv``); the statistics equal those without it to float precision.
     ``full_vocab=False`` computes only the label-word rows of the unembedding (cheap for 262k vocabularies).
     ``cache=True`` reads/writes ``data/traces/`` keyed by model, prompts, label words and options; a corrupt
-    or stale file is rebuilt. Errors: ``TypeError``/``ValueError`` from ``inputs.check_prompts`` and
-    ``inputs.tokenize_prompts`` (empty or too-long prompts), ``ValueError`` for unusable label words.
+    or stale file is rebuilt.
+
+    Under ``accelerate launch`` with several processes (``distributed=None`` decides from the environment,
+    ``False`` turns it off), every process calls ``trace`` with the same prompts: the length-sorted batches are
+    dealt round robin across the processes (``parallel.my_share``), each runs its own on its own device, and
+    the statistics are gathered back in prompt order on every process — the same batches as one process runs,
+    so the same numbers. Only the main process writes the cache file (once, atomically), the same file one
+    process writes; a cache file is used only when every process can read it.
+
+    Errors: ``TypeError``/``ValueError`` from ``inputs.check_prompts`` and ``inputs.tokenize_prompts`` (empty
+    or too-long prompts), ``ValueError`` for unusable label words.
     """
     from tqdm.auto import tqdm
 
@@ -322,20 +336,28 @@ def trace(
         raise ValueError("full_vocab=False keeps only label-word rows, so label_words are required.")
     label_ids = label_token_ids(model.tokenizer, label_words, prompts[0], owner=model.name) if label_words else []
     path = trace_cache_path(model, prompts, label_words, top_k, full_vocab, prefix_cache) if cache else None
+    state = parallel.process_state(distributed)
+    cached = None
     if path is not None and path.exists():
         try:
-            return LayerTrace.load(path)
+            cached = LayerTrace.load(path)
         except CorruptCacheError:
-            path.unlink(missing_ok=True)  # rebuilt below
+            if parallel.is_main(state):
+                path.unlink(missing_ok=True)  # rebuilt below
+    if path is not None and parallel.all_true(state, cached is not None):  # every process takes the same road
+        return cached
 
     start = time.perf_counter()
     prepared = prepare_prompts(model, prompts, caller="trace", batch_size=batch_size, prefix_cache=prefix_cache, prefix=prefix)
     order = np.concatenate(prepared.batches)
     ids_tensor = torch.tensor(label_ids, dtype=torch.long, device=model.lens_device)
-    chunks: list[dict] = []
-    for idx in tqdm(prepared.batches, desc=f"trace {model.name}", disable=not progress or len(prepared.batches) < 3):
-        states = batch_states(model, prepared.batch(idx))
-        chunks.append(_batch_stats(model, states, ids_tensor, top_k, full_vocab))
+    mine = parallel.my_share(state, list(range(len(prepared.batches))))  # all batches in one process
+    done: list[tuple[int, dict]] = []
+    for b in tqdm(mine, desc=f"trace {model.name}",
+                  disable=not progress or len(mine) < 3 or not parallel.is_main(state)):
+        states = batch_states(model, prepared.batch(prepared.batches[b]))
+        done.append((b, _batch_stats(model, states, ids_tensor, top_k, full_vocab)))
+    chunks = [stats for _, stats in sorted(parallel.gather(state, done), key=lambda item: item[0])]
     inverse = np.argsort(order)
     arrays = {k: np.concatenate([c[k] for c in chunks])[inverse] for k in chunks[0]}
     arrays = {k: v.astype(np.float32) if v.dtype.kind == "f" else v for k, v in arrays.items()}
@@ -352,6 +374,8 @@ def trace(
               "seconds": round(time.perf_counter() - start, 3), "weights": model.weights_note},
         **arrays,
     )
-    if path is not None:
+    if path is not None and parallel.is_main(state):
         result.save(path)
+        log.info("trace cache written: %s", path)
+    parallel.wait(state)  # the file exists for every process before any returns
     return result
