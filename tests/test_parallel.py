@@ -1,0 +1,109 @@
+"""Data-parallel traces under accelerate: two CPU processes give the single-process trace, and one cache file.
+
+``accelerate launch --cpu --num_processes 2`` starts a single process in accelerate 1.15 (its CPU launcher
+needs mpirun for more; ``test_cpu_launcher_starts_one_process`` pins that), so the two CPU processes are
+started with ``--multi_gpu`` (torchrun underneath) and ``ACCELERATE_USE_CPU=true``: gloo on the CPU.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from adainfer_lib.model.parallel import my_share
+
+ACCELERATE = str(Path(sys.executable).with_name("accelerate"))
+LAUNCH = [ACCELERATE, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+          "--mixed_precision", "no", "--dynamo_backend", "no"]
+ARRAYS = ("top_ids", "top_probs", "top_prob", "gap", "entropy", "kl_to_final", "cos_prev", "label_logits", "n_tokens")
+
+
+class _Rank:
+    """What ``my_share`` reads of accelerate's ``PartialState``; its split is accelerate's own code."""
+
+    def __init__(self, rank: int, n: int):
+        self.process_index, self.num_processes = rank, n
+
+    @contextmanager
+    def split_between_processes(self, inputs):
+        from accelerate import PartialState
+
+        with PartialState.split_between_processes(self, inputs) as share:
+            yield share
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4])
+def test_shares_are_round_robin_and_cover_every_batch(n):
+    for m in range(10):
+        items = list(range(m))
+        shares = [my_share(_Rank(r, n), items) for r in range(n)]
+        assert shares == [items[r::n] for r in range(n)]
+        assert sorted(sum(shares, [])) == items
+
+
+def _data_dir(tmp_path: Path) -> Path:
+    """A fresh data folder (no traces) that borrows the prepared models, tasks and sources."""
+    from adainfer_lib.common.paths import data_dir
+
+    folder = tmp_path / "data"
+    folder.mkdir()
+    for part in ("models", "tasks", "sources"):
+        (folder / part).symlink_to(data_dir() / part)
+    return folder
+
+
+def _env(data: Path) -> dict:
+    return {**os.environ, "ADAINFER_DATA": str(data), "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true",
+            "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+CLI = ["-m", "adainfer_lib.cli", "trace", "--task", "sentiment", "--n", "8", "--n-train", "8", "--seed", "0",
+       "--no-progress"]
+
+
+@pytest.mark.slow
+def test_two_processes_trace_equals_one_and_write_each_cache_once(tmp_path, default_model):
+    from adainfer_lib import load_task, trace_task
+    from adainfer_lib.model.lens import LayerTrace
+
+    data = _data_dir(tmp_path)
+    out = tmp_path / "gathered.npz"
+    run = subprocess.run([*LAUNCH, *CLI, "--out", str(out)], env=_env(data), capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    summary = json.loads(run.stdout.strip().splitlines()[-1])
+    assert summary["processes"] == 2 and summary["n"] == 8
+    written = [line.split("trace cache written: ")[1] for line in run.stderr.splitlines()
+               if "trace cache written: " in line]
+    traces = sorted(str(p) for p in (data / "traces").iterdir())
+    assert sorted(written) == traces and len(traces) == 3  # test split, train split, content-free prompt: once each
+    assert all(line.startswith("[rank 0]") for line in run.stderr.splitlines() if "trace cache written" in line)
+    assert summary["trace_cache"] in traces
+
+    task = load_task("sentiment", n=8, n_train=8, seed=0)
+    single = trace_task(default_model, task, cache=False, progress=False).trace
+    gathered = LayerTrace.load(out)
+    for name in ARRAYS:
+        np.testing.assert_allclose(getattr(gathered, name), getattr(single, name), atol=1e-5, rtol=1e-5,
+                                   equal_nan=True, err_msg=name)
+    np.testing.assert_array_equal(gathered.top_ids[..., 0], single.top_ids[..., 0])
+    cached = LayerTrace.load(summary["trace_cache"])  # the file the main process wrote is the gathered trace
+    for name in ARRAYS:
+        np.testing.assert_array_equal(getattr(cached, name), getattr(gathered, name))
+
+
+def test_cpu_launcher_starts_one_process(tmp_path):
+    """Why the test above does not use `accelerate launch --cpu --num_processes 2`: it starts one process."""
+    script = tmp_path / "count.py"
+    script.write_text("import os; print('WORLD_SIZE', os.environ.get('WORLD_SIZE', '1'))\n")
+    run = subprocess.run([ACCELERATE, "launch", "--cpu", "--num_processes", "2", "--num_machines", "1",
+                          "--mixed_precision", "no", "--dynamo_backend", "no", str(script)],
+                         env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.count("WORLD_SIZE") == 1 and "WORLD_SIZE 1" in run.stdout
