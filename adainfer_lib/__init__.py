@@ -24,6 +24,10 @@ from .evaluation import (ADAINFER_POLICIES, Evaluation, GapThresholdPolicy, best
                          dropped_layers, evaluate, fit_policies, pareto_curves, pareto_front, run_evaluation,
                          shortgpt_curve, suggest_min_layer, time_interleaved)
 from .evaluation import baselines, seeds
+from .generation import (CACHE_STRATEGIES, GenerationConfig, GenerationResult, TopProbRule,
+                         UnsupportedStrategyError, generate_early_exit, greedy_generate, plots_generation,
+                         run_generation_study, sequence_nll, speculative_generate, summarize_study,
+                         token_settling)
 from .figures import (ExitExplorer, load_saved_policies, plot_exit_layers, plot_pareto, plot_speedup, plots,
                       plots_features, plots_risk)
 from .course import NotebookSettings, claims, exercises, setup_notebook
@@ -48,6 +52,10 @@ __all__ = [
     "GapThresholdPolicy", "block_influence", "dropped_layers", "ADAINFER_POLICIES", "Evaluation", "fit_policies",
     "run_evaluation", "evaluate", "time_interleaved", "pareto_curves", "pareto_front", "shortgpt_curve",
     "best_within", "suggest_min_layer", "plot_pareto", "plot_exit_layers", "plot_speedup",
+    # generation
+    "CACHE_STRATEGIES", "TopProbRule", "GenerationResult", "UnsupportedStrategyError", "greedy_generate",
+    "generate_early_exit", "speculative_generate", "sequence_nll", "GenerationConfig", "run_generation_study",
+    "summarize_study", "token_settling", "plots_generation",
     # figures, widgets, course
     "ExitExplorer", "load_saved_policies", "NotebookSettings", "setup_notebook",
     # modules used as namespaces in the notebooks

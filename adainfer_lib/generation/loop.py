@@ -1,0 +1,437 @@
+"""Greedy generation with a per-token early exit, and what happens to the skipped layers' cache.
+
+One new token = one forward pass of the Hugging Face model on that token, with its KV cache (batch size 1).
+Each decoder layer's ``forward`` is wrapped for the duration of the run (``_PatchedLayers``): after a layer
+``l >= rule.min_layer`` the wrapper reads the new position's state ``h_l`` through the logit lens
+(``lens.lens_stats``, full vocabulary: generation has no label words), asks ``rule.stop_proba_online`` and, if
+the stop probability reaches ``rule.threshold``, the token is the lens's argmax at ``l``. What the layers above
+the exit do for that position is the **cache strategy**:
+
+- ``"skip"``: nothing — AdaInfer re-run per token. Layers ``l+1..L`` get no key/value for the position, and
+  every later token attends, in those layers, to a sequence with a hole (single-token steps attend to what the
+  layer's cache holds, so the hole is a masked position, exactly);
+- ``"propagate"``: CALM's state propagation — the exit state ``h_l`` is copied upward and each skipped
+  layer computes only its key/value projections of it (its input norm, ``k_proj``/``v_proj``, the key norm
+  where the family has one, rotary positions). Llama-style families only (``PROPAGATE_MODEL_TYPES``);
+  ``UnsupportedStrategyError`` for the others;
+- ``"recompute"``: the skipped layers run for real on the position (from the true state ``h_l``) before the
+  next token needs them, so the cache is exactly the full model's. Here they run right after the decision, in
+  the same pass: the token is decided at ``l``, but no layer is saved (a deferred version would run them
+  batched with the next token, which saves latency on hardware where a second position is nearly free).
+
+The prompt itself runs through every layer (its keys and values are needed everywhere), so the first new
+token is always the full model's; exits apply from the second new token on. Generation stops at
+``max_new_tokens`` or after the model's end-of-sequence token (kept in the output, as ``generate`` does).
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import inspect
+import time
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..common.checks import check_choice, check_int
+from ..model.inputs import _accepts_logits_to_keep, check_prompts, tokenize_prompts
+from ..model.lens import lens_stats
+from ..model.loading import LensModel
+from .rules import GENERATION_FEATURES, check_rule
+
+CACHE_STRATEGIES = ("skip", "propagate", "recompute")
+#: Families whose decoder layers have ``input_layernorm`` and ``self_attn.{k_proj, v_proj}`` with rotary
+#: positions: CALM's propagation is implemented for these.
+PROPAGATE_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text")
+_EMPTY = torch.zeros(0, dtype=torch.long)
+
+
+class UnsupportedStrategyError(ValueError):
+    """A cache strategy that this model's family does not support (``"propagate"`` outside Llama-style)."""
+
+
+class _StopForward(Exception):
+    """Raised by the last layer's wrapper in exit mode: the token is known, the final norm and head are not
+    needed."""
+
+
+# ---------------------------------------------------------------------------------------------------
+# Results
+
+
+@dataclass
+class GenerationResult:
+    """One prompt's generation.
+
+    Per new token (T tokens): ``tokens`` (T,), ``exit_layers`` (T,) (``L`` = ran every layer; the first token
+    is always the full model's), ``features``: name -> (T,) lens features at the exit layer,
+    ``layers_computed`` (T,) decoder layers that ran for the token (the recompute strategy runs all ``L``).
+    Per sequence: ``seconds`` wall-clock of the new tokens after the prompt, ``prefill_seconds`` the prompt's
+    forward pass; speculative decoding adds ``drafted``/``accepted`` draft tokens and ``verify_passes``.
+    """
+
+    model_name: str
+    n_layers: int
+    prompt: str
+    prompt_tokens: list[int]
+    tokens: np.ndarray
+    exit_layers: np.ndarray
+    features: dict[str, np.ndarray]
+    layers_computed: np.ndarray
+    seconds: float
+    prefill_seconds: float
+    method: str
+    rule: str = ""
+    drafted: int = 0
+    accepted: int = 0
+    verify_passes: int = 0
+    cache: object = field(default=None, repr=False)
+    text: str = ""
+
+    @property
+    def n_tokens(self) -> int:
+        return len(self.tokens)
+
+    @property
+    def layers_saved(self) -> float:
+        """1 - mean(exit layer) / L over the new tokens: where the tokens were decided."""
+        return 1.0 - float(np.mean(self.exit_layers)) / self.n_layers if self.n_tokens else 0.0
+
+    @property
+    def compute_saved(self) -> float:
+        """1 - mean(decoder layers computed per token) / L: the layers that really did not run."""
+        return 1.0 - float(np.mean(self.layers_computed)) / self.n_layers if self.n_tokens else 0.0
+
+    @property
+    def ideal_speedup(self) -> float:
+        """L / mean(layers computed): the speedup if time were proportional to the layers that ran."""
+        return self.n_layers / float(np.mean(self.layers_computed)) if self.n_tokens else 1.0
+
+    @property
+    def acceptance_rate(self) -> float:
+        """Speculative decoding: accepted / drafted tokens (NaN for the other methods)."""
+        return self.accepted / self.drafted if self.drafted else float("nan")
+
+    def to_frame(self, tokenizer=None) -> pd.DataFrame:
+        """One row per new token: position, token id (and text, given the tokenizer), exit layer, layers
+        computed and the exit features."""
+        frame = pd.DataFrame({"position": np.arange(self.n_tokens), "token_id": self.tokens,
+                              "exit_layer": self.exit_layers, "layers_computed": self.layers_computed,
+                              **{k: v for k, v in self.features.items()}})
+        if tokenizer is not None:
+            frame.insert(2, "token", [tokenizer.decode([int(t)]) for t in self.tokens])
+        return frame
+
+
+# ---------------------------------------------------------------------------------------------------
+# Checks
+
+
+def check_generation_args(model: LensModel, prompt: str, max_new_tokens: int, *, caller: str) -> list[int]:
+    """The prompt's token ids; ``TypeError``/``ValueError`` for a prompt that is not one non-empty string,
+    a ``max_new_tokens`` that is not an integer >= 1, or a prompt plus new tokens longer than the context."""
+    if isinstance(prompt, (list, tuple)):
+        raise TypeError(f"{caller}() generates from one prompt (a string), not a {type(prompt).__name__}: "
+                        "loop over the prompts.")
+    (prompt,) = check_prompts([prompt], caller=caller)
+    check_int(max_new_tokens, "max_new_tokens", low=1)
+    ids = tokenize_prompts(model, [prompt])[0]
+    limit = getattr(model.hf_model.config, "max_position_embeddings", None) or \
+        getattr(model.hf_model.config, "n_positions", None)
+    if limit and len(ids) + max_new_tokens > limit:
+        raise ValueError(f"{caller}(): the prompt's {len(ids)} tokens plus max_new_tokens={max_new_tokens} exceed "
+                         f"{model.name}'s context of {limit} tokens.")
+    return ids
+
+
+def check_strategy(model: LensModel, strategy: str) -> str:
+    """``strategy`` if it is one of ``CACHE_STRATEGIES`` and this model's family supports it."""
+    check_choice(strategy, "cache strategy", CACHE_STRATEGIES)
+    model_type = model.hf_model.config.model_type
+    if strategy == "propagate" and model_type not in PROPAGATE_MODEL_TYPES:
+        raise UnsupportedStrategyError(
+            f"cache strategy 'propagate' (CALM's state propagation) computes the skipped layers' key/value "
+            f"projections the Llama way (input_layernorm, self_attn.k_proj/v_proj, rotary positions); it is "
+            f"implemented for {', '.join(PROPAGATE_MODEL_TYPES)}, not {model_type!r} ({model.spec.family}). "
+            "Use 'skip' or 'recompute' for this model.")
+    return strategy
+
+
+def eos_ids(model: LensModel) -> set[int]:
+    """The end-of-sequence token ids that stop ``generate`` (from the model's generation config)."""
+    eos = getattr(getattr(model.hf_model, "generation_config", None), "eos_token_id", None)
+    if eos is None:
+        eos = model.tokenizer.eos_token_id
+    if eos is None:
+        return set()
+    return {int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos])}
+
+
+# ---------------------------------------------------------------------------------------------------
+# The patched decoder layers
+
+
+def _set_arg(signature: inspect.Signature, args: tuple, kwargs: dict, name: str, value):
+    """``(args, kwargs)`` with the argument ``name`` set to ``value`` (positional or keyword)."""
+    try:
+        bound = signature.bind_partial(*args, **kwargs)
+    except TypeError:
+        return args, {**kwargs, name: value}
+    if name in bound.arguments or name in signature.parameters:
+        bound.arguments[name] = value
+        return bound.args, bound.kwargs
+    return args, kwargs
+
+
+def _apply_rope(attn, keys: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotary positions of ``keys`` (1, heads, q, head_dim) with the family's own ``apply_rotary_pos_emb``."""
+    module = importlib.import_module(type(attn).__module__)
+    return module.apply_rotary_pos_emb(keys, keys, cos, sin)[1]
+
+
+def project_kv(layer, hidden: torch.Tensor, position_embeddings, cache, layer_idx: int) -> None:
+    """CALM's propagation for one skipped layer: the key/value projections of ``hidden`` (1, q, H) — the
+    state copied up from the exit — written into ``cache`` at ``layer_idx`` (Llama-style layers)."""
+    attn = layer.self_attn
+    x = layer.input_layernorm(hidden)
+    shape = (*x.shape[:-1], -1, attn.head_dim)
+    keys = attn.k_proj(x).view(shape).transpose(1, 2)
+    values = attn.v_proj(x).view(shape).transpose(1, 2)
+    if getattr(attn, "k_norm", None) is not None:
+        keys = attn.k_norm(keys)
+    if getattr(attn, "v_norm", None) is not None:
+        values = attn.v_norm(values)
+    cos, sin = position_embeddings
+    cache.update(_apply_rope(attn, keys, cos, sin), values, layer_idx)
+
+
+@dataclass
+class _StepState:
+    """The exit-mode state of one forward pass (one new token)."""
+
+    rule: object
+    threshold: float
+    min_layer: int
+    strategy: str
+    cache: object
+    check_every: int = 1
+    exit_layer: int | None = None
+    token: int | None = None
+    features: dict = field(default_factory=dict)
+    history: list = field(default_factory=list)
+    layers_computed: int = 0
+    check_seconds: float = 0.0
+
+
+class _PatchedLayers:
+    """Context manager: every decoder layer's ``forward`` goes through ``_wrap`` while it is active. With
+    ``self.step`` None a layer runs as usual (the prompt, verification passes, the full model)."""
+
+    def __init__(self, model: LensModel):
+        self.model = model
+        self.L = model.n_layers
+        self.step: _StepState | None = None
+        self.saved: list = []
+        self.returns_tuple = False
+
+    def __enter__(self) -> _PatchedLayers:
+        for index, layer in enumerate(self.model.layers):
+            own = layer.__dict__.get("forward")
+            original = layer.forward
+            self.saved.append((layer, own))
+            layer.forward = self._wrap(index, layer, original)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for layer, own in self.saved:
+            if own is None:
+                del layer.forward
+            else:
+                layer.forward = own
+        self.saved = []
+
+    def _wrap(self, index: int, layer, original):
+        number = index + 1
+        signature = inspect.signature(original)
+
+        def forward(*args, **kwargs):
+            step = self.step
+            if step is None:
+                return original(*args, **kwargs)
+            hidden = args[0] if args else kwargs["hidden_states"]
+            if step.exit_layer is None or step.strategy == "recompute":
+                if step.strategy == "skip" and hidden.shape[1] == 1:
+                    # Upper layers may hold fewer positions than layer 1 (holes): a single new token attends to
+                    # every position its layer holds, which is the causal mask without the holes.
+                    args, kwargs = _set_arg(signature, args, kwargs, "attention_mask", None)
+                out = original(*args, **kwargs)
+                self.returns_tuple = isinstance(out, tuple)
+                step.layers_computed += 1
+                if step.exit_layer is None:
+                    state = out[0] if isinstance(out, tuple) else out
+                    self._check(step, number, state[:, -1], hidden[:, -1])
+                if number == self.L:
+                    raise _StopForward
+                return out
+            # a layer above the exit: the state is h_exit, copied upward
+            if step.strategy == "propagate":
+                project_kv(layer, hidden, kwargs.get("position_embeddings"), step.cache, index)
+            if number == self.L:
+                raise _StopForward
+            return (hidden,) if self.returns_tuple else hidden
+
+        return forward
+
+    def _check(self, step: _StepState, layer: int, h: torch.Tensor, h_prev: torch.Tensor) -> None:
+        due = layer == self.L or (layer >= step.min_layer and (layer - step.min_layer) % step.check_every == 0)
+        if not due:
+            return
+        start = time.perf_counter()
+        stats = lens_stats(self.model, h.float(), _EMPTY, full_vocab=True, top_k=1)
+        features = {"layer": np.array([layer]), "layer_frac": np.array([layer / self.L]),
+                    "top_prob": stats["top_prob"].cpu().numpy().astype(float),
+                    "gap": stats["gap"].cpu().numpy().astype(float),
+                    "entropy": stats["entropy"].cpu().numpy().astype(float),
+                    "cos_prev": torch.nn.functional.cosine_similarity(h.float(), h_prev.float(), dim=-1).cpu().numpy()}
+        stop = layer == self.L
+        if not stop:
+            proba = np.asarray(step.rule.stop_proba_online(features, layer, history=step.history), dtype=float)
+            stop = bool(proba.reshape(-1)[0] >= step.threshold)
+        step.history.append(features)
+        if stop:
+            step.exit_layer = layer
+            step.token = int(stats["top_ids"][0, 0])
+            step.features = {k: float(features[k][0]) for k in GENERATION_FEATURES}
+        step.check_seconds += time.perf_counter() - start
+
+
+def _head_kwargs(model: LensModel, keep: int = 1) -> dict:
+    return {"logits_to_keep": keep} if _accepts_logits_to_keep(type(model.hf_model)) else {}
+
+
+def prefill(model: LensModel, ids: Sequence[int]):
+    """The prompt through the full model: (its cache, the full model's next token)."""
+    input_ids = torch.tensor([list(ids)], dtype=torch.long, device=model.device)
+    out = model.hf_model(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), use_cache=True,
+                         **_head_kwargs(model))
+    return out.cache, int(out.logits[0, -1].argmax())
+
+
+def full_step(model: LensModel, tokens: Sequence[int], cache) -> torch.Tensor:
+    """``tokens`` (a few new positions) through the full model with ``cache`` (appended to): logits (q, vocab)."""
+    input_ids = torch.tensor([list(tokens)], dtype=torch.long, device=model.device)
+    out = model.hf_model(input_ids=input_ids, cache=cache, use_cache=True, **_head_kwargs(model, 0 if len(tokens) > 1 else 1))
+    return out.logits[0]
+
+
+def exit_step(model: LensModel, patched: _PatchedLayers, token: int, cache, rule, threshold: float, min_layer: int,
+              strategy: str, check_every: int) -> _StepState:
+    """One new position (``token``) with the early exit; the cache is appended to as ``strategy`` says."""
+    step = _StepState(rule=rule, threshold=threshold, min_layer=min_layer, strategy=strategy, cache=cache,
+                      check_every=check_every)
+    patched.step = step
+    input_ids = torch.tensor([[token]], dtype=torch.long, device=model.device)
+    try:
+        model.hf_model(input_ids=input_ids, cache=cache, use_cache=True, **_head_kwargs(model))
+    except _StopForward:
+        pass
+    finally:
+        patched.step = None
+    if step.exit_layer is None:  # cannot happen: the last layer always decides
+        raise RuntimeError("early-exit step ended without a decision (was the model's layer list changed?)")
+    return step
+
+
+def shallow_copy_cache(cache):
+    """A cache that shares ``cache``'s tensors but not its layer objects: appending to it (a draft) leaves
+    ``cache`` untouched (transformers' dynamic layers append by concatenation, never in place)."""
+    fresh = copy.copy(cache)
+    fresh.layers = [copy.copy(layer) for layer in cache.layers]
+    return fresh
+
+
+# ---------------------------------------------------------------------------------------------------
+# Entry points
+
+
+def _full_features(n: int, L: int) -> dict[str, np.ndarray]:
+    return {k: np.full(n, float(L) if k == "layer" else 1.0 if k == "layer_frac" else np.nan) for k in GENERATION_FEATURES}
+
+
+@torch.no_grad()
+def greedy_generate(model: LensModel, prompt: str, *, max_new_tokens: int = 32, keep_cache: bool = False) -> GenerationResult:
+    """The full model's greedy continuation of ``prompt`` (the reference; equals
+    ``model.hf_model.generate(do_sample=False)``), timed like ``generate_early_exit``."""
+    ids = check_generation_args(model, prompt, max_new_tokens, caller="greedy_generate")
+    stop = eos_ids(model)
+    start = time.perf_counter()
+    cache, token = prefill(model, ids)
+    prefill_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    tokens = [token]
+    while len(tokens) < max_new_tokens and tokens[-1] not in stop:
+        tokens.append(int(full_step(model, [tokens[-1]], cache)[-1].argmax()))
+    seconds = time.perf_counter() - start
+    n, L = len(tokens), model.n_layers
+    return GenerationResult(model.name, L, prompt, ids, np.asarray(tokens), np.full(n, L), _full_features(n, L),
+                            np.full(n, L), seconds, prefill_seconds, method="full", cache=cache if keep_cache else None,
+                            text=model.tokenizer.decode(tokens))
+
+
+@torch.no_grad()
+def generate_early_exit(model: LensModel, prompt: str, rule, *, strategy: str = "skip", max_new_tokens: int = 32,
+                        check_every: int = 1, keep_cache: bool = False) -> GenerationResult:
+    """Greedy generation from ``prompt`` where each new token exits at the first checked layer whose
+    ``rule.stop_proba_online`` reaches ``rule.threshold`` (checks at ``rule.min_layer``, then every
+    ``check_every`` layers, and at L), with the cache ``strategy`` ``"skip"`` | ``"propagate"`` |
+    ``"recompute"`` for the layers above each exit (see the module's docstring). Batch size 1.
+
+    Errors: ``TypeError`` for a prompt that is not a string or a rule without ``threshold`` / ``min_layer``
+    / ``stop_proba_online``; ``ValueError`` for an empty prompt, ``max_new_tokens`` < 1, a prompt too long for
+    the context, an unknown strategy, a rule on label-word features or with ``min_layer`` outside 1..L;
+    ``UnsupportedStrategyError`` for ``"propagate"`` outside the Llama-style families."""
+    ids = check_generation_args(model, prompt, max_new_tokens, caller="generate_early_exit")
+    strategy = check_strategy(model, strategy)
+    check_int(check_every, "check_every", low=1)
+    L = model.n_layers
+    threshold, min_layer = check_rule(rule, L)
+    stop = eos_ids(model)
+    with _PatchedLayers(model) as patched:
+        start = time.perf_counter()
+        cache, token = prefill(model, ids)
+        prefill_seconds = time.perf_counter() - start
+        start = time.perf_counter()
+        tokens, exits, computed = [token], [L], [L]
+        features = {k: [v] for k, v in zip(GENERATION_FEATURES, [L, 1.0, np.nan, np.nan, np.nan, np.nan])}
+        while len(tokens) < max_new_tokens and tokens[-1] not in stop:
+            step = exit_step(model, patched, tokens[-1], cache, rule, threshold, min_layer, strategy, check_every)
+            tokens.append(step.token)
+            exits.append(step.exit_layer)
+            computed.append(step.layers_computed)
+            for k in GENERATION_FEATURES:
+                features[k].append(step.features[k])
+        seconds = time.perf_counter() - start
+    return GenerationResult(model.name, L, prompt, ids, np.asarray(tokens), np.asarray(exits),
+                            {k: np.asarray(v, dtype=float) for k, v in features.items()}, np.asarray(computed),
+                            seconds, prefill_seconds, method=strategy, rule=str(rule),
+                            cache=cache if keep_cache else None, text=model.tokenizer.decode(tokens))
+
+
+@torch.no_grad()
+def sequence_nll(model: LensModel, prompt_tokens: Sequence[int], new_tokens: Sequence[int]) -> float:
+    """The full model's mean negative log-likelihood (nats per token) of ``new_tokens`` after
+    ``prompt_tokens``: one forward pass over both (a quality proxy for generated text)."""
+    new_tokens = [int(t) for t in new_tokens]
+    if not new_tokens:
+        raise ValueError("sequence_nll() needs at least one new token")
+    ids = torch.tensor([list(prompt_tokens) + new_tokens], dtype=torch.long, device=model.device)
+    kwargs = _head_kwargs(model, len(new_tokens) + 1)
+    logits = model.hf_model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False, **kwargs).logits[0]
+    logits = logits[-(len(new_tokens) + 1):-1].float()
+    logp = torch.log_softmax(logits, dim=-1)
+    target = torch.tensor(new_tokens, device=logits.device)
+    return float(-logp[torch.arange(len(new_tokens)), target].mean())

@@ -1,0 +1,177 @@
+"""Early exit during generation (``adainfer_lib.generation``): self-speculative decoding equals the full
+model's greedy output, a rule that never exits equals it for every cache strategy, "recompute" leaves the
+full model's cache, "propagate" writes the full model's keys/values when given the true states, and bad
+inputs give clear errors. Tiny random models of several families; the default model in the slow tests."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import adainfer_lib as ai
+from adainfer_lib.generation import loop
+from conftest import make_tiny_model
+
+PROMPT = "The movie was a long and winding story about"
+FAMILIES = ["llama", "qwen2", "gemma3_text", "gpt2", "opt"]
+NEVER = ai.TopProbRule(1.01, min_layer=1)
+
+
+def hf_greedy(model, prompt, n):
+    ids = torch.tensor([model.tokenizer(prompt)["input_ids"]])
+    out = model.hf_model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=n)
+    return out[0, ids.shape[1]:].tolist()
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def tiny(request, default_tokenizer):
+    return make_tiny_model(request.param, default_tokenizer)
+
+
+@pytest.fixture(scope="module")
+def tiny_llama(default_tokenizer):
+    return make_tiny_model("llama", default_tokenizer)
+
+
+def test_speculative_equals_generate(tiny):
+    reference = hf_greedy(tiny, PROMPT, 12)
+    assert ai.greedy_generate(tiny, PROMPT, max_new_tokens=12).tokens.tolist() == reference
+    for rule, k in [(ai.TopProbRule(0.0, min_layer=1), 3), (ai.TopProbRule(0.0, min_layer=2), 1), (NEVER, 2)]:
+        result = ai.speculative_generate(tiny, PROMPT, rule, draft_tokens=k, max_new_tokens=12)
+        assert result.tokens.tolist() == reference, (rule, k)
+        assert result.verify_passes >= 1 and 0 <= result.accepted <= result.drafted
+    assert ai.speculative_generate(tiny, PROMPT, NEVER, draft_tokens=3, max_new_tokens=12).acceptance_rate == 1.0
+
+
+def test_never_exit_equals_full_model_for_every_strategy(tiny):
+    reference = hf_greedy(tiny, PROMPT, 10)
+    for strategy in ai.CACHE_STRATEGIES:
+        if strategy == "propagate" and tiny.hf_model.config.model_type not in loop.PROPAGATE_MODEL_TYPES:
+            with pytest.raises(ai.UnsupportedStrategyError, match="Llama"):
+                ai.generate_early_exit(tiny, PROMPT, NEVER, strategy=strategy, max_new_tokens=10)
+            continue
+        result = ai.generate_early_exit(tiny, PROMPT, NEVER, strategy=strategy, max_new_tokens=10)
+        assert result.tokens.tolist() == reference, strategy
+        assert (result.exit_layers == tiny.n_layers).all() and result.layers_saved == 0.0
+
+
+def test_recompute_leaves_the_full_models_cache(tiny):
+    result = ai.generate_early_exit(tiny, PROMPT, ai.TopProbRule(0.0, min_layer=1), strategy="recompute",
+                                    max_new_tokens=8, keep_cache=True)
+    assert (result.exit_layers[1:] == 1).all() and result.compute_saved == 0.0
+    ids = torch.tensor([result.prompt_tokens + result.tokens[:-1].tolist()])
+    full = tiny.hf_model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True).cache
+    for mine, theirs in zip(result.cache.layers, full.layers):
+        n = min(mine.keys.shape[-2], theirs.keys.shape[-2])  # sliding-window layers keep the last window only
+        torch.testing.assert_close(mine.keys[..., -n:, :], theirs.keys[..., -n:, :], atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(mine.values[..., -n:, :], theirs.values[..., -n:, :], atol=1e-5, rtol=1e-4)
+
+
+def test_recompute_decides_by_the_lens_of_the_full_run(tiny_llama):
+    """With the exact cache, a token that exits at layer k is the lens argmax at k of the full run."""
+    result = ai.generate_early_exit(tiny_llama, PROMPT, ai.TopProbRule(0.0, min_layer=2), strategy="recompute",
+                                    max_new_tokens=6)
+    settling = ai.token_settling(tiny_llama, result)
+    assert (settling["top1"][1:, 2] == result.tokens[1:]).all()
+
+
+def test_skip_leaves_holes_and_propagate_fills_them(tiny_llama):
+    rule = ai.TopProbRule(0.0, min_layer=1)
+    skip = ai.generate_early_exit(tiny_llama, PROMPT, rule, strategy="skip", max_new_tokens=6, keep_cache=True)
+    lengths = [layer.keys.shape[-2] for layer in skip.cache.layers]
+    assert lengths[0] == lengths[1] + 5 == lengths[2] + 5  # the 5 positions fed with an exit: missing above layer 1
+    prop = ai.generate_early_exit(tiny_llama, PROMPT, rule, strategy="propagate", max_new_tokens=6, keep_cache=True)
+    assert len({layer.keys.shape[-2] for layer in prop.cache.layers}) == 1
+    assert skip.compute_saved > 0 and prop.compute_saved > 0
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "gemma", "gemma3_text"])
+def test_propagate_projects_the_full_models_keys(family, default_tokenizer):
+    """Fed the true input state of each layer, the propagation's K/V equal the full model's cache."""
+    model = make_tiny_model(family, default_tokenizer)
+    ids = torch.tensor([model.tokenizer(PROMPT)["input_ids"]])
+    captured = {}
+
+    def grab(index):
+        def hook(_m, args, kwargs):
+            captured[index] = ((args[0] if args else kwargs["hidden_states"])[:, -1:], kwargs["position_embeddings"])
+        return hook
+
+    handles = [layer.register_forward_pre_hook(grab(i), with_kwargs=True) for i, layer in enumerate(model.layers)]
+    try:
+        cache = model.hf_model(input_ids=ids, use_cache=True).cache
+    finally:
+        for h in handles:
+            h.remove()
+
+    class Recorder:
+        def update(self, keys, values, layer_idx):
+            self.kv = (keys, values)
+
+    for index, layer in enumerate(model.layers):
+        hidden, (cos, sin) = captured[index]
+        recorder = Recorder()
+        loop.project_kv(layer, hidden, (cos[:, -1:], sin[:, -1:]), recorder, index)
+        torch.testing.assert_close(recorder.kv[0], cache.layers[index].keys[..., -1:, :], atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(recorder.kv[1], cache.layers[index].values[..., -1:, :], atol=1e-5, rtol=1e-4)
+
+
+def test_bad_inputs(tiny_llama, default_tokenizer):
+    gpt2 = make_tiny_model("gpt2", default_tokenizer)
+    with pytest.raises(TypeError, match="one prompt"):
+        ai.generate_early_exit(tiny_llama, [PROMPT], NEVER)
+    with pytest.raises(ValueError, match="non-empty"):
+        ai.generate_early_exit(tiny_llama, "  ", NEVER)
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        ai.greedy_generate(tiny_llama, PROMPT, max_new_tokens=0)
+    with pytest.raises(ValueError, match="cache strategy"):
+        ai.generate_early_exit(tiny_llama, PROMPT, NEVER, strategy="copy")
+    with pytest.raises(ai.UnsupportedStrategyError, match="'gpt2'"):
+        ai.generate_early_exit(gpt2, PROMPT, NEVER, strategy="propagate")
+    with pytest.raises(TypeError, match="stop_proba_online"):
+        ai.generate_early_exit(tiny_llama, PROMPT, object())
+    label_rule = type("LabelRule", (), {"threshold": 0.5, "min_layer": 1, "resolved_features": ("label_gap",),
+                                        "stop_proba_online": lambda self, f, l, history=None: f["label_gap"]})()
+    with pytest.raises(ValueError, match="no label words"):
+        ai.generate_early_exit(tiny_llama, PROMPT, label_rule)
+    with pytest.raises(ValueError, match="min_layer"):
+        ai.generate_early_exit(tiny_llama, PROMPT, ai.TopProbRule(0.5, min_layer=tiny_llama.n_layers + 1))
+    with pytest.raises(ValueError, match="min_layer"):
+        ai.TopProbRule(0.5, min_layer=0)
+    with pytest.raises(ValueError, match="threshold"):
+        ai.TopProbRule(2.0)
+    with pytest.raises(ValueError, match="draft_tokens"):
+        ai.speculative_generate(tiny_llama, PROMPT, NEVER, draft_tokens=0)
+    with pytest.raises(ValueError, match="context"):
+        ai.greedy_generate(tiny_llama, PROMPT, max_new_tokens=10_000)
+
+
+def test_study_rows_and_summary(tiny_llama):
+    configs = {"skip": ai.GenerationConfig("skip", ai.TopProbRule(0.0, min_layer=2)),
+               "spec": ai.GenerationConfig("speculative", ai.TopProbRule(0.0, min_layer=2), draft_tokens=2)}
+    table = ai.run_generation_study(tiny_llama, [PROMPT, "Another prompt here"], configs, max_new_tokens=5,
+                                    progress=False)
+    assert len(table) == 6 and table[table.config == "full"].full_match.all()
+    summary = ai.summarize_study(table, tiny_llama.n_layers).set_index("config")
+    assert summary.loc["spec", "full_match_rate"] == 1.0 and summary.loc["full", "layers_saved"] == 0.0
+    assert 0 < summary.loc["skip", "layers_saved"] < 1 and summary.loc["skip", "ideal_speedup"] > 1
+    assert ai.generation.agreement_prefix([1, 2, 3], [1, 2, 4]) == 2 and ai.generation.repetition([5, 5, 5, 5]) == pytest.approx(2 / 3)
+
+
+@pytest.mark.slow
+def test_speculative_equals_generate_on_the_default_model(default_model):
+    for prompt in ["Pretty much sucks, but has a funny moment", "The plot of this film"]:
+        reference = hf_greedy(default_model, prompt, 16)
+        for rule in (ai.TopProbRule(0.5, min_layer=20), ai.TopProbRule(0.0, min_layer=15)):
+            result = ai.speculative_generate(default_model, prompt, rule, draft_tokens=4, max_new_tokens=16)
+            assert result.tokens.tolist() == reference
+
+
+@pytest.mark.slow
+def test_never_exit_on_the_default_model(default_model):
+    prompt = "Pretty much sucks, but has a funny moment"
+    reference = hf_greedy(default_model, prompt, 8)
+    never = ai.TopProbRule(1.01, min_layer=default_model.n_layers)
+    for strategy in ai.CACHE_STRATEGIES:
+        assert ai.generate_early_exit(default_model, prompt, never, strategy=strategy, max_new_tokens=8).tokens.tolist() == reference
