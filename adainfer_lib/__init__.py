@@ -12,15 +12,16 @@ from .model import (DEFAULT_MODEL, OFFLINE_MODELS, LayerTrace, LensModel, ModelN
                     UnsupportedArchitectureError, load_model, supported_model_types, trace)
 from .data import (CALIBRATION_METHODS, Calibration, Task, TaskTrace, available_tasks, calibration_report, load_task,
                    trace_task)
-from .exits import (ONLINE_FEATURES, Certification, ExitPolicy, ExitReplay, ExitResult, FixedExitPolicy, FullResult,
-                    ScheduledExitPolicy, certify_threshold, choose_threshold, compare_policies, count_layer_rows,
+from .exits import (ONLINE_FEATURES, Certification, Decisions, ExitPolicy, ExitReplay, ExitResult, ExitRule,
+                    FixedExitPolicy, FullResult, GapThresholdPolicy, ModelMismatchError, OnlineState,
+                    PolicyModelMismatchError, ScheduledExitPolicy, certify_threshold, choose_threshold, compare_policies, count_layer_rows,
                     feature_auc, feature_correlations, feature_table, guarantee_check, label_features,
                     learn_then_test, lens_check_cost, max_certifiable_risk, min_calibration_size, oracle_exit_layers,
                     per_layer_auc, permutation_importance_table, price_of_guarantee, replay_exits, run_early_exit,
                     run_full, simulate, simulate_exits, split_by_example, threshold_sweep, tune_threshold,
                     violation_summary)
 from .exits import runner as early_exit, risk_control
-from .evaluation import (ADAINFER_POLICIES, Evaluation, GapThresholdPolicy, best_within, block_influence,
+from .evaluation import (ADAINFER_POLICIES, Evaluation, PrunedModel, best_within, block_influence,
                          dropped_layers, evaluate, fit_policies, pareto_curves, pareto_front, run_evaluation,
                          shortgpt_curve, suggest_min_layer, time_interleaved)
 from .evaluation import baselines, seeds
@@ -42,14 +43,15 @@ __all__ = [
     "calibration_report",
     # exits
     "ONLINE_FEATURES", "label_features", "feature_table", "feature_auc", "per_layer_auc", "feature_correlations",
-    "permutation_importance_table", "split_by_example", "lens_check_cost", "ExitPolicy", "simulate",
+    "permutation_importance_table", "split_by_example", "lens_check_cost", "ExitRule", "OnlineState", "ExitPolicy", "GapThresholdPolicy", "ModelMismatchError",
+    "PolicyModelMismatchError", "Decisions", "simulate",
     "simulate_exits", "oracle_exit_layers", "threshold_sweep", "choose_threshold", "tune_threshold",
     "compare_policies", "FixedExitPolicy", "ScheduledExitPolicy", "ExitResult", "FullResult", "run_early_exit",
     "run_full", "count_layer_rows", "Certification", "ExitReplay", "replay_exits", "learn_then_test",
     "certify_threshold", "guarantee_check", "violation_summary", "price_of_guarantee", "max_certifiable_risk",
     "min_calibration_size",
     # evaluation
-    "GapThresholdPolicy", "block_influence", "dropped_layers", "ADAINFER_POLICIES", "Evaluation", "fit_policies",
+    "PrunedModel", "block_influence", "dropped_layers", "ADAINFER_POLICIES", "Evaluation", "fit_policies",
     "run_evaluation", "evaluate", "time_interleaved", "pareto_curves", "pareto_front", "shortgpt_curve",
     "best_within", "suggest_min_layer", "plot_pareto", "plot_exit_layers", "plot_speedup",
     # generation

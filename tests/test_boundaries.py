@@ -16,17 +16,19 @@ import pytest
 import torch
 from sklearn.exceptions import NotFittedError
 
-from adainfer_lib.evaluation.baselines import GapThresholdPolicy
+from adainfer_lib.exits.rules import GapThresholdPolicy
 from adainfer_lib.data.calibration import Calibration, fit_calibration
 from adainfer_lib.common.checks import check_exit_layers, check_int, check_number, check_threshold
-from adainfer_lib.exits.runner import FixedExitPolicy, ScheduledExitPolicy, run_early_exit
+from adainfer_lib.exits.rules import FixedExitPolicy, ScheduledExitPolicy
+from adainfer_lib.exits.runner import run_early_exit
 from adainfer_lib import fit_policies, pareto_curves, run_evaluation, shortgpt_curve, suggest_min_layer
 from adainfer_lib.exits.features import feature_table, synthetic_table
 from adainfer_lib.model.lens import LayerTrace
 from adainfer_lib.model.loading import LensModel
-from adainfer_lib.exits.policy import (ExitPolicy, ModelMismatchError, PolicyModelMismatchError, check_policy_model,
-                                 check_trace_model, choose_threshold, compare_policies, simulate, simulate_exits,
-                                 threshold_sweep, tune_threshold)
+from adainfer_lib.exits.identity import ModelMismatchError, PolicyModelMismatchError, check_rule_model, check_trace_model
+from adainfer_lib.exits.policy import ExitPolicy
+from adainfer_lib.exits.tuning import (choose_threshold, compare_policies, simulate, simulate_exits, threshold_sweep,
+                                       tune_threshold)
 from adainfer_lib.model.registry import RegistryPathError, get_submodule
 from adainfer_lib.data.task_trace import TaskTrace
 
@@ -160,7 +162,7 @@ def test_gap_threshold_rule_arguments_are_checked(kwargs, message):
 
 def test_gap_threshold_min_layer_beyond_the_model_is_an_error(llama):
     L = llama.n_layers
-    rule = GapThresholdPolicy(min_layer=L + 1, label_words=WORDS, calibration=np.zeros((L + 1, 2)))
+    rule = GapThresholdPolicy(min_layer=L + 1, label_words=WORDS, calibration=Calibration("raw", np.zeros((L + 1, 2))))
     with pytest.raises(ValueError, match=rf"min_layer must be an integer in 0..{L} \(the model has L={L} layers\), not {L + 1}"):
         run_early_exit(llama, PROMPTS, rule)
     assert (run_early_exit(llama, PROMPTS, replace(rule, min_layer=L)).exit_layers == L).all()
@@ -398,31 +400,31 @@ def test_explorer_refuses_a_dataset_trace_of_another_task(llama, explorer_inputs
 # 4. A policy knows its model
 
 
-def test_check_policy_model_names_both_models_and_both_word_lists():
+def test_check_rule_model_names_both_models_and_both_word_lists():
     policy = policy_of("model-a-111", 8, name="model-a")
-    check_policy_model(policy, SimpleNamespace(cache_id="model-a-111", name="model-a", n_layers=8), label_words=WORDS)
-    check_policy_model(policy, model_id="model-a-111")
+    check_rule_model(policy, SimpleNamespace(cache_id="model-a-111", name="model-a", n_layers=8), label_words=WORDS)
+    check_rule_model(policy, model_id="model-a-111")
     with pytest.raises(PolicyModelMismatchError,
                        match=r"fitted on model 'model-a' \(cache id model-a-111\), not model 'model-b' \(cache id model-b-222\)"):
-        check_policy_model(policy, SimpleNamespace(cache_id="model-b-222", name="model-b", n_layers=8))
+        check_rule_model(policy, SimpleNamespace(cache_id="model-b-222", name="model-b", n_layers=8))
     with pytest.raises(PolicyModelMismatchError, match=r"cache id model-b-222"):
-        check_policy_model(policy, model_id="model-b-222")
+        check_rule_model(policy, model_id="model-b-222")
     with pytest.raises(PolicyModelMismatchError,
                        match=r"carries label words \[' positive', ' negative'\] \(task 'synthetic'\), not \[' yes', ' no'\]"):
-        check_policy_model(policy, label_words=[" yes", " no"])
+        check_rule_model(policy, label_words=[" yes", " no"])
     with pytest.raises(PolicyModelMismatchError, match=r"a model with L=8 layers \('model-a'\), not one with L=5"):
-        check_policy_model(policy, table_of(None, 5))
+        check_rule_model(policy, table_of(None, 5))
 
 
 def test_policies_without_a_recorded_model_pass():
     old = policy_of("model-a-111", 8)
     old.metadata_ = {k: v for k, v in old.metadata.items() if k not in ("model_cache_id", "model", "n_layers")}
-    check_policy_model(old, model_id="anything")  # a policy from an older file: nothing to compare
-    check_policy_model(FixedExitPolicy(2), model_id="anything", label_words=WORDS)
-    check_policy_model(ScheduledExitPolicy([1, 2]), model_id="anything")
-    check_policy_model(GapThresholdPolicy(), SimpleNamespace(cache_id="x", name="x", n_layers=3))
+    check_rule_model(old, model_id="anything")  # a policy from an older file: nothing to compare
+    check_rule_model(FixedExitPolicy(2), model_id="anything", label_words=WORDS)
+    check_rule_model(ScheduledExitPolicy([1, 2]), model_id="anything")
+    check_rule_model(GapThresholdPolicy(), SimpleNamespace(cache_id="x", name="x", n_layers=3))
     with pytest.raises(PolicyModelMismatchError, match=r"carries label words \[' a', ' b'\], not"):
-        check_policy_model(FixedExitPolicy(2, label_words=[" a", " b"]), label_words=WORDS)
+        check_rule_model(FixedExitPolicy(2, label_words=[" a", " b"]), label_words=WORDS)
 
 
 @pytest.mark.parametrize("model_type", TINY_TYPES)
@@ -483,10 +485,10 @@ def test_explorer_refuses_a_policy_of_another_model(llama, default_tokenizer, ex
 
 def test_load_refuses_another_model_through_the_same_check(tmp_path, llama, default_tokenizer):
     policy = policy_of(llama.cache_id, llama.n_layers, name=llama.name)
-    path = policy.save(tmp_path / "p.pkl")
+    path = policy.save(tmp_path / "p.policy")
     assert ExitPolicy.load(path, model=llama).metadata["model_cache_id"] == llama.cache_id
     other = make_tiny_model("llama", default_tokenizer, seed=1)
-    with pytest.raises(PolicyModelMismatchError, match=rf"p.pkl: this policy was fitted on model .*not model '{other.name}' \(cache id {other.cache_id}\)"):
+    with pytest.raises(PolicyModelMismatchError, match=rf"p.policy: this policy was fitted on model .*not model '{other.name}' \(cache id {other.cache_id}\)"):
         ExitPolicy.load(path, model=other)
 
 

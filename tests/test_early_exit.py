@@ -13,8 +13,9 @@ import pytest
 import torch
 
 from adainfer_lib.data.calibration import Calibration, fit_calibration
-from adainfer_lib.exits.runner import (ONLINE_FEATURE_NAMES, ExitResult, FixedExitPolicy, ScheduledExitPolicy,
-                                     measure_check_cost, run_early_exit, run_full)
+from adainfer_lib.exits.identity import ModelIdentity
+from adainfer_lib.exits.rules import FixedExitPolicy, ScheduledExitPolicy
+from adainfer_lib.exits.runner import ONLINE_FEATURE_NAMES, ExitResult, measure_check_cost, run_early_exit, run_full
 from adainfer_lib.model.lens import last_states, trace
 
 PROMPTS = [
@@ -28,16 +29,28 @@ WORDS = [" positive", " negative"]
 
 
 class StubPolicy:
-    """A stand-in for ``ExitPolicy`` (duck typing): stop probability = the calibrated label gap, and a
-    record of every call so tests can see what the policy was shown."""
+    """Any object that implements the ``ExitRule`` interface runs: stop probability = the calibrated label gap,
+    and a record of every call so tests can see what the rule was shown."""
+
+    calibration, label_words, fitted_for, threshold_range = None, None, ModelIdentity(), (None, None)
 
     def __init__(self, threshold=0.5, min_layer=1, needs_full_vocab=False):
         self.threshold, self.min_layer, self.needs_full_vocab = threshold, min_layer, needs_full_vocab
-        self.calls: list[tuple[int, dict, list]] = []
+        self.calls: list[tuple[int, dict, list, np.ndarray]] = []
 
-    def stop_proba_online(self, features, layer, history=None, rows=None):
-        self.calls.append((layer, {k: np.array(v) for k, v in features.items()}, list(history or []), rows))
+    def stop_proba_online(self, features, layer, state):
+        self.calls.append((layer, {k: np.array(v) for k, v in features.items()}, list(state.history),
+                           np.array(state.rows)))
         return np.asarray(features["label_gap"], dtype=float)
+
+    def stop_matrix(self, table):
+        return table.pivot(index="example", columns="layer", values="label_gap").to_numpy()
+
+    def check_layers(self, n_layers, n_examples=None):
+        pass
+
+    def with_threshold(self, threshold):
+        return type(self)(threshold, self.min_layer, self.needs_full_vocab)
 
 
 def _raw(model) -> Calibration:
@@ -204,7 +217,7 @@ def test_prediction_uses_the_calibration(llama):
     L = llama.n_layers
     push = np.zeros((L + 1, 2))
     push[:, 0] = 50.0  # a huge offset against label 0: every prediction becomes label 1
-    res = run_early_exit(llama, PROMPTS, FixedExitPolicy(2), label_words=WORDS, calibration=push)
+    res = run_early_exit(llama, PROMPTS, FixedExitPolicy(2), label_words=WORDS, calibration=Calibration("batch", push))
     assert (res.predictions == 1).all()
     carried = FixedExitPolicy(2, label_words=WORDS, calibration=Calibration("batch", push))
     np.testing.assert_array_equal(run_early_exit(llama, PROMPTS, carried).predictions, res.predictions)
@@ -214,7 +227,12 @@ def test_clear_errors(llama):
     with pytest.raises(ValueError, match="calibration"):
         run_early_exit(llama, PROMPTS, FixedExitPolicy(1), label_words=WORDS)
     with pytest.raises(ValueError, match="shape"):
+        run_early_exit(llama, PROMPTS, FixedExitPolicy(1), label_words=WORDS,
+                       calibration=Calibration("batch", np.zeros((2, 2))))
+    with pytest.raises(TypeError, match="Calibration or 'raw'"):  # one typed form: no bare arrays
         run_early_exit(llama, PROMPTS, FixedExitPolicy(1), label_words=WORDS, calibration=np.zeros((2, 2)))
+    with pytest.raises(TypeError, match="not an exit rule|exit rule"):
+        run_early_exit(llama, PROMPTS, object(), label_words=WORDS, calibration="raw")
     with pytest.raises(ValueError, match="label words"):
         run_early_exit(llama, PROMPTS, FixedExitPolicy(1), calibration="raw")
     with pytest.raises(ValueError, match="prompt"):
@@ -226,7 +244,7 @@ def test_hooks_are_removed_and_model_is_reusable(llama):
     run_early_exit(llama, PROMPTS, StubPolicy(0.3), label_words=WORDS, calibration="raw", batch_size=2)
 
     class Boom(StubPolicy):
-        def stop_proba_online(self, features, layer, history=None, rows=None):
+        def stop_proba_online(self, features, layer, state):
             raise RuntimeError("boom")
 
     with pytest.raises(RuntimeError, match="boom"):

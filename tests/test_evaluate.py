@@ -7,8 +7,11 @@ import pandas as pd
 import pytest
 import torch
 
-from adainfer_lib.evaluation.baselines import (GapThresholdPolicy, block_influence, dropped_layers, first_exit, fixed_exit_layer,
-                                    label_feature_array, layers_to_drop, oracle_exit_layers, random_exit_layers, run_dropped)
+from adainfer_lib.common.replay import first_exit
+from adainfer_lib.evaluation.baselines import (block_influence, dropped_layers, fixed_exit_layer, layers_to_drop,
+                                               random_exit_layers, run_dropped)
+from adainfer_lib.exits.rules import GapThresholdPolicy, label_feature_array
+from adainfer_lib.exits.tuning import oracle_exit_layers
 from adainfer_lib.data.calibration import fit_calibration
 from adainfer_lib.exits.runner import run_early_exit, run_full
 from adainfer_lib import (best_within, pareto_curves, pareto_front, plot_exit_layers, plot_pareto,

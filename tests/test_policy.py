@@ -16,9 +16,12 @@ from sklearn.model_selection import GroupKFold, cross_val_score
 from sklearn.pipeline import Pipeline
 
 from adainfer_lib.exits.features import ONLINE_FEATURES, synthetic_table
-from adainfer_lib.exits.policy import (ExitPolicy, PolicyModelMismatchError, choose_threshold, compare_policies,
-                                 first_exit, oracle_exit_layers, simulate, simulate_exits, threshold_sweep,
-                                 tune_threshold)
+from adainfer_lib.common.replay import first_exit
+from adainfer_lib.exits.identity import PolicyModelMismatchError
+from adainfer_lib.exits.policy import ExitPolicy
+from adainfer_lib.exits.rules import OnlineState
+from adainfer_lib.exits.tuning import (choose_threshold, compare_policies, oracle_exit_layers, simulate, simulate_exits,
+                                       threshold_sweep, tune_threshold)
 
 CLASSIFIERS = ["svm", "crf", "logistic", "threshold"]
 LABEL_FEATURES = ("label_gap", "label_top_prob", "layer_frac")
@@ -138,8 +141,8 @@ def test_crf_marginals_match_crfsuite_and_use_no_future_layer(fitted, test_table
     policy = fitted["crf"]
     one = test_table[test_table.example == 3].sort_values("layer")
     proba = policy.stop_proba(one)
-    design = policy._crf_design(policy._matrix(one[one.layer >= policy.min_layer]))
-    names = policy.crf_attributes_
+    design = policy.scorer_.design(policy._matrix(one[one.layer >= policy.min_layer]))
+    names = policy.scorer_.attributes
     seq = [{names[a]: float(v) for a, v in enumerate(row) if v != 0.0} for row in design]
     ref = [policy.crf_.predict_marginals_single(seq[: k + 1])[-1]["1"] for k in range(len(seq))]
     np.testing.assert_allclose(proba[policy.min_layer:], ref, atol=1e-5)
@@ -159,18 +162,19 @@ def test_crf_marginals_match_crfsuite_and_use_no_future_layer(fitted, test_table
 
 def runner_replay(policy, table, rows_in_batch):
     """Drive ``stop_proba_online`` the way ``early_exit.run_early_exit`` does: from ``min_layer`` on, the
-    features of the still-running rows, a history of earlier checks, stopped rows dropped."""
+    features of the still-running rows, one OnlineState carried across the layers, stopped rows dropped."""
     L = int(table.attrs["n_layers"])
     by_layer = {l: part.set_index("example").loc[rows_in_batch] for l, part in table.groupby("layer")}
     running = np.arange(len(rows_in_batch))
-    history, online = [], np.full((len(rows_in_batch), L + 1), np.nan)
+    state, online = OnlineState(rows=np.asarray(rows_in_batch)), np.full((len(rows_in_batch), L + 1), np.nan)
     for layer in range(policy.min_layer, L + 1):
         part = by_layer[layer].iloc[running]
         feats = {k: part[k].to_numpy() for k in ONLINE_FEATURES}
         feats["layer"] = np.full(len(running), float(layer))
-        proba = policy.stop_proba_online(feats, layer, history=history)
+        state.rows = np.asarray(rows_in_batch)[running]
+        proba = policy.stop_proba_online(feats, layer, state)
         online[running, layer] = proba
-        history.append({"layer": layer, "rows": running, **feats})
+        state.history.append({"layer": layer, "rows": state.rows, **feats})
         running = running[(proba < policy.threshold) & (layer < L)]
         if not len(running):
             break
@@ -190,17 +194,27 @@ def test_online_probabilities_equal_predict_proba(classifier, fitted, test_table
     np.testing.assert_array_equal([np.flatnonzero(s).max() for s in seen], exits)
 
 
-def test_crf_online_with_prefix_dict_and_without_history(fitted, test_table):
+def test_crf_online_carries_its_forward_state_one_step_per_layer(fitted, test_table, monkeypatch):
+    """The CRF's online score steps its forward recursion once per checked layer (linear in depth), with the
+    messages carried in the OnlineState, and equals the offline filtering marginals at every layer."""
     policy = fitted["crf"]
     rows = [1, 2, 3]
     part = test_table[test_table.example.isin(rows)]
     offline = policy.predict_proba(part)[:, 1].reshape(3, 11)
     feats = lambda l: {k: part[part.layer == l][k].to_numpy() for k in policy.features_}
-    prefix = {k: np.stack([feats(l)[k] for l in range(1, 6)], axis=1) for k in policy.features_}
-    np.testing.assert_allclose(policy.stop_proba_online(feats(6), 6, history=prefix), offline[:, 6], atol=1e-12)
     np.testing.assert_allclose(policy.stop_proba_online(feats(1), 1), offline[:, 1], atol=1e-12)
-    with pytest.raises(ValueError, match="history"):
+    with pytest.raises(ValueError, match="OnlineState"):
         policy.stop_proba_online(feats(6), 6)
+    steps = []
+    original = type(policy.scorer_).step
+    monkeypatch.setattr(type(policy.scorer_), "step", lambda self, a, m: steps.append(len(m)) or original(self, a, m))
+    state = OnlineState(rows=np.array(rows))
+    for layer in range(policy.min_layer, 11):
+        np.testing.assert_allclose(policy.stop_proba_online(feats(layer), layer, state), offline[:, layer], atol=1e-12)
+    assert steps == [3] * (11 - policy.min_layer)  # one step per layer, never a replay of the prefix
+    state.rows = np.array([2, 99, 3])
+    with pytest.raises(ValueError, match="earlier checks"):
+        policy.stop_proba_online(feats(10), 10, state)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -282,13 +296,13 @@ def test_save_load_roundtrip_and_wrong_model_is_refused(fitted, train, test_tabl
     meta = policy.metadata
     assert meta["model_cache_id"] == "synthetic-0" and meta["task"] == "synthetic"
     assert meta["features"] == list(LABEL_FEATURES) and meta["label_scheme"] == "settled"
-    assert np.asarray(meta["calibration_offsets"]).shape == (11, 2) and meta["calibration_method"] == "raw"
+    assert meta["calibration_method"] == "raw" and "calibration_offsets" not in meta  # offsets: policy.calibration
     assert meta["adainfer_version"] and meta["n_train_examples"] == 80
     assert policy.calibration.offsets.shape == (11, 2) and policy.label_words == [" l0", " l1"]
-    path = policy.save(tmp_path / "crf.pkl")
-    sidecar = json.loads((tmp_path / "crf.pkl.json").read_text())
+    path = policy.save(tmp_path / "crf.policy")
+    sidecar = json.loads((tmp_path / "crf.policy.json").read_text())
     assert sidecar["classifier"] == "crf" and sidecar["model_cache_id"] == "synthetic-0"
-    assert sorted(os.listdir(tmp_path)) == ["crf.pkl", "crf.pkl.json"]  # no temporary files left
+    assert sorted(os.listdir(tmp_path)) == ["crf.policy", "crf.policy.json"]  # no temporary files left
     loaded = ExitPolicy.load(path, model=SimpleNamespace(cache_id="synthetic-0", name="synthetic"))
     np.testing.assert_array_equal(loaded.predict_proba(test_table), policy.predict_proba(test_table))
     with pytest.raises(PolicyModelMismatchError, match="refit"):
@@ -335,7 +349,7 @@ def test_runner_stop_probabilities_equal_the_replay_on_a_tiny_model(classifier, 
     table = _tiny_tables(model, prompts, words)
     table["consistent"] = table["label_gap"] > table["label_gap"].median()  # any learnable target will do
     policy = ExitPolicy(classifier, features=("label_gap", "gap", "cos_prev", "layer_frac"), min_layer=1).fit(table)
-    _, P = policy.stop_matrix(table)
+    P = policy.stop_matrix(table)
     policy.set_params(threshold=float(np.nanmedian(P[:, 1:])))  # some rows stop early, some run on
     result = run_early_exit(model, prompts, policy, batch_size=5)
     seen = np.isfinite(result.stop_proba)
@@ -364,13 +378,13 @@ def test_real_model_policy_matches_the_early_exit_runner(default_model, tmp_path
         policy = ExitPolicy(classifier, features=("label_gap", "layer_frac"), threshold=0.8, min_layer=10).fit(train)
         assert not policy.needs_full_vocab
         result = run_early_exit(default_model, task.prompts("test"), policy, batch_size=4)
-        _, P = policy.stop_matrix(test)
+        P = policy.stop_matrix(test)
         seen = np.isfinite(result.stop_proba)
         np.testing.assert_allclose(result.stop_proba[seen], P[seen], atol=2e-3)
         exits = policy.exit_layers(test)
         near = (np.abs(P - policy.threshold) < 5e-3).any(1)
         np.testing.assert_array_equal(result.exit_layers[~near], exits[~near])
-    path = policy.save(tmp_path / "p.pkl")
+    path = policy.save(tmp_path / "p.policy")
     assert ExitPolicy.load(path, model=default_model).metadata["model_cache_id"] == default_model.cache_id
     stats = simulate(policy, test)
     assert 0 <= stats["layers_saved"] <= 1 and stats["n"] == 16

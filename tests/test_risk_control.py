@@ -13,9 +13,10 @@ import pytest
 
 import adainfer_lib as ai
 from adainfer_lib import risk_control as rc
-from adainfer_lib.evaluation.baselines import GapThresholdPolicy
+from adainfer_lib.exits.rules import GapThresholdPolicy
 from adainfer_lib.exits.features import synthetic_table
-from adainfer_lib.exits.policy import CLASSIFIERS, first_exit
+from adainfer_lib.common.replay import first_exit
+from adainfer_lib.exits.policy import CLASSIFIERS
 
 
 def binom_cdf(k: int, n: int, p: float) -> float:
@@ -154,7 +155,7 @@ def test_nothing_certified_never_exits_early():
     assert cert.threshold is None and cert.index is None and not cert.certified.any()
     assert cert.tested[0] and not cert.tested[1:].any()
     assert "no threshold is certified" in str(cert) and "never exits early" in str(cert)
-    _, P = certified.stop_matrix(cal)
+    P = certified.stop_matrix(cal)
     assert certified.threshold > np.nanmax(P)
     L = cal.attrs["n_layers"]
     assert (certified.exit_layers(cal) == L).all()
@@ -166,10 +167,10 @@ def test_nothing_certified_never_exits_early():
 def test_never_exit_threshold_is_above_every_stop_value():
     # a stop probability: the top of the threshold range (1.01)
     assert rc.never_exit_threshold(ai.ExitPolicy("logistic")) > 1.0
-    # a threshold on an unbounded feature, and a duck-typed rule: the largest float
+    # a threshold on an unbounded feature: the largest float; the label gap lies in [0, 1]: 1.01
     entropy = ai.ExitPolicy("threshold", features=("entropy",))
     assert rc.never_exit_threshold(entropy) >= 1e300
-    assert rc.never_exit_threshold(GapThresholdPolicy()) == sys.float_info.max
+    assert rc.never_exit_threshold(GapThresholdPolicy()) == 1.01
     P = np.array([[0.0, 5.0, 1e30, np.nan]])
     assert (first_exit(P, rc.never_exit_threshold(entropy), 1) == 3).all()
 
@@ -286,7 +287,7 @@ def test_certifies_duck_typed_threshold_rules_and_unbounded_features():
     layer_rule = ai.ExitPolicy("threshold", features=("layer",)).fit(train)
     _, cert = ai.certify_threshold(layer_rule, cal, delta=0.1)
     assert cert.thresholds[0] >= cert.thresholds[-1] and cert.thresholds.max() > 1
-    with pytest.raises(TypeError, match="stop_matrix"):
+    with pytest.raises(TypeError, match="not an exit rule"):
         ai.certify_threshold(object(), cal)
 
 

@@ -323,8 +323,8 @@ def test_given_policy_is_offered_beside_same_named_ones(tiny, task, policies):
 
 
 def test_load_saved_policies_keeps_this_model_and_task(tmp_path, tiny, policies, default_tokenizer):
-    policies["logistic"].save(tmp_path / f"{tiny.cache_id}-sentiment-logistic.pkl")  # chapter 03's naming
-    (tmp_path / "junk.pkl").write_bytes(b"not a pickle")
+    policies["logistic"].save(tmp_path / f"{tiny.cache_id}-sentiment-logistic.policy")  # chapter 03's naming
+    (tmp_path / "junk.policy").write_bytes(b"not a policy")
     other = make_tiny_model("llama", default_tokenizer, seed=1)  # other weights, other cache id
     assert other.cache_id != tiny.cache_id
     found = load_saved_policies(tiny, "sentiment", tmp_path)

@@ -300,7 +300,7 @@ def check_02_label_gap_change(table, label_gap_change, beats_cos_prev: bool) -> 
 def _replay(policy, train, test, **criterion) -> tuple[float, dict, dict]:
     """(threshold chosen on ``train`` by ``choose_threshold(**criterion)``, the replay on ``test`` with its 95%
     bootstrap interval, the train sweep's chosen row)."""
-    from ..exits.policy import choose_threshold, simulate
+    from ..exits.tuning import choose_threshold, simulate
 
     threshold, sweep = choose_threshold(policy, train, **criterion)
     return threshold, simulate(policy, test, threshold, ci=0.95), sweep[sweep["chosen"]].iloc[0].to_dict()
@@ -481,7 +481,7 @@ def check_04_consistency_threshold(policies, train_traces, test_traces, answer: 
     """Exercise 04.2: ``method``'s threshold chosen on the train trace for ≥ 99% consistency instead of accuracy,
     replayed on the test trace: its layers saved."""
     from ..exits.features import feature_table
-    from ..exits.policy import simulate
+    from ..exits.tuning import simulate
 
     what = f"the layers saved on the {task} test split, a fraction of L"
     problem = _not_a_number(answer, what)

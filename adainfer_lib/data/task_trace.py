@@ -6,6 +6,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from ..common.replay import oracle_exits
 from .calibration import CALIBRATION_METHODS, DEFAULT_CALIBRATION, Calibration, fit_calibration
 from ..model.lens import LayerTrace, trace
 from ..model.loading import LensModel
@@ -86,11 +87,7 @@ class TaskTrace:
 
     def earliest_consistent_layer(self) -> np.ndarray:
         """Oracle exit (n,): the earliest layer from which the prediction equals the final one and stays."""
-        preds = self.predictions()
-        agrees = preds == preds[:, -1:]
-        # Reverse cumulative AND: stays[l] is True when layers l..L all agree with the final prediction.
-        stays = np.flip(np.logical_and.accumulate(np.flip(agrees, axis=1), axis=1), axis=1)
-        return np.argmax(stays, axis=1)
+        return oracle_exits(self.predictions())
 
 
 def fit_task_calibrations(model: LensModel, task, *, full_vocab: bool = True, cache: bool = True,

@@ -27,14 +27,13 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from .baselines import (GapThresholdPolicy, block_influence, dropped_layers, fixed_exit_layer,
-                        layers_to_drop, oracle_exit_layers, pruned_calibration,
-                        random_exit_layers)
-from ..exits.runner import (ExitResult, FixedExitPolicy, resolve_offsets,
-                         run_early_exit, run_full)
 from ..common.checks import check_int
+from ..common.replay import first_exit, oracle_exits
+from ..exits.identity import check_rule_model, check_trace_model
+from ..exits.rules import ExitRule, FixedExitPolicy
+from ..exits.runner import ExitResult, run_early_exit, run_full
 from ..model.loading import LensModel
-from ..exits.policy import check_policy_model, check_trace_model
+from .baselines import PrunedModel, block_influence, fixed_exit_layer, layers_to_drop, random_exit_layers
 
 DEFAULT_BASELINES = ("oracle", "fixed", "random", "shortgpt")
 #: The methods ``pareto_curves`` can sweep besides the given policies.
@@ -87,44 +86,187 @@ def time_interleaved(runners: Mapping[str, Callable[[int], float]], indices: Seq
     return pd.DataFrame(rows)
 
 
-def _policy_offsets(policy, task_trace) -> object:
-    """The policy's own calibration offsets, or the task trace's when the policy carries none."""
-    try:
-        resolve_offsets(policy, None, n_layers=task_trace.n_layers, n_labels=len(task_trace.label_names))
-        return None
-    except ValueError:
-        return task_trace.calibration
-
-
-def _simulated_exits(policy, task_trace) -> np.ndarray | None:
-    """The policy's exits replayed on the trace's feature table (None where that is not available)."""
-    if not hasattr(policy, "exit_layers"):
-        return None
-    try:
-        if isinstance(policy, GapThresholdPolicy):
-            return np.asarray(policy.exit_layers(task_trace))
-        from ..exits.features import feature_table
-
-        return np.asarray(policy.exit_layers(feature_table(task_trace)))
-    except ImportError:
-        return None
-
-
-def _check_policies(policies, model, label_words) -> None:
-    """``TypeError`` unless ``policies`` maps names to exit policies (objects with ``stop_proba_online``);
-    then ``check_policy_model`` of each against ``model`` (a ``LensModel`` or a task trace) and
-    ``label_words`` (``PolicyModelMismatchError`` for one of another model or task)."""
+def check_rules(policies, model, label_words) -> None:
+    """``TypeError`` unless ``policies`` maps names to exit rules (``ExitRule``); then ``check_rule_model`` of
+    each against ``model`` (a ``LensModel`` or a task trace) and ``label_words`` (``PolicyModelMismatchError``
+    for one of another model or task)."""
     if not isinstance(policies, Mapping):
         raise TypeError(f"policies must be a mapping name -> fitted exit policy, not {type(policies).__name__}")
     for name, policy in policies.items():
-        if not callable(getattr(policy, "stop_proba_online", None)):
+        if not isinstance(policy, ExitRule):
             raise TypeError(f"policy {name!r} is a {type(policy).__name__}, not an exit policy "
                             "(ExitPolicy, GapThresholdPolicy, FixedExitPolicy, ...)")
-        check_policy_model(policy, model, label_words=label_words)
+        check_rule_model(policy, model, label_words=label_words)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The methods of one evaluation
+
+
+@dataclass
+class Method:
+    """One row of the evaluation: its ``exits`` and ``predictions`` (n,) over the test prompts, how they were
+    obtained (``kind``), ``time_one(i)`` → seconds of a batch-1 run on test prompt ``i`` (same prompt-prefix
+    cache for all), and ``extra`` columns."""
+
+    name: str
+    kind: str
+    exits: np.ndarray
+    predictions: np.ndarray
+    time_one: Callable[[int], float]
+    extra: dict = field(default_factory=dict)
+    timed_results: list[ExitResult] = field(default_factory=list)
+
+
+@dataclass
+class _Setting:
+    """What every method of one evaluation shares."""
+
+    model: LensModel
+    task: object
+    task_trace: object
+    prompts: list[str]
+    batch_size: int
+    progress: bool
+
+    @property
+    def words(self) -> list[str]:
+        return list(self.task.label_words)
+
+    @property
+    def prefix(self) -> str | None:  # every run, timed or not, reuses the prompt-prefix KV cache (the fair comparison)
+        return getattr(self.task, "prefix", None)
+
+    def exit_run(self, prompts: list[str], rule, calibration, batch_size: int = 1) -> ExitResult:
+        return run_early_exit(self.model, prompts, rule, label_words=self.words, calibration=calibration,
+                              batch_size=batch_size, prefix=self.prefix, progress=self.progress and batch_size > 1)
+
+
+def _full_method(s: _Setting) -> Method:
+    def time_one(i: int) -> float:
+        return float(run_full(s.model, [s.prompts[i]], label_words=s.words, calibration=s.task_trace.calibration,
+                              prefix=s.prefix).seconds[0])
+
+    n, L = len(s.prompts), s.model.n_layers
+    return Method("full", "dense", np.full(n, L), s.task_trace.final_predictions(), time_one)
+
+
+def _policy_method(s: _Setting, name: str, rule, table) -> Method:
+    """A real early-exit run of ``rule`` on every test prompt; ``trace_agreement``: the share of exits equal to
+    its replay on the trace's feature table ``table``."""
+    calibration = rule.calibration if rule.calibration is not None else s.task_trace.calibration
+    res = s.exit_run(s.prompts, rule, calibration, batch_size=s.batch_size)
+    simulated = first_exit(rule.stop_matrix(table), rule.threshold, rule.min_layer)
+    method = Method(name, "real early exit", res.exit_layers, res.predictions, lambda i: 0.0,
+                    extra={"trace_agreement": float(np.mean(simulated == res.exit_layers)), "result": res})
+
+    def time_one(i: int) -> float:
+        timed = s.exit_run([s.prompts[i]], rule, calibration)
+        method.timed_results.append(timed)
+        return float(timed.seconds[0])
+
+    method.time_one = time_one
+    return method
+
+
+def _replayed_method(s: _Setting, name: str, exits: np.ndarray) -> Method:
+    """A baseline whose exits are decided without a classifier: accuracy replayed from the trace (the logit
+    lens at layer k equals a real exit at k), timed with real exits."""
+    def time_one(i: int) -> float:
+        return float(s.exit_run([s.prompts[i]], FixedExitPolicy(int(exits[i])), s.task_trace.calibration).seconds[0])
+
+    preds = s.task_trace.predictions()[np.arange(len(exits)), exits]
+    return Method(name, "trace replay (timed real)", np.asarray(exits), preds, time_one)
+
+
+def _shortgpt_method(s: _Setting, target_depth: float, n_influence: int, n_calibration: int) -> tuple[Method, np.ndarray]:
+    """ShortGPT at the same depth: the ``round(L × (1 − target_depth / L))`` least influential layers removed."""
+    L = s.model.n_layers
+    k = int(round(L * (1 - target_depth / L)))
+    influence = block_influence(s.model, s.task.prompts("train")[:n_influence], batch_size=s.batch_size,
+                                progress=s.progress)
+    pruned = PrunedModel.build(s.model, layers_to_drop(influence, k), label_words=s.words,
+                               calibration_prompts=s.task.prompts("train")[:n_calibration], batch_size=s.batch_size)
+    res = pruned.run(s.prompts, label_words=s.words, batch_size=s.batch_size, prefix=s.prefix, progress=s.progress)
+
+    def time_one(i: int) -> float:
+        return float(pruned.run([s.prompts[i]], label_words=s.words, prefix=s.prefix).seconds[0])
+
+    method = Method("shortgpt", "real, layers removed", np.full(len(s.prompts), pruned.n_layers), res.predictions,
+                    time_one, extra={"dropped": ",".join(str(i + 1) for i in pruned.drop), "drop": pruned.drop})
+    return method, influence
+
+
+def _baseline_methods(s: _Setting, baselines: Sequence[str], target: float, *, seed: int, n_influence: int,
+                      n_calibration: int) -> tuple[list[Method], np.ndarray | None]:
+    """The equal-budget baselines at mean depth ``target``, in the order oracle, fixed, random, shortgpt."""
+    n, L = len(s.prompts), s.model.n_layers
+    exits = {"oracle": lambda: oracle_exits(s.task_trace.predictions()),
+             "fixed": lambda: np.full(n, fixed_exit_layer(target, L)),
+             "random": lambda: random_exit_layers(n, target, L, seed=seed)}
+    methods = [_replayed_method(s, name, make()) for name, make in exits.items() if name in baselines]
+    influence = None
+    if "shortgpt" in baselines:
+        shortgpt, influence = _shortgpt_method(s, target, n_influence, n_calibration)
+        methods.append(shortgpt)
+    return methods, influence
 
 
 # ---------------------------------------------------------------------------------------------------
 # The evaluation
+
+
+def _check_evaluation(model, task, policies, *, task_trace, baselines, match, n_timing, repeats, batch_size,
+                      n_influence, n_calibration) -> None:
+    """Every argument check of ``run_evaluation``, before any work (see its errors)."""
+    check_rules(policies, model, task.label_words)
+    if match is not None and match not in policies:
+        raise ValueError(f"match must be the name of one of the policies {list(policies)}, not {match!r}")
+    check_int(n_timing, "n_timing", low=0, none_ok=True)
+    for value, name, low in ((repeats, "repeats", 1), (batch_size, "batch_size", 1), (n_influence, "n_influence", 1),
+                             (n_calibration, "n_calibration", 0)):
+        check_int(value, name, low=low)
+    if task_trace is not None:
+        check_trace_model(task_trace, model)
+        if list(task_trace.trace.label_words) != list(task.label_words):
+            raise ValueError(f"task_trace has label words {list(task_trace.trace.label_words)}, the task "
+                             f"{list(task.label_words)}: trace this task (trace_task(model, task))")
+    unknown = set(baselines) - set(DEFAULT_BASELINES)
+    if unknown:
+        raise ValueError(f"unknown baselines {sorted(unknown)}; choose from {DEFAULT_BASELINES}")
+    if not policies and set(baselines) - {"oracle"}:
+        raise ValueError("the fixed, random and shortgpt baselines match a policy's depth: give at least one policy")
+
+
+def _check_cost(method: Method, mean_full_seconds: float, n_layers: int, n_runs: int) -> dict:
+    """The mean cost of one exit check in units of one layer, from the method's last ``n_runs`` timed runs."""
+    runs = method.timed_results[-n_runs:] if n_runs else []
+    if not runs:
+        return {}
+    check = np.concatenate([r.check_seconds for r in runs]).sum()
+    checks = sum(int(np.isfinite(r.stop_proba).sum()) for r in runs)
+    return {"check_cost": (check / max(checks, 1)) / (mean_full_seconds / n_layers),
+            "checks_per_example": checks / len(runs)}
+
+
+def _table_row(method: Method, *, task: str, gold: np.ndarray, full: Method, mean_s: pd.Series, timed: list[int],
+               n_layers: int) -> dict:
+    L, n = n_layers, len(gold)
+    depth = float(np.mean(method.exits))
+    acc, acc_full = float(np.mean(method.predictions == gold)), float(np.mean(full.predictions == gold))
+    measured = float(mean_s["full"] / mean_s[method.name]) if method.name in mean_s and "full" in mean_s else np.nan
+    timed_depth = float(np.mean(method.exits[timed])) if timed else np.nan
+    ideal_timed = L / timed_depth if timed and timed_depth > 0 else np.nan
+    return {
+        "task": task, "method": method.name, "kind": method.kind, "n": n, "accuracy_full": acc_full,
+        "accuracy": acc, "accuracy_change_pts": 100 * (acc - acc_full),
+        "consistency": float(np.mean(method.predictions == full.predictions)), "mean_exit_layer": depth,
+        "depth": depth / L, "layers_saved": 1 - depth / L, "ideal_speedup": L / depth if depth > 0 else np.inf,
+        "measured_speedup": measured, "ideal_speedup_timed": ideal_timed, "speedup_ratio": measured / ideal_timed,
+        "n_timed": len(timed), "ms_per_example": 1000 * float(mean_s.get(method.name, np.nan)),
+        **{k: method.extra.get(k, np.nan if k != "dropped" else "") for k in
+           ("check_cost", "checks_per_example", "trace_agreement", "dropped")},
+    }
 
 
 def run_evaluation(
@@ -144,7 +286,7 @@ def run_evaluation(
     seed: int = 0,
     progress: bool = True,
 ) -> Evaluation:
-    """Evaluate ``policies`` (name -> fitted exit policy) and ``baselines`` on ``task``'s test split.
+    """Evaluate ``policies`` (name -> exit rule) and ``baselines`` on ``task``'s test split.
 
     ``task_trace`` (``trace_task(model, task)``) is computed (cached) when not given. The equal-budget
     baselines match the mean exit depth of ``match`` (default: the first policy). ``n_timing`` prompts
@@ -153,161 +295,50 @@ def run_evaluation(
     prompts with batches of ``batch_size``. ShortGPT's Block Influence uses ``n_influence`` train prompts and
     its re-calibration ``n_calibration``.
 
-    Checked before any work: ``TypeError`` when ``policies`` is not a mapping of exit policies;
-    ``PolicyModelMismatchError`` for a policy fitted on another model or task (``check_policy_model``),
+    Checked before any work: ``TypeError`` when ``policies`` is not a mapping of exit rules;
+    ``PolicyModelMismatchError`` for a policy fitted on another model or task (``check_rule_model``),
     ``ModelMismatchError`` for a ``task_trace`` of another model; ``ValueError`` for a ``task_trace`` of other
     label words, a ``match`` that is not a policy's name, or counts out of range (``n_timing`` >= 0 or None,
     ``repeats``, ``batch_size``, ``n_influence`` >= 1, ``n_calibration`` >= 0).
     """
     from ..data.task_trace import trace_task
+    from ..exits.features import feature_table
 
-    _check_policies(policies, model, task.label_words)
-    if match is not None and match not in policies:
-        raise ValueError(f"match must be the name of one of the policies {list(policies)}, not {match!r}")
-    check_int(n_timing, "n_timing", low=0, none_ok=True)
-    for value, name, low in ((repeats, "repeats", 1), (batch_size, "batch_size", 1), (n_influence, "n_influence", 1),
-                             (n_calibration, "n_calibration", 0)):
-        check_int(value, name, low=low)
-    if task_trace is not None:
-        check_trace_model(task_trace, model)
-        if list(task_trace.trace.label_words) != list(task.label_words):
-            raise ValueError(f"task_trace has label words {list(task_trace.trace.label_words)}, the task "
-                             f"{list(task.label_words)}: trace this task (trace_task(model, task))")
-    if task_trace is None:
-        task_trace = trace_task(model, task, progress=progress)
-    tt = task_trace
+    _check_evaluation(model, task, policies, task_trace=task_trace, baselines=baselines, match=match,
+                      n_timing=n_timing, repeats=repeats, batch_size=batch_size, n_influence=n_influence,
+                      n_calibration=n_calibration)
+    tt = task_trace if task_trace is not None else trace_task(model, task, progress=progress)
     prompts = task.prompts("test")
     n, L = len(prompts), model.n_layers
     if tt.n_examples != n:
         raise ValueError(f"task_trace has {tt.n_examples} examples, the task's test split {n}")
-    unknown = set(baselines) - set(DEFAULT_BASELINES)
-    if unknown:
-        raise ValueError(f"unknown baselines {sorted(unknown)}; choose from {DEFAULT_BASELINES}")
-    if not policies and set(baselines) - {"oracle"}:
-        raise ValueError("the fixed, random and shortgpt baselines match a policy's depth: give at least one policy")
-    words = list(task.label_words)
-    prefix = getattr(task, "prefix", None)  # every run, timed or not, reuses the prompt-prefix KV cache (the fair comparison)
-    gold = np.asarray(tt.gold)
-    full_pred = tt.final_predictions()
-    trace_pred = tt.predictions()
-    rows_idx = np.arange(n)
-    timed = list(range(n if n_timing is None else min(n, n_timing)))
-
-    exits: dict[str, np.ndarray] = {"full": np.full(n, L)}
-    predictions: dict[str, np.ndarray] = {"full": full_pred}
-    kinds: dict[str, str] = {"full": "dense"}
-    results: dict[str, ExitResult] = {}
-    extra: dict[str, dict] = {"full": {}}
-    offsets = {name: _policy_offsets(p, tt) for name, p in policies.items()}
-
-    # 1. the policies, real runs on every test prompt
-    for name, policy in policies.items():
-        res = run_early_exit(model, prompts, policy, label_words=words, calibration=offsets[name],
-                             batch_size=batch_size, prefix=prefix, progress=progress)
-        results[name] = res
-        exits[name], predictions[name], kinds[name] = res.exit_layers, res.predictions, "real early exit"
-        sim = _simulated_exits(policy, tt)
-        extra[name] = {"trace_agreement": float(np.mean(sim == res.exit_layers)) if sim is not None else np.nan}
-
-    # 2. equal-budget baselines
+    s = _Setting(model, task, tt, prompts, batch_size, progress)
+    table = feature_table(tt) if policies else None
+    methods = [_full_method(s)] + [_policy_method(s, name, rule, table) for name, rule in policies.items()]
     match = match or (next(iter(policies)) if policies else None)
-    target = float(np.mean(exits[match])) if match else float(L)
-    if "oracle" in baselines:
-        exits["oracle"] = oracle_exit_layers(tt)
-    if "fixed" in baselines:
-        exits["fixed"] = np.full(n, fixed_exit_layer(target, L))
-    if "random" in baselines:
-        exits["random"] = random_exit_layers(n, target, L, seed=seed)
-    for name in ("oracle", "fixed", "random"):
-        if name in exits:
-            predictions[name] = trace_pred[rows_idx, exits[name]]
-            kinds[name] = "trace replay (timed real)"
-            extra[name] = {}
-    influence, drop, drop_offsets = None, [], None
-    if "shortgpt" in baselines:
-        k = int(round(L * (1 - target / L)))
-        influence = block_influence(model, task.prompts("train")[:n_influence], batch_size=batch_size,
-                                    progress=progress)
-        drop = layers_to_drop(influence, k)
-        drop_offsets = pruned_calibration(model, drop, task.prompts("train")[:n_calibration], label_words=words,
-                                          batch_size=batch_size)
-        with dropped_layers(model, drop):
-            res = run_full(model, prompts, label_words=words, calibration=drop_offsets, batch_size=batch_size,
-                           prefix=prefix, progress=progress)
-        exits["shortgpt"], predictions["shortgpt"] = np.full(n, L - len(drop)), res.predictions
-        kinds["shortgpt"] = "real, layers removed"
-        extra["shortgpt"] = {"dropped": ",".join(str(i + 1) for i in drop)}
+    target = float(np.mean(methods[list(policies).index(match) + 1].exits)) if match else float(L)
+    baseline_methods, influence = _baseline_methods(s, baselines, target, seed=seed, n_influence=n_influence,
+                                                    n_calibration=n_calibration)
+    methods += baseline_methods
 
-    # 3. wall-clock, batch size 1, interleaved
-    def full_runner(i: int) -> float:
-        return float(run_full(model, [prompts[i]], label_words=words, calibration=tt.calibration,
-                              prefix=prefix).seconds[0])
-
-    timed_results: dict[str, list[ExitResult]] = {name: [] for name in policies}
-
-    def policy_runner(name: str) -> Callable[[int], float]:
-        def run(i: int) -> float:
-            res = run_early_exit(model, [prompts[i]], policies[name], label_words=words, calibration=offsets[name],
-                                 prefix=prefix)
-            timed_results[name].append(res)
-            return float(res.seconds[0])
-        return run
-
-    def layer_runner(name: str) -> Callable[[int], float]:
-        def run(i: int) -> float:
-            policy = FixedExitPolicy(int(exits[name][i]))
-            return float(run_early_exit(model, [prompts[i]], policy, label_words=words,
-                                        calibration=tt.calibration, prefix=prefix).seconds[0])
-        return run
-
-    def shortgpt_runner(i: int) -> float:
-        with dropped_layers(model, drop):
-            return float(run_full(model, [prompts[i]], label_words=words, calibration=drop_offsets,
-                                  prefix=prefix).seconds[0])
-
-    runners: dict[str, Callable[[int], float]] = {"full": full_runner}
-    runners.update({name: policy_runner(name) for name in policies})
-    runners.update({name: layer_runner(name) for name in ("oracle", "fixed", "random") if name in exits})
-    if "shortgpt" in exits:
-        runners["shortgpt"] = shortgpt_runner
-    timings = time_interleaved(runners, timed, repeats=repeats, warmup=warmup, progress=progress) if timed else \
-        pd.DataFrame(columns=["example", "method", "seconds"])
+    timed = list(range(n if n_timing is None else min(n, n_timing)))
+    timings = time_interleaved({m.name: m.time_one for m in methods}, timed, repeats=repeats, warmup=warmup,
+                               progress=progress) if timed else pd.DataFrame(columns=["example", "method", "seconds"])
     mean_s = timings.groupby("method").seconds.mean() if len(timings) else pd.Series(dtype=float)
-    for name in policies:
-        runs = timed_results[name][-len(timed) * repeats:] if timed else []
-        if runs:
-            check = np.concatenate([r.check_seconds for r in runs]).sum()
-            checks = sum(int(np.isfinite(r.stop_proba).sum()) for r in runs)
-            extra[name]["check_cost"] = (check / max(checks, 1)) / (mean_s["full"] / L)
-            extra[name]["checks_per_example"] = checks / len(runs)
-
-    # 4. the table
-    acc_full = float(np.mean(full_pred == gold))
-    rows = []
-    for name in exits:
-        depth = float(np.mean(exits[name]))
-        acc = float(np.mean(predictions[name] == gold))
-        measured = float(mean_s["full"] / mean_s[name]) if name in mean_s and "full" in mean_s else np.nan
-        ideal = L / depth if depth > 0 else np.inf
-        timed_depth = float(np.mean(exits[name][timed])) if timed else np.nan
-        ideal_timed = L / timed_depth if timed and timed_depth > 0 else np.nan
-        rows.append({
-            "task": task.name, "method": name, "kind": kinds[name], "n": n, "accuracy_full": acc_full,
-            "accuracy": acc, "accuracy_change_pts": 100 * (acc - acc_full),
-            "consistency": float(np.mean(predictions[name] == full_pred)), "mean_exit_layer": depth,
-            "depth": depth / L, "layers_saved": 1 - depth / L, "ideal_speedup": ideal,
-            "measured_speedup": measured, "ideal_speedup_timed": ideal_timed,
-            "speedup_ratio": measured / ideal_timed,
-            "n_timed": len(timed), "ms_per_example": 1000 * float(mean_s.get(name, np.nan)),
-            **{k: extra[name].get(k, np.nan if k != "dropped" else "") for k in
-               ("check_cost", "checks_per_example", "trace_agreement", "dropped")},
-        })
-    table = pd.DataFrame(rows)
+    for method in methods[1:len(policies) + 1]:
+        method.extra.update(_check_cost(method, mean_s.get("full", np.nan), L, len(timed) * repeats))
+    gold = np.asarray(tt.gold)
+    rows = [_table_row(m, task=task.name, gold=gold, full=methods[0], mean_s=mean_s, timed=timed, n_layers=L)
+            for m in methods]
     meta = {"model": model.name, "weights": model.weights_note, "task": task.name, "n": n, "n_layers": L,
             "match": match, "n_timing": len(timed), "repeats": repeats, "batch_size": batch_size}
-    table.attrs.update(meta)
-    return Evaluation(table=table, exits=exits, predictions=predictions, timings=timings, gold=gold, n_layers=L,
-                      influence=influence, dropped=drop, results=results, meta=meta)
+    out = pd.DataFrame(rows)
+    out.attrs.update(meta)
+    shortgpt = next((m for m in methods if m.name == "shortgpt"), None)
+    return Evaluation(table=out, exits={m.name: m.exits for m in methods},
+                      predictions={m.name: m.predictions for m in methods}, timings=timings, gold=gold, n_layers=L,
+                      influence=influence, dropped=shortgpt.extra["drop"] if shortgpt else [],
+                      results={m.name: m.extra["result"] for m in methods if "result" in m.extra}, meta=meta)
 
 
 def evaluate(model: LensModel, task, policies: Mapping[str, object], **kwargs) -> pd.DataFrame:

@@ -34,7 +34,8 @@ def fit_policies(train_trace, specs: Mapping[str, dict] | None = None, *, min_la
     ``ValueError`` for ``min_layer`` neither "auto" nor an integer in 0..L, for a spec that is not a dict of
     ``ExitPolicy`` parameters, and for ``max_loss`` / ``cv`` as in ``choose_threshold``."""
     from ..exits.features import feature_table
-    from ..exits.policy import ExitPolicy, tune_threshold
+    from ..exits.policy import ExitPolicy
+    from ..exits.tuning import tune_threshold
 
     if min_layer != "auto":
         check_int(min_layer, "min_layer", low=0, high=train_trace.n_layers,

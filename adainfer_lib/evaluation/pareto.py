@@ -3,29 +3,24 @@ removed, the non-dominated front and the best point within an accuracy budget.""
 
 from __future__ import annotations
 
-import copy
 from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
 from ..common.checks import check_choice, check_int, check_threshold
-from ..exits.policy import check_trace_model
-from ..exits.runner import run_full
+from ..common.replay import Decisions, first_exit, metrics_at, oracle_exits
+from ..exits.identity import check_trace_model
+from ..exits.rules import label_feature_array
 from ..model.loading import LensModel
-from .baselines import (GapThresholdPolicy, block_influence, dropped_layers, first_exit, label_feature_array,
-                        layers_to_drop, oracle_exit_layers, pruned_calibration, random_exit_layers)
-from .evaluate import PARETO_METHODS, _check_policies
+from .baselines import PrunedModel, block_influence, layers_to_drop, random_exit_layers
+from .evaluate import PARETO_METHODS, check_rules
 
-def _point(method: str, param: float, exits: np.ndarray, task_trace) -> dict:
-    preds = task_trace.predictions()
-    gold = np.asarray(task_trace.gold)
-    chosen = preds[np.arange(len(exits)), exits]
-    acc_full = float(np.mean(preds[:, -1] == gold))
-    acc = float(np.mean(chosen == gold))
-    return {"method": method, "param": float(param), "accuracy": acc, "accuracy_change_pts": 100 * (acc - acc_full),
-            "consistency": float(np.mean(chosen == preds[:, -1])), "layers_saved": 1 - float(np.mean(exits)) / task_trace.n_layers,
-            "mean_exit_layer": float(np.mean(exits))}
+def _point(method: str, param: float, exits: np.ndarray, decisions: Decisions) -> dict:
+    m = metrics_at(decisions, exits)
+    return {"method": method, "param": float(param), **{k: m[k] for k in ("accuracy", "accuracy_change_pts",
+                                                                          "consistency", "layers_saved",
+                                                                          "mean_exit_layer")}}
 
 
 def pareto_curves(
@@ -56,29 +51,27 @@ def pareto_curves(
         raise ValueError("thresholds is empty: give at least one threshold (or None for the default grid)")
     thresholds = [check_threshold(t, "each threshold") for t in thresholds]
     check_int(gap_min_layer, "gap_min_layer", low=0, high=L)
-    _check_policies(policies or {}, tt, None)
+    check_rules(policies or {}, tt, None)
     if table is not None:
         check_trace_model(table, tt)
+    decisions = Decisions.from_task_trace(tt)
     rows = []
     for name, policy in (policies or {}).items():
-        if table is None and not isinstance(policy, GapThresholdPolicy):
+        if table is None:
             from ..exits.features import feature_table
 
             table = feature_table(tt)
-        for t in thresholds:
-            swept = copy.copy(policy)
-            swept.threshold = float(t)
-            exits = swept.exit_layers(tt if isinstance(policy, GapThresholdPolicy) else table)
-            rows.append(_point(name, t, np.asarray(exits), tt))
+        stop = policy.stop_matrix(table)
+        rows += [_point(name, t, first_exit(stop, float(t), policy.min_layer), decisions) for t in thresholds]
     if "oracle" in methods:
-        rows.append(_point("oracle", np.nan, oracle_exit_layers(tt), tt))
+        rows.append(_point("oracle", np.nan, oracle_exits(decisions.predictions), decisions))
     if "fixed" in methods:
-        rows += [_point("fixed", k, np.full(n, k), tt) for k in range(1, L + 1)]
+        rows += [_point("fixed", k, np.full(n, k), decisions) for k in range(1, L + 1)]
     if "random" in methods:
-        rows += [_point("random", m, random_exit_layers(n, m, L, seed=seed), tt) for m in range(1, L + 1)]
+        rows += [_point("random", m, random_exit_layers(n, m, L, seed=seed), decisions) for m in range(1, L + 1)]
     if "gap" in methods:
         gaps = label_feature_array(tt, "label_gap")
-        rows += [_point("label gap threshold", t, first_exit(gaps, t, gap_min_layer), tt) for t in thresholds]
+        rows += [_point("label gap threshold", t, first_exit(gaps, t, gap_min_layer), decisions) for t in thresholds]
     return pd.DataFrame(rows)
 
 
@@ -126,10 +119,10 @@ def shortgpt_curve(model: LensModel, task, ks: Sequence[int], *, n: int | None =
     rows = []
     for k in ks:
         drop = layers_to_drop(influence, k)
-        offsets = pruned_calibration(model, drop, train, label_words=task.label_words, batch_size=batch_size)
-        with dropped_layers(model, drop):
-            res = run_full(model, prompts, label_words=task.label_words, calibration=offsets, batch_size=batch_size,
-                           prefix=getattr(task, "prefix", None), progress=progress)
+        pruned = PrunedModel.build(model, drop, label_words=task.label_words, calibration_prompts=train,
+                                   batch_size=batch_size)
+        res = pruned.run(prompts, label_words=task.label_words, batch_size=batch_size,
+                         prefix=getattr(task, "prefix", None), progress=progress)
         acc = float(np.mean(res.predictions == gold))
         row = {"method": "shortgpt", "param": float(k), "accuracy": acc, "layers_saved": len(drop) / L,
                "mean_exit_layer": float(L - len(drop)), "n": len(prompts)}

@@ -59,7 +59,7 @@ def policies_over_seeds(model, make_task: Callable[..., object], seeds: Sequence
     lost in ``metric``) and evaluate it on the seed's test table. One row per (seed, policy), the oracle
     included; the columns of ``compare_policies`` plus ``seed`` and ``task``."""
     from ..exits.features import feature_table
-    from ..exits.policy import compare_policies
+    from ..exits.tuning import compare_policies
 
     frames = []
     for seed in seeds:

@@ -30,6 +30,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from ..common.replay import n_layers_of, settled_mask
 from ..data.calibration import label_log_softmax
 
 #: Features an exit rule may use while the model runs: nothing that needs later layers (``kl_to_final``)
@@ -59,12 +60,6 @@ def label_features(calibrated_scores: np.ndarray) -> dict[str, np.ndarray]:
     top = -np.sort(-probs, axis=-1)
     gap = top[..., 0] - (top[..., 1] if probs.shape[-1] > 1 else 0.0)
     return {"label_top_prob": top[..., 0], "label_gap": gap, "pred": scores.argmax(-1)}
-
-
-def settled_mask(preds: np.ndarray) -> np.ndarray:
-    """``(n, L+1)`` bool: the prediction equals the final one at this layer and at every later layer."""
-    agrees = preds == preds[:, -1:]
-    return np.flip(np.logical_and.accumulate(np.flip(agrees, axis=1), axis=1), axis=1)
 
 
 def _table(columns: dict[str, np.ndarray], n: int, layers: int) -> pd.DataFrame:
@@ -128,11 +123,6 @@ def feature_table(task_trace) -> pd.DataFrame:
         "calibration": tt.calibration.to_dict(),
     })
     return table
-
-
-def n_layers_of(table: pd.DataFrame) -> int:
-    """L of a feature table: ``attrs["n_layers"]`` where present, else its largest layer."""
-    return int(table.attrs.get("n_layers", table["layer"].max()))
 
 
 def describe(table: pd.DataFrame) -> str:

@@ -42,7 +42,6 @@ hundreds of calibration/test splits of one traced pool without running the model
 
 from __future__ import annotations
 
-import copy
 import math
 import sys
 import warnings
@@ -53,7 +52,9 @@ import numpy as np
 import pandas as pd
 
 from .features import n_layers_of
-from .policy import first_exit
+from ..common.replay import first_exit
+from .policy import ExitPolicy
+from .rules import ExitRule
 
 RISKS = ("disagreement", "accuracy_drop")
 P_VALUE_METHODS = ("binomial", "hoeffding_bentkus")
@@ -173,17 +174,11 @@ def min_calibration_size(delta: float, epsilon: float) -> int:
 
 
 def rule_stop_matrix(rule, table: pd.DataFrame) -> np.ndarray:
-    """P(stop) (n, L+1) of an exit rule on a feature table, examples in ascending id order: ``rule.stop_matrix``
-    (``ExitPolicy``: SVM, CRF, logistic, threshold), or the table column ``rule.feature`` for duck-typed
-    threshold rules (``baselines.GapThresholdPolicy``). TypeError for anything else."""
-    if hasattr(rule, "stop_matrix"):
-        return np.asarray(rule.stop_matrix(table)[1], dtype=np.float64)
-    feature = getattr(rule, "feature", None)
-    if isinstance(feature, str) and feature in table.columns:
-        wide = table.pivot(index="example", columns="layer", values=feature).sort_index().sort_index(axis=1)
-        return wide.to_numpy(dtype=np.float64)
-    raise TypeError(f"{type(rule).__name__} gives no stop probabilities on a table: an exit rule needs "
-                    "stop_matrix(table) (ai.ExitPolicy) or a `feature` column name (a threshold rule)")
+    """P(stop) (n, L+1) of an exit rule (``rules.ExitRule``) on a feature table, examples in ascending id
+    order. TypeError for anything that is not an exit rule."""
+    if not isinstance(rule, ExitRule):
+        raise TypeError(f"{type(rule).__name__} is not an exit rule (ai.ExitPolicy, ai.GapThresholdPolicy, ...)")
+    return np.asarray(rule.stop_matrix(table), dtype=np.float64)
 
 
 def default_candidates(stop_proba: np.ndarray, min_layer: int = 1) -> np.ndarray:
@@ -293,7 +288,7 @@ def replay_exits(rule, table: pd.DataFrame, thresholds: Sequence[float] | None =
         raise ValueError(f"the table must hold every layer 0..{L} of every example (stop matrix {P.shape}, "
                          f"decisions {preds.shape})")
     return replay_matrices(P, preds, first["final_pred"].to_numpy(), first["gold"].to_numpy(),
-                           min_layer=int(getattr(rule, "min_layer", 1)), thresholds=thresholds,
+                           min_layer=int(rule.min_layer), thresholds=thresholds,
                            examples=first["example"].to_numpy(),
                            meta={k: table.attrs.get(k) for k in ("model", "task", "split")})
 
@@ -409,7 +404,7 @@ def learn_then_test(replay: ExitReplay, idx=None, *, delta: float = 0.02, epsilo
 
 
 def _looks_like_fit_table(rule, table: pd.DataFrame) -> bool:
-    meta = getattr(rule, "metadata", {}) or {}
+    meta = rule.metadata if isinstance(rule, ExitPolicy) else {}
     same = all(meta.get(k) == table.attrs.get(k) for k in ("task", "split"))
     return bool(meta) and same \
         and meta.get("n_train_examples") == table["example"].nunique()
@@ -418,17 +413,15 @@ def _looks_like_fit_table(rule, table: pd.DataFrame) -> bool:
 def never_exit_threshold(rule) -> float:
     """A threshold above every stop probability ``rule`` can give, so it never exits early: the top of its
     ``threshold_range`` (1.01 for stop probabilities in [0, 1]), else the largest finite float."""
-    high = (getattr(rule, "threshold_range", None) or (None, None))[1]
+    high = rule.threshold_range[1]
     return float(high) if high is not None and np.isfinite(high) else sys.float_info.max
 
 
 def certified_copy(rule, certification: Certification):
     """A copy of ``rule`` whose ``threshold`` is the certified one (``never_exit_threshold`` when none is),
     with the ``Certification`` attached as ``certification_``; it runs through ``run_early_exit`` unchanged."""
-    out = copy.copy(rule)
-    out.threshold = never_exit_threshold(rule) if certification.threshold is None else float(certification.threshold)
-    if hasattr(out, "_proba_cache"):
-        out._proba_cache = {}
+    out = rule.with_threshold(never_exit_threshold(rule) if certification.threshold is None
+                              else float(certification.threshold))
     out.certification_ = certification
     return out
 

@@ -24,22 +24,22 @@ The prediction is the argmax of the calibrated label scores at the exit layer, t
 
 from __future__ import annotations
 
-import inspect
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
 
 from ..data.calibration import Calibration, label_log_softmax
-from ..common.checks import check_exit_layers, check_threshold
 from ..model.inputs import Batch, _find_cache, label_token_ids, prepare_prompts
 from ..model.lens import lens_stats
 from ..model.loading import LensModel
-from .policy import check_policy_model
+from .features import label_features
+from .identity import check_rule_model
+from .rules import ExitRule, OnlineState
 
 #: Features ``run_early_exit`` computes at every checked layer (full-vocabulary ones are NaN unless the
 #: policy needs the full vocabulary, or ``full_vocab=True``).
@@ -140,76 +140,25 @@ class FullResult:
 # Resolving what the policy carries
 
 
-def _label_features(scores: np.ndarray) -> dict[str, np.ndarray]:
-    """``features.label_features`` where it exists (the single definition), else the same rule here:
-    probabilities = softmax of the calibrated scores; top-1 probability, top-1 minus top-2, argmax."""
-    try:
-        from .features import label_features
-    except ImportError:  # features.py not there yet
-        probs = np.exp(label_log_softmax(scores))
-        top = -np.sort(-probs, axis=-1)
-        gap = top[:, 0] - (top[:, 1] if probs.shape[1] > 1 else 0.0)
-        return {"label_top_prob": top[:, 0], "label_gap": gap, "pred": probs.argmax(-1)}
-    return label_features(scores)
-
-
-def _meta(policy) -> dict:
-    meta = getattr(policy, "metadata", None)
-    if callable(meta):
-        meta = meta()
-    return meta if isinstance(meta, dict) else {}
-
-
-def resolve_offsets(policy, calibration=None, *, n_layers: int, n_labels: int) -> np.ndarray:
-    """Calibration offsets (L+1, C) for the online label features and the prediction.
-
-    ``calibration`` (a ``Calibration``, an array (L+1, C) or ``"raw"``) wins; otherwise the policy's own
-    (``policy.calibration``, ``policy.calibration_offsets`` or ``metadata["calibration_offsets"]``).
-    """
-    source = calibration
-    if source is None:
-        for name in ("calibration", "calibration_offsets", "offsets"):
-            value = getattr(policy, name, None)
-            if value is not None:
-                source = value
-                break
-        else:
-            meta = _meta(policy)
-            source = meta.get("calibration_offsets", meta.get("calibration"))
-    if isinstance(source, str):
-        if source != "raw":
-            raise ValueError(f"calibration {source!r} is a method name, not offsets: pass the fitted Calibration "
-                             "(e.g. task_trace.calibration), an array (L+1, C), or 'raw'.")
+def calibration_offsets(calibration: Calibration | str | None, *, n_layers: int, n_labels: int) -> np.ndarray:
+    """The offsets (L+1, C) subtracted from the label log-probabilities: those of ``calibration`` (a
+    ``Calibration``), zeros for ``"raw"``. ``ValueError`` for None (say which calibration), another string, or
+    offsets of another shape (fitted for another model or task); ``TypeError`` for anything else."""
+    if isinstance(calibration, str):
+        if calibration != "raw":
+            raise ValueError(f"calibration {calibration!r} is a method name, not offsets: pass the fitted Calibration "
+                             "(e.g. task_trace.calibration) or 'raw'.")
         return np.zeros((n_layers + 1, n_labels))
-    if isinstance(source, Calibration):
-        source = source.offsets
-    if isinstance(source, dict) and "offsets" in source:
-        source = source["offsets"]
-    if source is None:
-        raise ValueError(
-            "run_early_exit needs calibration offsets for the label scores: the policy carries none "
-            "(policy.calibration / metadata['calibration_offsets']), so pass calibration=<Calibration | "
-            "array (L+1, C) | 'raw'>.")
-    offsets = np.asarray(source, dtype=np.float64)
+    if calibration is None:
+        raise ValueError("the label scores need calibration offsets and the rule carries none (rule.calibration "
+                         "is None): pass calibration=<task_trace.calibration | 'raw'>.")
+    if not isinstance(calibration, Calibration):
+        raise TypeError(f"calibration must be a Calibration or 'raw', not {type(calibration).__name__}")
+    offsets = np.asarray(calibration.offsets, dtype=np.float64)
     if offsets.shape != (n_layers + 1, n_labels):
         raise ValueError(f"calibration offsets have shape {offsets.shape}, expected {(n_layers + 1, n_labels)} "
                          "(L+1 layers x label words): fitted for another model or task?")
     return offsets
-
-
-def resolve_label_words(policy, label_words: Sequence[str] | None) -> list[str]:
-    words = label_words or getattr(policy, "label_words", None) or _meta(policy).get("label_words")
-    if not words:
-        raise ValueError("run_early_exit needs the task's label words (label_words=task.label_words).")
-    return list(words)
-
-
-def _accepts(fn: Callable, name: str) -> bool:
-    try:
-        params = inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return False
-    return name in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -240,20 +189,20 @@ class _BatchRun:
     """Hook state for one batch: which original rows the running hidden states hold, who has exited."""
 
     def __init__(self, model: LensModel, policy, *, inputs: Batch, offsets: np.ndarray, label_ids: torch.Tensor,
-                 full_vocab: bool, min_layer: int, threshold: float, row_ids: np.ndarray, pass_rows: bool):
+                 full_vocab: bool, min_layer: int, threshold: float, row_ids: np.ndarray):
         self.model, self.policy = model, policy
         self.L = model.n_layers
         self.inputs = inputs
         self.batch = batch = inputs.size
         self.offsets, self.label_ids = offsets, label_ids
         self.full_vocab, self.min_layer, self.threshold = full_vocab, min_layer, threshold
-        self.row_ids, self.pass_rows = np.asarray(row_ids), pass_rows  # prompt index of each batch row
+        self.row_ids = np.asarray(row_ids)  # prompt index of each batch row
         self.rows = torch.arange(batch)  # original rows held by the running hidden states, in order
         self.done = np.zeros(batch, dtype=bool)
         self.prev: torch.Tensor | None = None  # (batch, hidden) last state of the previous layer
         self.slice_cache: dict = {}
         self.check_seconds = 0.0
-        self.history: list[dict] = []
+        self.state = OnlineState(rows=self.row_ids)  # what the rule carries from layer to layer
         C = len(label_ids)
         self.exit_layer = np.full(batch, -1)
         self.stop_proba = np.full((batch, self.L + 1), np.nan)
@@ -329,12 +278,10 @@ class _BatchRun:
             feats["cos_prev"] = torch.nn.functional.cosine_similarity(h, prev, dim=-1).double().cpu().numpy()
         else:
             feats["cos_prev"] = np.full(n, np.nan)
-        feats.update({k: np.asarray(v) for k, v in _label_features(scores).items()})
-        kwargs = {"history": self.history}
-        if self.pass_rows:
-            kwargs["rows"] = self.row_ids[rows]
-        proba = np.asarray(self.policy.stop_proba_online(feats, layer, **kwargs), dtype=np.float64).reshape(n)
-        self.history.append({**feats, "layer": layer, "rows": rows})
+        feats.update({k: np.asarray(v) for k, v in label_features(scores).items()})
+        self.state.rows = self.row_ids[rows]
+        proba = np.asarray(self.policy.stop_proba_online(feats, layer, self.state), dtype=np.float64).reshape(n)
+        self.state.history.append({**feats, "layer": layer, "rows": self.state.rows})
         self.stop_proba[rows, layer] = proba
         stop = (proba >= self.threshold) | (layer >= self.L)
         for pos in np.flatnonzero(stop):
@@ -379,16 +326,16 @@ def run_early_exit(
     progress: bool = False,
 ) -> ExitResult:
     """Run ``prompts`` through ``model``, stopping each at the first layer ``>= policy.min_layer`` whose
-    ``policy.stop_proba_online(features, layer, history=...)`` is ``>= policy.threshold`` (else at ``L``).
+    ``policy.stop_proba_online(features, layer, state)`` is ``>= policy.threshold`` (else at ``L``).
 
     Compute really stops: layers after a row's exit do not run for that row (batch > 1: the pre-hooks drop
-    it from the running batch; when no row is left the forward pass is aborted). ``policy`` needs
-    ``threshold``, ``min_layer``, ``stop_proba_online`` and optionally ``needs_full_vocab`` (default False:
-    label rows of the unembedding only, the cheap check). ``features`` passed to the policy are arrays over
-    the rows still running: ``ONLINE_FEATURE_NAMES`` plus ``pred``; ``history`` lists the earlier checked
-    layers' features (dicts with ``layer``, ``rows`` (batch rows) and the features); a policy whose method
-    accepts ``rows=`` also gets the prompt index of each row. ``full_vocab=True`` computes the
-    full-vocabulary features even when the policy does not need them (slower checks).
+    it from the running batch; when no row is left the forward pass is aborted). ``policy`` is an
+    ``ExitRule`` (``TypeError`` otherwise); its ``needs_full_vocab`` says whether a check needs the LM head over
+    the full vocabulary or only the label rows of the unembedding (the cheap check). ``features`` passed to it
+    are arrays over the rows still running: ``ONLINE_FEATURE_NAMES`` plus ``pred``; ``state`` is the batch's
+    ``OnlineState`` (each running row's prompt index, the earlier checks, the rule's carried memory).
+    ``calibration`` (a ``Calibration`` or ``"raw"``) overrides the rule's own. ``full_vocab=True`` computes the
+    full-vocabulary features even when the rule does not need them (slower checks).
 
     Inputs go through ``inputs.prepare_prompts`` (the same checks, label-word resolution and right padding
     as ``lens.trace``); with ``prefix_cache`` the prompts' shared token prefix runs once (outside the timed
@@ -400,16 +347,21 @@ def run_early_exit(
 
     prepared = prepare_prompts(model, prompts, caller="run_early_exit", batch_size=batch_size,
                                prefix_cache=prefix_cache, prefix=prefix)
-    words = resolve_label_words(policy, label_words)
-    check_policy_model(policy, model, label_words=words, n_examples=len(prepared.texts))  # PolicyModelMismatchError
+    if not isinstance(policy, ExitRule):
+        raise TypeError(f"run_early_exit takes an exit rule (ExitPolicy, GapThresholdPolicy, FixedExitPolicy, ...), "
+                        f"not {type(policy).__name__}")
+    words = list(label_words or policy.label_words or [])
+    if not words:
+        raise ValueError("run_early_exit needs the task's label words (label_words=task.label_words).")
+    check_rule_model(policy, model, label_words=words, n_examples=len(prepared.texts))  # PolicyModelMismatchError
     L = model.n_layers
-    offsets = resolve_offsets(policy, calibration, n_layers=L, n_labels=len(words))
+    offsets = calibration_offsets(policy.calibration if calibration is None else calibration, n_layers=L,
+                                  n_labels=len(words))
     label_ids = torch.tensor(label_token_ids(model.tokenizer, words, prepared.texts[0], owner=model.name),
                              dtype=torch.long, device=model.device)
-    need_full = bool(getattr(policy, "needs_full_vocab", False)) if full_vocab is None else bool(full_vocab)
-    min_layer = int(min(max(int(getattr(policy, "min_layer", 1)), 0), L))
-    threshold = float(getattr(policy, "threshold"))
-    pass_rows = _accepts(policy.stop_proba_online, "rows")
+    need_full = bool(policy.needs_full_vocab) if full_vocab is None else bool(full_vocab)
+    min_layer = int(min(max(int(policy.min_layer), 0), L))
+    threshold = float(policy.threshold)
 
     n = len(prepared.tokens)
     C = len(words)
@@ -424,8 +376,7 @@ def run_early_exit(
             t0, c0 = time.perf_counter(), time.process_time()
             batch = prepared.batch(idx)
             run = _BatchRun(model, policy, inputs=batch, offsets=offsets, label_ids=label_ids,
-                            full_vocab=need_full, min_layer=min_layer, threshold=threshold, row_ids=idx,
-                            pass_rows=pass_rows)
+                            full_vocab=need_full, min_layer=min_layer, threshold=threshold, row_ids=idx)
             handles = _layer_hooks(model, run)
             try:
                 model.hf_model(**batch.forward_kwargs(model))
@@ -492,7 +443,7 @@ def run_full(
                          f"not {label_words!r}")
     words = list(label_words)
     L = model.n_layers
-    offsets = resolve_offsets(None, calibration, n_layers=L, n_labels=len(words))
+    offsets = calibration_offsets(calibration, n_layers=L, n_labels=len(words))
     label_ids = torch.tensor(label_token_ids(model.tokenizer, words, prepared.texts[0], owner=model.name),
                              dtype=torch.long, device=model.device)
     n = len(prepared.tokens)
@@ -516,91 +467,6 @@ def run_full(
     scores = label_log_softmax(label_logits) - offsets[L]
     return FullResult(predictions=scores.argmax(-1), label_logits=label_logits, scores=scores,
                       seconds=seconds, batch_seconds=batch_seconds, cpu_seconds=cpu_seconds)
-
-
-# ---------------------------------------------------------------------------------------------------
-# Simple exit rules (stand-ins for a fitted ExitPolicy; also the fixed / scheduled baselines)
-
-
-@dataclass(kw_only=True)
-class _ExitRule:
-    """What the runner reads from a policy besides ``stop_proba_online``: a rule needs no classifier.
-
-    Checked where they enter (``ValueError`` naming the bad value and what is allowed): ``threshold`` in
-    [0, 1] (a rule's stop probability is 0 or 1: above 1 it would never stop), ``label_words`` None or a
-    list of non-empty strings; each rule checks its exit layers (integers >= 0) in ``__post_init__``, and
-    against the model's L in ``check_layers`` (called by ``run_early_exit`` through ``check_policy_model``).
-    """
-
-    label_words: list[str] | None = None
-    calibration: object = None
-    needs_full_vocab: bool = False
-    threshold: float = 0.5
-
-    def __post_init__(self) -> None:
-        check_threshold(self.threshold, high=1.0)
-        if self.label_words is not None:
-            if isinstance(self.label_words, str) or not all(isinstance(w, str) and w for w in self.label_words):
-                raise ValueError(f"label_words must be None or a list of non-empty strings, not {self.label_words!r}")
-            self.label_words = list(self.label_words)
-
-    def check_layers(self, n_layers: int | None, n_examples: int | None = None) -> None:
-        """``ValueError`` when the rule's exit layers do not fit a model of ``n_layers`` = L layers (or, for a
-        per-prompt schedule, ``n_examples`` prompts); each rule checks its own layers (none here)."""
-
-
-@dataclass
-class FixedExitPolicy(_ExitRule):
-    """Exit every example at ``layer`` (no check before it: ``min_layer = layer``). ``layer`` is an integer
-    in 0..L (0 = the embeddings): ``ValueError`` for a negative one here, and from ``run_early_exit`` for
-    one beyond the model's L (a 2-layer model cannot exit at layer 5)."""
-
-    layer: int
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        self.layer = int(check_exit_layers(self.layer, None, "FixedExitPolicy layer")[0])
-
-    def check_layers(self, n_layers: int | None, n_examples: int | None = None) -> None:
-        check_exit_layers(self.layer, n_layers, "FixedExitPolicy layer")
-
-    @property
-    def min_layer(self) -> int:
-        return self.layer
-
-    def stop_proba_online(self, features: dict, layer: int, history=None) -> np.ndarray:
-        return np.full(len(features["layer"]), 1.0 if layer >= self.layer else 0.0)
-
-
-@dataclass
-class ScheduledExitPolicy(_ExitRule):
-    """Exit example ``i`` (its index in the prompts passed to ``run_early_exit``) at ``layers[i]``:
-    replays exits decided elsewhere (the oracle, random exits) with real compute skipping.
-
-    ``layers``: a non-empty 1-D sequence of integers in 0..L, one per prompt. ``ValueError`` here for an
-    empty, nested or negative one, and from ``run_early_exit`` for layers beyond the model's L or a length
-    that is not the number of prompts."""
-
-    layers: np.ndarray
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if np.ndim(self.layers) != 1 or len(self.layers) == 0:
-            raise ValueError(f"ScheduledExitPolicy layers must be a non-empty 1-D sequence (one exit layer per "
-                             f"prompt), got {np.asarray(self.layers).shape} array")
-        self.layers = check_exit_layers(self.layers, None, "ScheduledExitPolicy layers")
-
-    def check_layers(self, n_layers: int | None, n_examples: int | None = None) -> None:
-        check_exit_layers(self.layers, n_layers, "ScheduledExitPolicy layers", n_examples=n_examples)
-
-    @property
-    def min_layer(self) -> int:
-        return int(np.min(self.layers))
-
-    def stop_proba_online(self, features: dict, layer: int, history=None, rows=None) -> np.ndarray:
-        if rows is None:
-            raise ValueError("ScheduledExitPolicy needs the row indices (run it through run_early_exit)")
-        return (np.asarray(self.layers)[rows] <= layer).astype(float)
 
 
 @contextmanager

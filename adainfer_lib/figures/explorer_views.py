@@ -31,7 +31,7 @@ from ..data.calibration import Calibration
 from ..exits.features import feature_table
 from ..model.lens import LayerTrace
 from .plots import visible_token
-from ..exits.policy import first_exit
+from ..common.replay import first_exit
 from ..data.task_trace import TaskTrace
 
 LENS_MODES = ("full", "labels")
@@ -252,7 +252,7 @@ class DatasetDecisions:
 def stop_and_decisions(policy, table: pd.DataFrame) -> DatasetDecisions:
     """P(stop) of ``policy`` for every row of the feature table ``table`` (one ``stop_matrix`` call) and the
     decisions of the table's rows, as (n, L+1) matrices (examples in ascending id order)."""
-    _, P = policy.stop_matrix(table)
+    P = policy.stop_matrix(table)
     ordered = table.sort_values(["example", "layer"], kind="stable")
     n = ordered["example"].nunique()
     preds = ordered["pred"].to_numpy().reshape(n, -1)

@@ -36,7 +36,9 @@ from ..model.lens import LayerTrace, trace
 from ..common.paths import data_dir
 from .plots import figure_title
 from ..common.checks import check_int
-from ..exits.policy import ExitPolicy, PolicyModelMismatchError, check_policy_model, check_trace_model, first_exit
+from ..common.replay import first_exit
+from ..exits.identity import PolicyModelMismatchError, check_rule_model, check_trace_model
+from ..exits.policy import ExitPolicy
 
 SNIPPET_CHARS = 70
 
@@ -51,12 +53,12 @@ def policy_label(policy) -> str:
 
 def load_saved_policies(model, task_name: str, directory: str | Path | None = None) -> dict:
     """Policies saved with ``ExitPolicy.save`` under ``directory`` (default ``data/policies``, searched
-    recursively for ``*.pkl``) that were fitted on ``model``'s weights and on ``task_name``, sorted by file:
+    recursively for ``*.policy``) that were fitted on ``model``'s weights and on ``task_name``, sorted by file:
     ``"saved: <file stem without the model's cache id> (<classifier · label scheme>)"`` → policy. Files of
     another model or task, or unreadable ones, are skipped."""
     folder = Path(directory) if directory is not None else data_dir() / "policies"
     found = {}
-    for path in sorted(folder.rglob("*.pkl")) if folder.exists() else []:
+    for path in sorted(folder.rglob("*.policy")) if folder.exists() else []:
         try:
             policy = ExitPolicy.load(path, model=model)
         except Exception:  # noqa: BLE001 - another model's policy, a stale format, not a policy at all
@@ -79,7 +81,7 @@ def _check_explorer_args(model, policy, task, *, policies, dataset_trace, top_k,
                             "(their classifier, label scheme and stop probabilities)")
         candidate._check_fitted()
         try:
-            check_policy_model(candidate, model, label_words=task.label_words)
+            check_rule_model(candidate, model, label_words=task.label_words)
         except PolicyModelMismatchError as err:
             raise PolicyModelMismatchError(f"the explorer cannot show {name} on model {model.name!r}, task "
                                            f"{task.name!r}: {err}") from None
@@ -364,9 +366,7 @@ class ExitExplorer:
             return policy
         key = (self.policy_choice.value, min_layer)
         if key not in self._policy_copies:
-            other = copy.copy(policy)
-            other.min_layer = min_layer
-            other._proba_cache = {}
+            other = copy.copy(policy).set_params(min_layer=min_layer)
             self._policy_copies[key] = other
         return self._policy_copies[key]
 

@@ -1,0 +1,124 @@
+"""The replay kernel: exits and their metrics computed from per-layer decisions, no model needed.
+
+Every replay in the suite — an exit rule's simulated exits, threshold sweeps, the oracle, the fixed and
+random baselines, Pareto curves, Learn-then-Test, the explorer — goes through these few functions:
+
+- ``first_exit(stop_scores (n, L+1), threshold, min_layer) -> (n,)``: the stopping rule on whole
+  trajectories (the first layer ``>= min_layer`` whose score is ``>= threshold``, else L; NaN never stops);
+- ``settled_mask(predictions (n, L+1)) -> (n, L+1)`` and ``oracle_exits(predictions) -> (n,)``: where the
+  decision equals the final one and stays so, and the earliest such layer (the oracle exit);
+- ``Decisions``: ``predictions`` (n, L+1), the full model's ``final`` (n,), ``gold`` (n,), built from a
+  feature table or a ``TaskTrace``; ``metrics_at(decisions, exits)`` gives layers saved, accuracy,
+  consistency and the accuracy change at given exits, and ``sweep`` one row of them per threshold.
+
+Layers are numbered 0 (embeddings) to L; arrays have L + 1 columns.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+
+def first_exit(stop_scores: np.ndarray, threshold: float, min_layer: int = 1) -> np.ndarray:
+    """The stopping rule on whole trajectories: ``stop_scores`` (n, L+1) → exit layer (n,), the first layer
+    ``>= min_layer`` whose score is ``>= threshold``, else L. NaN (a layer never checked) never stops."""
+    scores = np.asarray(stop_scores, dtype=np.float64)
+    L = scores.shape[1] - 1
+    with np.errstate(invalid="ignore"):
+        ok = scores >= threshold
+    ok[:, : max(int(min_layer), 0)] = False
+    ok[:, L] = True
+    return ok.argmax(1)
+
+
+def settled_mask(predictions: np.ndarray) -> np.ndarray:
+    """``(n, L+1)`` bool: the decision at this layer equals the final one (layer L) and stays so at every later
+    layer (a reverse cumulative AND)."""
+    agrees = np.asarray(predictions) == np.asarray(predictions)[:, -1:]
+    return np.flip(np.logical_and.accumulate(np.flip(agrees, axis=1), axis=1), axis=1)
+
+
+def oracle_exits(predictions: np.ndarray) -> np.ndarray:
+    """The oracle exit (n,): the earliest layer from which the decision equals the final one and stays (it
+    needs the full run to know; the upper bound every exit rule is measured against)."""
+    return settled_mask(predictions).argmax(1)
+
+
+def n_layers_of(table: pd.DataFrame) -> int:
+    """L of a feature table: ``attrs["n_layers"]`` where present, else its largest layer."""
+    return int(table.attrs.get("n_layers", table["layer"].max()))
+
+
+def pivot_layers(table: pd.DataFrame, values: np.ndarray) -> np.ndarray:
+    """Per-row ``values`` of a feature table (rows example × layer) as a matrix (n, L+1), examples in ascending
+    id order; NaN where the table has no row."""
+    L = n_layers_of(table)
+    _, inverse = np.unique(table["example"].to_numpy(), return_inverse=True)
+    matrix = np.full((inverse.max() + 1 if len(inverse) else 0, L + 1), np.nan)
+    matrix[inverse, table["layer"].to_numpy()] = values
+    return matrix
+
+
+@dataclass(frozen=True)
+class Decisions:
+    """What a replay needs per example: ``predictions`` (n, L+1) label id at every layer, ``final`` (n,) the
+    full model's decision (layer L), ``gold`` (n,), and ``examples`` (n,) the example ids (ascending)."""
+
+    predictions: np.ndarray
+    final: np.ndarray
+    gold: np.ndarray
+    examples: np.ndarray
+
+    @property
+    def n(self) -> int:
+        return len(self.gold)
+
+    @property
+    def n_layers(self) -> int:
+        return self.predictions.shape[1] - 1
+
+    def at(self, exits: np.ndarray) -> np.ndarray:
+        """The decision (n,) at each example's exit layer."""
+        return self.predictions[np.arange(self.n), np.asarray(exits)]
+
+    @classmethod
+    def from_table(cls, table: pd.DataFrame) -> Decisions:
+        """From a feature table (rows example × layer; columns ``example``, ``layer``, ``pred``, ``final_pred``,
+        ``gold``). Layers missing from the table are NaN in ``predictions`` (``metrics_at`` refuses exits there)."""
+        predictions = pivot_layers(table, table["pred"].to_numpy(dtype=np.float64))
+        first = table.drop_duplicates("example").sort_values("example")
+        return cls(predictions, first["final_pred"].to_numpy(), first["gold"].to_numpy(), first["example"].to_numpy())
+
+    @classmethod
+    def from_task_trace(cls, task_trace) -> Decisions:
+        """From a ``TaskTrace``: its calibrated predictions and gold labels."""
+        preds = np.asarray(task_trace.predictions())
+        return cls(preds, preds[:, -1], np.asarray(task_trace.gold), np.arange(len(preds)))
+
+
+def metrics_at(decisions: Decisions, exits: np.ndarray) -> dict:
+    """Replay given exit layers (n,): ``layers_saved`` = 1 − mean(exit)/L, ``accuracy`` (decision at the exit vs
+    gold), ``consistency`` (vs the full model), ``full_accuracy``, ``accuracy_change_pts`` (100 × difference),
+    ``mean_exit_layer``, ``n``, ``L``. ``ValueError`` when an exit falls on a layer the decisions lack."""
+    exits = np.asarray(exits)
+    at_exit = decisions.at(exits)
+    if np.isnan(np.asarray(at_exit, dtype=np.float64)).any():
+        raise ValueError("some exit layers have no row in the table")
+    L = decisions.n_layers
+    accuracy = float((at_exit == decisions.gold).mean())
+    full = float((decisions.final == decisions.gold).mean())
+    return {"layers_saved": float(1 - exits.mean() / L), "accuracy": accuracy,
+            "consistency": float((at_exit == decisions.final).mean()), "full_accuracy": full,
+            "accuracy_change_pts": 100 * (accuracy - full), "mean_exit_layer": float(exits.mean()),
+            "n": int(len(exits)), "L": int(L)}
+
+
+def sweep(decisions: Decisions, stop_scores: np.ndarray, thresholds: Sequence[float], min_layer: int) -> pd.DataFrame:
+    """One row per threshold: ``threshold`` then the ``metrics_at`` of ``first_exit(stop_scores, threshold,
+    min_layer)``."""
+    return pd.DataFrame([{"threshold": float(t), **metrics_at(decisions, first_exit(stop_scores, t, min_layer))}
+                         for t in thresholds])

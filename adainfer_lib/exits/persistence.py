@@ -1,0 +1,167 @@
+"""Saving and loading fitted exit policies without pickle.
+
+A saved ``ExitPolicy`` is one zip file (suffix ``.policy`` by convention) holding
+
+- ``config.json``: the format tag and version, the constructor parameters, the fitted features, L, the
+  provenance (``ExitPolicy.metadata``), the calibration (method + offsets) and the scorer's kind and config;
+- ``arrays.npz``: the scorer's arrays (the CRF's standardisation, bin edges and weights), read with
+  ``allow_pickle=False``;
+- ``estimator.skops``: the scikit-learn pipeline (SVM, logistic) in skops format, whose loader instantiates only
+  the types it is told to trust: scikit-learn's and numpy's, plus the two private classes of
+  ``CalibratedClassifierCV`` (``TRUSTED_SKLEARN_TYPES``).
+
+Like tuned-lens's config + state files, nothing in the file is executed when it is read: a tampered or foreign
+file is refused with a ``ValueError`` that says what is wrong. A readable ``<file>.json`` sidecar repeats the
+provenance.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from ..common.cache import atomic_write_bytes, atomic_write_text
+from ..data.calibration import Calibration
+from .crf import CRFScorer
+from .identity import PolicyModelMismatchError, check_rule_model
+from .scorers import FeatureScorer, SklearnScorer
+
+FORMAT = "adainfer-exit-policy"
+FORMAT_VERSION = 2
+#: The types a saved scikit-learn pipeline may contain beyond what skops trusts by default.
+TRUSTED_SKLEARN_TYPES = ("sklearn.calibration._CalibratedClassifier", "sklearn.calibration._SigmoidCalibration")
+_MEMBERS = {"config.json", "arrays.npz", "estimator.skops"}
+
+
+def _jsonable_params(params: dict) -> dict:
+    out = {}
+    for key, value in params.items():
+        if isinstance(value, dict):  # class_weight {label: weight}: JSON keys are strings
+            value = {"__dict_items__": [[k, v] for k, v in value.items()]}
+        out[key] = value
+    return out
+
+
+def _params_from_json(params: dict) -> dict:
+    return {k: (dict((a, b) for a, b in v["__dict_items__"]) if isinstance(v, dict) and "__dict_items__" in v else v)
+            for k, v in params.items()}
+
+
+def save_policy(policy, path: str | Path) -> Path:
+    """Write the fitted ``policy`` to ``path`` (atomically) and a readable ``<path>.json`` sidecar. Returns the
+    path. ``NotFittedError`` for an unfitted policy."""
+    import skops.io as sio
+
+    policy._check_fitted()
+    path = Path(path)
+    scorer = policy.scorer_
+    arrays: dict[str, np.ndarray] = {}
+    members: dict[str, bytes] = {}
+    scorer_config: dict = {"kind": scorer.kind}
+    if isinstance(scorer, CRFScorer):
+        arrays = scorer.arrays()
+        scorer_config.update(scorer.config())
+    elif isinstance(scorer, SklearnScorer):
+        members["estimator.skops"] = sio.dumps(scorer.estimator)
+    cal = policy.calibration
+    config = {"format": FORMAT, "format_version": FORMAT_VERSION, "params": _jsonable_params(policy.get_params()),
+              "features_": list(policy.features_), "n_layers_": int(policy.n_layers_), "metadata": policy.metadata,
+              "calibration": None if cal is None else cal.to_dict(), "scorer": scorer_config}
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    members["arrays.npz"] = buffer.getvalue()
+    members["config.json"] = json.dumps(config, indent=1, default=str).encode()
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    atomic_write_bytes(path, out.getvalue())
+    atomic_write_text(path.with_name(path.name + ".json"), json.dumps(policy.metadata, indent=2, default=str))
+    return path
+
+
+def _read_members(path: Path) -> dict[str, bytes]:
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = set(archive.namelist())
+            unknown = names - _MEMBERS
+            if unknown or "config.json" not in names:
+                raise ValueError(f"{path} is not a saved ExitPolicy (members {sorted(names)})")
+            return {name: archive.read(name) for name in names}
+    except (zipfile.BadZipFile, OSError) as err:
+        raise ValueError(f"{path} is not a saved ExitPolicy ({err}): policies are saved with ExitPolicy.save "
+                         f"(format {FORMAT!r} version {FORMAT_VERSION}); older pickle files are not read") from None
+
+
+def _read_config(path: Path, members: dict[str, bytes]) -> dict:
+    try:
+        config = json.loads(members["config.json"])
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: config.json is not valid JSON ({err})") from None
+    if not isinstance(config, dict) or config.get("format") != FORMAT or config.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{path} is not an ExitPolicy file of format {FORMAT!r} version {FORMAT_VERSION}")
+    return config
+
+
+def _load_estimator(path: Path, data: bytes | None):
+    import skops.io as sio
+
+    if data is None:
+        raise ValueError(f"{path}: the policy's scikit-learn pipeline (estimator.skops) is missing")
+    try:
+        untrusted = sio.get_untrusted_types(data=data)
+    except Exception as err:  # noqa: BLE001 - skops raises many kinds on a damaged file
+        raise ValueError(f"{path}: estimator.skops cannot be read ({type(err).__name__}: {err})") from None
+    refused = [t for t in untrusted if t not in TRUSTED_SKLEARN_TYPES]
+    if refused:
+        raise ValueError(f"{path}: estimator.skops contains types that are not scikit-learn's exit classifiers "
+                         f"{refused}: refusing to load it")
+    return sio.loads(data, trusted=list(untrusted))
+
+
+def _scorer(path: Path, config: dict, members: dict[str, bytes]):
+    kind = config["scorer"].get("kind")
+    if kind == "threshold":
+        return FeatureScorer()
+    if kind == "sklearn":
+        return SklearnScorer(_load_estimator(path, members.get("estimator.skops")))
+    if kind == "crf":
+        with np.load(io.BytesIO(members.get("arrays.npz", b"")), allow_pickle=False) as arrays:
+            return CRFScorer.from_saved(config["scorer"], {k: arrays[k] for k in arrays.files})
+    raise ValueError(f"{path}: unknown scorer kind {kind!r}")
+
+
+def load_policy(path: str | Path, model=None):
+    """Read a policy written by ``save_policy``. With ``model`` (a ``LensModel`` or its ``cache_id``), refuse a
+    policy fitted on another model (``PolicyModelMismatchError`` naming the file). ``ValueError`` for a file
+    that is not a saved policy of this format (a pickle, a damaged or tampered zip, foreign types)."""
+    from .policy import ExitPolicy
+
+    path = Path(path)
+    members = _read_members(path)
+    config = _read_config(path, members)
+    try:
+        policy = ExitPolicy(**_params_from_json(config["params"]))
+        policy.features_ = tuple(config["features_"])
+        policy.classes_ = np.array([0, 1])
+        policy.n_layers_ = int(config["n_layers_"])
+        policy.metadata_ = dict(config["metadata"])
+        policy.calibration_ = Calibration.from_dict(config["calibration"]) if config["calibration"] else None
+        policy.scorer_ = _scorer(path, config, members)
+    except (KeyError, TypeError) as err:
+        raise ValueError(f"{path}: the saved policy is incomplete or damaged ({type(err).__name__}: {err})") from None
+    if model is not None:
+        if policy.metadata.get("model_cache_id") is None:
+            import warnings
+
+            warnings.warn(f"{path}: the policy records no model (fitted on a table without attrs); "
+                          "cannot check it matches", stacklevel=2)
+        try:
+            check_rule_model(policy, model)
+        except PolicyModelMismatchError as err:
+            raise PolicyModelMismatchError(f"{path}: {err}") from None
+    return policy

@@ -1,0 +1,288 @@
+"""The exit-rule interface, and the rules that need no classifier.
+
+``ExitRule`` is what every part of the suite reads from a rule — the real early-exit runner, every replay,
+the evaluation, the explorer, Learn-then-Test — and nothing else: no attribute probing, no signature
+inspection. A rule has a stopping ``threshold`` and a ``min_layer`` (the first layer it checks); it exits at
+the first layer ``>= min_layer`` whose stop score is ``>= threshold`` (else at L). Implemented by the learned
+``ExitPolicy`` (``policy.py``) and, here, by:
+
+- ``FixedExitPolicy(layer)``: every prompt exits at ``layer`` (the fixed-depth baseline);
+- ``ScheduledExitPolicy(layers)``: prompt ``i`` exits at ``layers[i]`` (the oracle or random exits, replayed
+  with real compute skipping);
+- ``GapThresholdPolicy``: the stop score is one calibrated label feature (``label_gap`` by default) — the bare
+  rule AdaInfer's classifier has to beat.
+
+Online, the runner calls ``rule.stop_proba_online(features, layer, state)`` once per checked layer with the
+still-running rows' features and an ``OnlineState`` that it carries from layer to layer for the batch (the
+prompt index of each running row, the earlier checks, and a ``memory`` where a rule keeps what it carries —
+the CRF's forward messages).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Mapping, Protocol, Sequence, runtime_checkable
+
+import numpy as np
+import pandas as pd
+
+from ..common.checks import check_choice, check_exit_layers, check_min_layer, check_threshold
+from ..common.replay import Decisions, first_exit, pivot_layers
+from ..data.calibration import Calibration
+from .features import label_features
+from .identity import ModelIdentity
+
+
+@dataclass
+class OnlineState:
+    """What the runner carries for a rule across the checked layers of one batch.
+
+    ``rows`` (B,): the prompt index of each running row (in the prompts given to ``run_early_exit``);
+    ``history``: the earlier checks, oldest first (dicts with ``layer``, ``rows`` and the features);
+    ``memory``: the rule's own state carried from layer to layer (keyed by the rule)."""
+
+    rows: np.ndarray
+    history: list[dict] = field(default_factory=list)
+    memory: dict = field(default_factory=dict)
+
+
+@runtime_checkable
+class ExitRule(Protocol):
+    """An exit rule: what the runner, the replays, the evaluation and the explorer use.
+
+    - ``threshold`` (float) and ``min_layer`` (int): the stopping rule (first layer ``>= min_layer`` whose stop
+      score is ``>= threshold``, else L);
+    - ``needs_full_vocab``: whether a check needs the full vocabulary through the LM head (top_prob, gap,
+      entropy) or only the label-word rows of the unembedding (the cheap check);
+    - ``calibration`` (``Calibration`` or None) and ``label_words`` (list or None): what the rule was fitted
+      with, for the online label features and the prediction;
+    - ``fitted_for``: the ``ModelIdentity`` of the model and task it was fitted on (empty when it needs none);
+    - ``stop_proba_online(features, layer, state) -> (B,)``: the stop scores of the B running rows at ``layer``
+      from their online features (name → (B,) array), ``state`` an ``OnlineState``;
+    - ``stop_matrix(table) -> (n, L+1)``: the stop scores of every example of a feature table at every layer
+      (examples in ascending id order; NaN where never checked): the offline replay;
+    - ``check_layers(n_layers, n_examples)``: ``ValueError`` when its layers do not fit a model of L layers;
+    - ``with_threshold(t)``: a copy at another threshold (and ``threshold_range``: the allowed thresholds).
+    """
+
+    threshold: float
+    min_layer: int
+
+    @property
+    def needs_full_vocab(self) -> bool: ...
+
+    @property
+    def calibration(self) -> Calibration | None: ...
+
+    @property
+    def label_words(self) -> list[str] | None: ...
+
+    @property
+    def fitted_for(self) -> ModelIdentity: ...
+
+    @property
+    def threshold_range(self) -> tuple[float | None, float | None]: ...
+
+    def stop_proba_online(self, features: Mapping[str, np.ndarray], layer: int, state: OnlineState) -> np.ndarray: ...
+
+    def stop_matrix(self, table: pd.DataFrame) -> np.ndarray: ...
+
+    def check_layers(self, n_layers: int | None, n_examples: int | None = None) -> None: ...
+
+    def with_threshold(self, threshold: float) -> ExitRule: ...
+
+
+def exit_layers(rule: ExitRule, table: pd.DataFrame, threshold: float | None = None) -> np.ndarray:
+    """The rule's exits (n,) replayed on a feature table (examples in ascending id order), at ``threshold``
+    (default the rule's own)."""
+    return first_exit(rule.stop_matrix(table), rule.threshold if threshold is None else threshold, rule.min_layer)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Rules without a classifier
+
+
+@dataclass(kw_only=True)
+class _PlainRule:
+    """The shared part of the rules that need no fitting: optional ``label_words`` and ``calibration`` (used
+    for the online label features and the prediction), label rows only, no model identity.
+
+    Checked where they enter (``ValueError`` naming the bad value and what is allowed): ``threshold`` in
+    ``threshold_range``, ``label_words`` None or a list of non-empty strings, ``calibration`` None, ``"raw"`` or
+    a ``Calibration`` (``TypeError`` otherwise)."""
+
+    label_words: list[str] | None = None
+    calibration: Calibration | str | None = None  # a Calibration, "raw" (no offsets) or None
+    threshold: float = 0.5
+
+    threshold_range = (0.0, 1.0)  # a plain rule's stop score is 0 or 1: above 1 it would never stop
+
+    def __post_init__(self) -> None:
+        low, high = self.threshold_range
+        check_threshold(self.threshold, low=low, high=high)
+        if self.label_words is not None:
+            if isinstance(self.label_words, str) or not all(isinstance(w, str) and w for w in self.label_words):
+                raise ValueError(f"label_words must be None or a list of non-empty strings, not {self.label_words!r}")
+            self.label_words = list(self.label_words)
+        if not (self.calibration is None or self.calibration == "raw" or isinstance(self.calibration, Calibration)):
+            raise TypeError(f"calibration must be a Calibration (e.g. task_trace.calibration), 'raw' or None, not "
+                            f"{type(self.calibration).__name__}")
+
+    @property
+    def needs_full_vocab(self) -> bool:
+        return False
+
+    @property
+    def fitted_for(self) -> ModelIdentity:
+        return ModelIdentity()
+
+    def with_threshold(self, threshold: float):
+        out = copy.copy(self)
+        out.threshold = float(threshold)
+        return out
+
+    def _layers_matrix(self, table: pd.DataFrame) -> np.ndarray:
+        """(n, L+1) of 1.0 where the rule's layer for the example is reached, else 0."""
+        decisions = Decisions.from_table(table)
+        layers = np.arange(decisions.n_layers + 1)[None, :]
+        return (self._exit_layer_per_example(decisions.n)[:, None] <= layers).astype(float)
+
+    def _exit_layer_per_example(self, n: int) -> np.ndarray:
+        raise NotImplementedError
+
+
+@dataclass
+class FixedExitPolicy(_PlainRule):
+    """Exit every example at ``layer`` (no check before it: ``min_layer = layer``). ``layer`` is an integer in
+    0..L (0 = the embeddings): ``ValueError`` for a negative one here, and from ``run_early_exit`` for one
+    beyond the model's L (a 2-layer model cannot exit at layer 5)."""
+
+    layer: int
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.layer = int(check_exit_layers(self.layer, None, "FixedExitPolicy layer")[0])
+
+    def check_layers(self, n_layers: int | None, n_examples: int | None = None) -> None:
+        check_exit_layers(self.layer, n_layers, "FixedExitPolicy layer")
+
+    @property
+    def min_layer(self) -> int:
+        return self.layer
+
+    def stop_proba_online(self, features, layer: int, state: OnlineState) -> np.ndarray:
+        return np.full(len(state.rows), 1.0 if layer >= self.layer else 0.0)
+
+    def _exit_layer_per_example(self, n: int) -> np.ndarray:
+        return np.full(n, self.layer)
+
+    def stop_matrix(self, table: pd.DataFrame) -> np.ndarray:
+        return self._layers_matrix(table)
+
+
+@dataclass
+class ScheduledExitPolicy(_PlainRule):
+    """Exit example ``i`` (its index in the prompts passed to ``run_early_exit``) at ``layers[i]``: replays
+    exits decided elsewhere (the oracle, random exits) with real compute skipping.
+
+    ``layers``: a non-empty 1-D sequence of integers in 0..L, one per prompt. ``ValueError`` here for an empty,
+    nested or negative one, and from ``run_early_exit`` for layers beyond the model's L or a length that is not
+    the number of prompts."""
+
+    layers: np.ndarray
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if np.ndim(self.layers) != 1 or len(self.layers) == 0:
+            raise ValueError(f"ScheduledExitPolicy layers must be a non-empty 1-D sequence (one exit layer per "
+                             f"prompt), got {np.asarray(self.layers).shape} array")
+        self.layers = check_exit_layers(self.layers, None, "ScheduledExitPolicy layers")
+
+    def check_layers(self, n_layers: int | None, n_examples: int | None = None) -> None:
+        check_exit_layers(self.layers, n_layers, "ScheduledExitPolicy layers", n_examples=n_examples)
+
+    @property
+    def min_layer(self) -> int:
+        return int(np.min(self.layers))
+
+    def stop_proba_online(self, features, layer: int, state: OnlineState) -> np.ndarray:
+        return (np.asarray(self.layers)[np.asarray(state.rows)] <= layer).astype(float)
+
+    def _exit_layer_per_example(self, n: int) -> np.ndarray:
+        check_exit_layers(self.layers, None, "ScheduledExitPolicy layers", n_examples=n)
+        return np.asarray(self.layers)
+
+    def stop_matrix(self, table: pd.DataFrame) -> np.ndarray:
+        return self._layers_matrix(table)
+
+
+def label_feature_array(task_trace, name: str = "label_gap") -> np.ndarray:
+    """A calibrated label feature (``label_gap`` / ``label_top_prob``) at every layer of a ``TaskTrace``:
+    (n, L+1)."""
+    scores = task_trace.scores()
+    n, layers, c = scores.shape
+    return np.asarray(label_features(scores.reshape(n * layers, c))[name], dtype=np.float64).reshape(n, layers)
+
+
+@dataclass
+class GapThresholdPolicy(_PlainRule):
+    """Exit at the first layer ``>= min_layer`` whose calibrated label gap (top-1 minus top-2 label
+    probability; or ``feature="label_top_prob"``) is ``>= threshold``: the stop score is the feature itself.
+    Label rows only: the cheapest check there is.
+
+    ``ValueError`` at construction for ``threshold`` outside [0, 1.01], ``min_layer`` not an integer >= 0, or
+    ``feature`` other than ``label_gap`` / ``label_top_prob``; ``run_early_exit`` refuses a ``min_layer``
+    beyond the model's L (``check_layers``)."""
+
+    threshold: float = 0.4
+    min_layer: int = 1
+    feature: str = "label_gap"
+
+    threshold_range = (0.0, 1.01)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_min_layer(self.min_layer)
+        check_choice(self.feature, "feature", ("label_gap", "label_top_prob"))
+
+    def check_layers(self, n_layers: int | None, n_examples: int | None = None) -> None:
+        """``ValueError`` when ``min_layer`` is beyond the model's L (``n_layers``; None: not checked)."""
+        if n_layers is not None:
+            check_min_layer(self.min_layer, n_layers)
+
+    @property
+    def features(self) -> list[str]:
+        return [self.feature]
+
+    def stop_proba_online(self, features, layer: int, state: OnlineState) -> np.ndarray:
+        return np.asarray(features[self.feature], dtype=np.float64)
+
+    def stop_matrix(self, table: pd.DataFrame) -> np.ndarray:
+        return pivot_layers(table, table[self.feature].to_numpy(dtype=np.float64))
+
+    def exit_layers(self, data) -> np.ndarray:
+        """Exit layers (n,) from a ``TaskTrace`` or a feature table (rows example x layer)."""
+        scores = label_feature_array(data, self.feature) if hasattr(data, "scores") else self.stop_matrix(data)
+        return first_exit(scores, self.threshold, self.min_layer)
+
+    @classmethod
+    def fit(cls, task_trace, *, max_drop: float = 0.01, min_layers: Sequence[int] | None = None,
+            thresholds: Sequence[float] = tuple(np.round(np.arange(0.05, 1.0, 0.05), 2))) -> GapThresholdPolicy:
+        """Grid search on ``task_trace`` (a trace of the *train* split) over ``thresholds`` x ``min_layers``
+        (default 1..L-1): the pair that saves the most layers while its accuracy stays within ``max_drop``
+        of the full model's (ties: the more accurate). A larger ``min_layer`` also skips the checks below it."""
+        gaps = label_feature_array(task_trace)
+        decisions = Decisions.from_task_trace(task_trace)
+        L = task_trace.n_layers
+        full = float(np.mean(decisions.final == decisions.gold))
+        best = (0.0, full, max(thresholds), 1)  # (layers saved, accuracy, threshold, min_layer)
+        for m in (range(1, L) if min_layers is None else min_layers):
+            for t in sorted(thresholds):
+                exits = first_exit(gaps, t, m)
+                acc = float(np.mean(decisions.at(exits) == decisions.gold))
+                saved = 1 - float(np.mean(exits)) / L
+                if acc >= full - max_drop - 1e-12 and (saved, acc) > best[:2]:
+                    best = (saved, acc, t, m)
+        return cls(threshold=float(best[2]), min_layer=int(best[3]), calibration=task_trace.calibration,
+                   label_words=list(task_trace.trace.label_words))
