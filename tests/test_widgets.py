@@ -18,9 +18,11 @@ from adainfer_lib.figures import explorer_views as views
 from adainfer_lib import trace_task
 from adainfer_lib.data import sources
 from adainfer_lib.exits.features import feature_table
-from adainfer_lib.exits.policy import ExitPolicy, first_exit
+from adainfer_lib.common.replay import first_exit
+from adainfer_lib.exits.policy import ExitPolicy
 from adainfer_lib.data.tasks import load_task
-from adainfer_lib.figures import widgets
+from adainfer_lib.figures import explorer_state
+from adainfer_lib.figures.explorer_state import ExplorerState
 from adainfer_lib.figures.widgets import ExitExplorer, load_saved_policies
 
 from conftest import make_tiny_model
@@ -207,7 +209,7 @@ def test_min_layer_slider_is_respected(explorer, tiny):
             for t in (0.5, 0.9):
                 explorer.threshold.value = t
                 assert shown_exit(explorer)[0] >= m
-            decisions, _ = explorer._dataset_decisions(m)
+            decisions, _ = explorer.state.dataset_decisions(name, m)
             assert (views.exits_at(decisions, float(explorer.threshold.value), m) >= m).all()
             assert f"min layer {m}" in explorer.dataset_summary.value
 
@@ -223,13 +225,13 @@ def test_switching_policy_takes_its_threshold_and_min_layer(explorer, policies):
 
 def test_typed_text_updates_the_token_table_and_is_cached(explorer, monkeypatch):
     calls = []
-    real_trace = widgets.trace
+    real_trace = explorer_state.trace
 
     def counting_trace(*args, **kwargs):
         calls.append(args[1])
         return real_trace(*args, **kwargs)
 
-    monkeypatch.setattr(widgets, "trace", counting_trace)
+    monkeypatch.setattr(explorer_state, "trace", counting_trace)
     before_tokens, before_curves = explorer.tokens.value, explorer.curves.value
     explorer.text.value = "A thoroughly delightful <surprise> of a film."
     explorer.trace_button.click()
@@ -253,14 +255,14 @@ def test_test_examples_come_from_the_dataset_trace_without_running_the_model(exp
         raise AssertionError("a test example should be sliced out of dataset_trace, not traced")
 
     sliced = views.slice_trace(explorer.dataset_trace.trace, 5)
-    monkeypatch.setattr(widgets, "trace", no_model)
+    monkeypatch.setattr(explorer_state, "trace", no_model)
     explorer.example.value = 5
     assert explorer.error is None, explorer.error
     assert explorer.current_text == task.test["text"][5] and explorer.text.value == task.test["text"][5]
     assert explorer.current_gold == task.test["label"][5] and "gold label" in explorer.summary.value
     monkeypatch.undo()
     # the slice equals a fresh trace of the same prompt (batched with padding vs alone: float noise only)
-    fresh = widgets.trace(explorer.model, [task.prompt_for(task.test["text"][5])], label_words=task.label_words,
+    fresh = explorer_state.trace(explorer.model, [task.prompt_for(task.test["text"][5])], label_words=task.label_words,
                           progress=False)
     np.testing.assert_allclose(sliced.label_logits, fresh.label_logits, atol=1e-4)
 
@@ -300,7 +302,7 @@ def test_decisions_use_the_policys_calibration(tiny, task, traces):
     assert (test.with_calibration("raw").predictions() != test.predictions()).any()  # the check can tell them apart
     raw_policy = ExitPolicy("threshold", threshold=0.4).fit(feature_table(train.with_calibration("raw")))
     explorer = ExitExplorer(tiny, raw_policy, task, dataset_trace=test)
-    decisions, _ = explorer._dataset_decisions(explorer.min_layer.value)
+    decisions, _ = explorer.state.dataset_decisions(explorer.policy_choice.value, explorer.min_layer.value)
     np.testing.assert_array_equal(decisions.preds, test.with_calibration("raw").predictions())
     np.testing.assert_array_equal(explorer.table["pred"], test.with_calibration("raw").predictions()[0])
 
@@ -368,3 +370,27 @@ def test_explorer_on_the_default_model_is_interactive(default_model):
           f"{explorer.timings['trace']:.2f}s)")
     # interactive: well under a second on an idle 2-core machine; generous here for shared CI runners
     assert np.median(moves) < 2.0
+
+
+def test_explorer_state_answers_without_any_widget(tiny, task, policies, traces, monkeypatch):
+    """The state behind the explorer runs with ipywidgets unavailable: the input's exit, the split's decisions,
+    sweep and exits, and Learn-then-Test, equal to the replay of the same policy on the same trace."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "ipywidgets", None)  # any import of ipywidgets now fails
+    _, test = traces
+    state = ExplorerState(tiny, policies["logistic"], task, policies=policies, dataset_trace=test)
+    name = state.policy_name
+    found = state.example_exit(state.example_trace(3), task.test["label"][3], name, 0.5, 2)
+    table = feature_table(test)
+    replayed = first_exit(policies["logistic"].stop_matrix(table), 0.5, 2)
+    assert found.exit_layer == replayed[3] and found.stop_proba.shape == (tiny.n_layers + 1,)
+    decisions, sweep = state.dataset_decisions(name, 2)
+    np.testing.assert_array_equal(views.exits_at(decisions, 0.5, 2), replayed)
+    at_half = sweep.set_index("threshold").loc[0.5]
+    assert len(sweep) == len(views.SWEEP_THRESHOLDS) and at_half.layers_saved == pytest.approx(1 - replayed.mean() / tiny.n_layers)
+    exits = state.dataset_exits(name, 0.5, 2)
+    assert len(exits) == test.n_examples and (exits.exit_layer.to_numpy() == replayed).all()
+    assert state.certify(name, 2, 0.1, 0.1) is state.certify(name, 2, 0.1, 0.1)  # once per setting
+    with pytest.raises(ValueError, match="empty"):
+        state.trace_text("   ")
