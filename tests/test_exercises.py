@@ -262,7 +262,7 @@ def test_chapter_04_failure_example(world04):
     evaluations = world04["evaluations"]
     ev = evaluations["sentiment"]
     check = exercises.check_04_failure_example
-    example = ch04.exercise_3(evaluations)
+    example = ch04.failure_example(evaluations)
     assert example is not None and check(evaluations, example)
     assert rejected(check(evaluations, ...), "replace the `...`")
     assert rejected(check(evaluations, None), "at least one")
@@ -274,5 +274,19 @@ def test_chapter_04_failure_example(world04):
     assert rejected(check(evaluations, int(right[0])), "gets example", "right")
     # A policy that never changes a prediction: None is the answer.
     never = dataclasses.replace(ev, predictions={**ev.predictions, "CRF · label features": full})
-    assert ch04.exercise_3({"sentiment": never}) is None
+    assert ch04.failure_example({"sentiment": never}) is None
     assert check({"sentiment": never}, None)
+
+
+def test_chapter_04_exit_before_settling(world04):
+    evaluations = world04["evaluations"]
+    ev = evaluations["sentiment"]
+    check = exercises.check_04_exit_before_settling
+    example = ch04.exercise_3(evaluations)
+    assert check(evaluations, example)
+    assert rejected(check(evaluations, ...), "replace the `...`")
+    assert rejected(check(evaluations, len(ev.gold)), "between 0")
+    margin = np.asarray(ev.exits["CRF · label features"]) - np.asarray(ev.exits["oracle"])
+    later = np.flatnonzero(margin > margin.min())
+    if len(later):
+        assert rejected(check(evaluations, int(later[0])), "smaller difference")

@@ -12,17 +12,24 @@ def exercise_1(tt, fraction: float = 0.9) -> int:
 
 
 def exercise_2(tt) -> dict:
-    """Oracle layers saved and full accuracy with raw (uncalibrated) decisions."""
+    """Oracle layers saved and full accuracy with raw (uncalibrated) decisions.
+
+    Why the oracle can look better while the model is worse: the oracle counts a layer as safe when its decision
+    equals the final one. Raw decisions lean towards one label word (``most_frequent_label_share`` near 1), so
+    the final decision is nearly constant and early layers that already lean the same way "agree" with it for
+    free — without looking at the input. Consistency measures agreement with the full model, not correctness:
+    read it beside accuracy."""
     raw = tt.with_calibration("raw")
     return {"oracle_layers_saved": 1 - raw.earliest_consistent_layer().mean() / raw.n_layers,
             "accuracy_full": float((raw.final_predictions() == raw.gold).mean())}
 
 
 def exercise_3(tt) -> int | None:
-    """An example that agrees with its final answer before settling, then flips away (None if none)."""
+    """An example that agrees with its final answer at a layer >= 1 before settling, then flips away (None if
+    none). Layer 0 is the embeddings: its label scores tie up to rounding, and no exit rule stops there."""
     preds = tt.predictions()
     earliest = tt.earliest_consistent_layer()
     for example in range(tt.n_examples):
-        if np.any(preds[example, : earliest[example]] == preds[example, -1]):
+        if np.any(preds[example, 1: earliest[example]] == preds[example, -1]):
             return example
     return None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 import adainfer_lib as ai
 
 
@@ -21,7 +23,18 @@ def exercise_2(policies, train_traces, test_traces, task: str = "sentiment",
     return ai.simulate(tuned, ai.feature_table(test_traces[task]))["layers_saved"]
 
 
-def exercise_3(evaluations, task: str = "sentiment", method: str = "CRF · label features") -> int | None:
+def exercise_3(evaluations, task: str = "sentiment", method: str = "CRF · label features") -> int:
+    """The example whose real exit comes earliest relative to the layer where its answer settles.
+
+    Why it matters: an exit before the oracle layer stops while the answer is still going to change; whether its
+    answer there is right is luck. When even the earliest exit comes after the oracle layer, the policy is
+    cautious, and the layers it leaves are the gap to the oracle."""
+    evaluation = evaluations[task]
+    margin = np.asarray(evaluation.exits[method]) - np.asarray(evaluation.exits["oracle"])
+    return int(np.argmin(margin))
+
+
+def failure_example(evaluations, task: str = "sentiment", method: str = "CRF · label features") -> int | None:
     """An example the full model gets right and ``method``'s early exit gets wrong (None if there is none)."""
     evaluation = evaluations[task]
     pairs = zip(evaluation.predictions[method], evaluation.predictions["full"], evaluation.gold)
