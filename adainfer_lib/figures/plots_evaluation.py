@@ -11,8 +11,9 @@ from ..evaluation.evaluate import Evaluation
 from .plots import ORACLE, check_series, legend_outside, series_style, ylim_for
 
 def _title(what: str, model: str, task: str, n: int) -> str:
-    """A two-line title (these plots sit side by side, one per task)."""
-    return f"{what}\n{model}, {task}, n={n}"
+    """A three-line title (these plots sit side by side, one per task: a long model name must not run into the
+    next panel's title)."""
+    return f"{what}\n{model}\n{task}, n={n}"
 
 
 def plot_pareto(curves: pd.DataFrame, *, accuracy_full: float, model: str, task: str, n: int, ax=None,
@@ -82,6 +83,7 @@ def plot_speedup(table: pd.DataFrame, *, model: str, task: str, ax=None, legend:
         _, ax = plt.subplots(figsize=(9, 4))
     sns.barplot(data, x="method", y="× full model", hue="speedup", palette=["#BBBBBB", "#0072B2"], ax=ax)
     ax.axhline(1.0, color="grey", ls="--", lw=1)
+    plt.setp(ax.get_xticklabels(), rotation=30, ha="right", rotation_mode="anchor")
     n_timed = int(table.n_timed.iloc[0]) if len(table) else 0
     ax.set(xlabel="", title=_title(f"Wall-clock speedup, batch 1, on {n_timed} timed prompt{'s' * (n_timed != 1)}",
                                    model, task, int(table.n.iloc[0])))
