@@ -9,10 +9,10 @@ from .loop import (CACHE_STRATEGIES, PROPAGATE_MODEL_TYPES, GenerationResult, Un
                    generate_early_exit, greedy_generate, sequence_nll)
 from .rules import GENERATION_FEATURES, TopProbRule
 from .speculative import speculative_generate
-from .study import (GenerationConfig, agreement_prefix, repetition, run_generation_study, summarize_study,
-                    token_settling)
+from .study import (GenerationConfig, agreement_prefix, repetition, review_openings, run_generation_study,
+                    summarize_study, token_settling)
 
 __all__ = ["CACHE_STRATEGIES", "PROPAGATE_MODEL_TYPES", "GENERATION_FEATURES", "GenerationResult",
            "UnsupportedStrategyError", "TopProbRule", "greedy_generate", "generate_early_exit",
            "speculative_generate", "sequence_nll", "GenerationConfig", "agreement_prefix", "repetition",
-           "run_generation_study", "summarize_study", "token_settling", "plots_generation"]
+           "review_openings", "run_generation_study", "summarize_study", "token_settling", "plots_generation"]

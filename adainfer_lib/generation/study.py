@@ -162,3 +162,12 @@ def token_settling(model: LensModel, result: GenerationResult, *, chunk: int = 2
     settled = np.flip(np.cumprod(np.flip(agrees, axis=1), axis=1), axis=1).astype(bool)
     settle_layer = np.argmax(settled, axis=1)
     return {"top1": top1, "top_prob": top_prob, "agrees": agrees, "settle_layer": settle_layer}
+
+
+def review_openings(task, n: int, *, words: int = 8, split: str = "test") -> list[str]:
+    """Prompts to continue: the first ``words`` words of the first ``n`` texts of ``task``'s ``split`` (the
+    sentiment task's movie-review snippets, for instance). ``ValueError`` if the split has fewer texts."""
+    texts = [row["text"] for row in getattr(task, split)]
+    if len(texts) < n:
+        raise ValueError(f"review_openings(): the {split} split has {len(texts)} texts, fewer than n={n}")
+    return [" ".join(text.split()[:words]) for text in texts[:n]]
