@@ -76,16 +76,25 @@ def check_01_raw_oracle(tt: TaskTrace, oracle_layers_saved: float, accuracy_full
     if not _close(oracle_layers_saved, saved, 1e-3):
         return Feedback(False, f"the oracle saving is off (got {oracle_layers_saved!r}); it is "
                                "1 - mean(earliest consistent layer) / L with raw decisions.")
-    return Feedback(True, f"raw decisions: accuracy {accuracy:.3f}, oracle saves {saved:.1%} of layers. A near-"
-                          "constant final prediction makes early layers 'consistent' for free.")
+    own_saved = 1 - tt.earliest_consistent_layer().mean() / tt.n_layers
+    own_accuracy = float((tt.final_predictions() == tt.gold).mean())
+    share = float(np.bincount(raw.final_predictions()).max() / raw.n_examples)
+    acc_way = "less" if accuracy < own_accuracy - 1e-9 else "more" if accuracy > own_accuracy + 1e-9 else "as"
+    saved_way = "more" if saved > own_saved + 1e-9 else "fewer" if saved < own_saved - 1e-9 else "as many"
+    return Feedback(True, f"raw decisions: accuracy {accuracy:.3f}, oracle saves {saved:.1%} of layers "
+                          f"({tt.method}: {own_accuracy:.3f}, {own_saved:.1%}; n={tt.n_examples}) — {acc_way} "
+                          f"accurate{' as' if acc_way == 'as' else ''}, and the oracle saves {saved_way} layers. "
+                          f"Raw decisions give one label to {share:.0%} of the examples: the more constant the final "
+                          "prediction, the more early layers are 'consistent' with it for free.")
 
 
 def flips_back(tt: TaskTrace, example: int) -> bool:
-    """True when ``example`` already predicts the final label at some layer before its earliest consistent
-    layer, then changes its mind again (stopping at the first agreement would have been wrong)."""
+    """True when ``example`` already predicts the final label at some layer ``1 <= l`` before its earliest
+    consistent layer, then changes its mind again (stopping at the first agreement would have been wrong).
+    Layer 0 (the embeddings, where the label scores are ties up to rounding) does not count: no rule exits there."""
     preds = tt.predictions()[example]
     earliest = tt.earliest_consistent_layer()[example]
-    return bool(np.any(preds[:earliest] == preds[-1]))
+    return bool(np.any(preds[1:earliest] == preds[-1]))
 
 
 def check_01_flip_example(tt: TaskTrace, example: int) -> Feedback:
@@ -94,11 +103,11 @@ def check_01_flip_example(tt: TaskTrace, example: int) -> Feedback:
         return Feedback(False, f"answer an example index between 0 and {tt.n_examples - 1}, got {example!r}.")
     if flips_back(tt, example):
         preds = tt.predictions()[example]
-        first = int(np.argmax(preds == preds[-1]))
+        first = 1 + int(np.argmax(preds[1:] == preds[-1]))
         return Feedback(True, f"example {example} first agrees with the final answer at layer {first}, but only "
                               f"settles at layer {tt.earliest_consistent_layer()[example]}.")
-    return Feedback(False, f"example {example} never agrees with its final answer before its earliest consistent "
-                           "layer: stopping at its first agreement would have been right.")
+    return Feedback(False, f"example {example} never agrees with its final answer at a layer ≥ 1 before its earliest "
+                           "consistent layer: stopping at its first agreement would have been right.")
 
 
 # ---- shared helpers for chapters 02–04 --------------------------------------------------------------
@@ -227,9 +236,14 @@ def check_02_raw_calibration_auc(tt: TaskTrace, answer: float) -> Feedback:
                          "of decision rows are settled.",
                     ok=f"with raw decisions the pooled AUC is {reference:.3f} ({tt.method}: {own:.3f}). The final "
                        f"answer is the same label for {share:.0%} of examples ({tt.method}: {own_share:.0%}) and "
-                       f"{decision.settled.mean():.0%} of the decision rows are `settled`. The more one label "
-                       "dominates, the more `settled` reflects the model's lean towards one label word rather than "
-                       "the input, and the less the label gap can tell.")
+                       f"{decision.settled.mean():.0%} of the decision rows are `settled`. "
+                       + (f"Raw decisions lean more towards one label and the label gap tells less (AUC "
+                          f"{'lower' if reference < own else 'not lower'}): `settled` then reflects the lean, not "
+                          "the input." if share > own_share and reference < own else
+                          f"Here raw decisions {'lean more' if share > own_share else 'do not lean more'} towards one "
+                          f"label, yet the AUC is {'higher' if reference > own else 'about the same'}: the label "
+                          "gap's ranking survives a shared offset — calibration changes *which* label wins, and with "
+                          "it which rows are `settled`, more than how the gap orders them."))
 
 
 def _label_gap_change(table):
@@ -300,7 +314,7 @@ def check_02_label_gap_change(table, label_gap_change, beats_cos_prev: bool) -> 
 def _replay(policy, train, test, **criterion) -> tuple[float, dict, dict]:
     """(threshold chosen on ``train`` by ``choose_threshold(**criterion)``, the replay on ``test`` with its 95%
     bootstrap interval, the train sweep's chosen row)."""
-    from ..exits.policy import choose_threshold, simulate
+    from ..exits.tuning import choose_threshold, simulate
 
     threshold, sweep = choose_threshold(policy, train, **criterion)
     return threshold, simulate(policy, test, threshold, ci=0.95), sweep[sweep["chosen"]].iloc[0].to_dict()
@@ -481,7 +495,7 @@ def check_04_consistency_threshold(policies, train_traces, test_traces, answer: 
     """Exercise 04.2: ``method``'s threshold chosen on the train trace for ≥ 99% consistency instead of accuracy,
     replayed on the test trace: its layers saved."""
     from ..exits.features import feature_table
-    from ..exits.policy import simulate
+    from ..exits.tuning import simulate
 
     what = f"the layers saved on the {task} test split, a fraction of L"
     problem = _not_a_number(answer, what)
@@ -532,6 +546,84 @@ def check_04_failure_example(evaluations, example, task: str = "sentiment",
     return Feedback(True, f"example {example}: {method} exited at layer {exit_layer} of {ev.n_layers} with label "
                           f"{pred[example]}, the full model answers {full[example]} = gold{settles}. "
                           f"{len(failures)} of {len(gold)} examples fail this way.")
+
+
+def check_04_exit_before_settling(evaluations, example, task: str = "sentiment",
+                                  method: str = "CRF · label features") -> Feedback:
+    """Exercise 04.3: the example whose real exit under ``method`` comes earliest relative to the layer where
+    its answer settles (exit layer − oracle layer smallest; any example tied at that minimum is right)."""
+    ev = evaluations[task]
+    exits, oracle = np.asarray(ev.exits[method]), np.asarray(ev.exits["oracle"])
+    margin = exits - oracle
+    best = np.flatnonzero(margin == margin.min())
+    if example is Ellipsis:
+        return Feedback(False, f"replace the `...` with an index into the {task} test examples.")
+    if isinstance(example, (bool, np.bool_)) or not isinstance(example, (int, np.integer)) \
+            or not 0 <= example < len(exits):
+        return Feedback(False, f"answer an example index between 0 and {len(exits) - 1}, got {example!r:.60}.")
+    if example not in best:
+        return Feedback(False, f"example {example} exits at layer {exits[example]}, its answer settles at layer "
+                               f"{oracle[example]} (exit − settle = {margin[example]:+d}); another example has a "
+                               "smaller difference: compute evaluations[task].exits[method] − .exits['oracle'].")
+    pred, full = ev.predictions[method][example], ev.predictions["full"][example]
+    changed = int(np.sum(np.asarray(ev.predictions[method]) != np.asarray(ev.predictions["full"])))
+    if margin[example] < 0:
+        verdict = (f"it stopped {-margin[example]} layer(s) before its answer settled, and its answer there "
+                   f"{'differs from' if pred != full else 'equals'} the full model's"
+                   + (" — by luck: the answer was still going to change." if pred == full else "."))
+    else:
+        verdict = (f"even this example exits {margin[example]} layer(s) after its answer settled: on {task}, "
+                   f"{method} never stops before the oracle (n={len(exits)}) — it is cautious; the savings it leaves "
+                   "are the gap to the oracle.")
+    return Feedback(True, f"example {example}: exit at layer {exits[example]}, settles at layer {oracle[example]}; "
+                          f"{verdict} {changed} of {len(exits)} exits change the full model's answer.")
+
+
+# ---- chapter 05 -------------------------------------------------------------------------------------
+
+
+def check_05_earliest_exit(explorer, example) -> Feedback:
+    """Exercise 05.1: the test example that exits earliest at the explorer's current policy, threshold and
+    minimum layer (any example tied at the earliest exit layer is right)."""
+    exits = explorer.dataset_exits()
+    layers = exits["exit_layer"].to_numpy()
+    first = np.flatnonzero(layers == layers.min())
+    if example is Ellipsis:
+        return Feedback(False, "replace the `...` with an index into the test examples (a row of dataset_exits()).")
+    if isinstance(example, (bool, np.bool_)) or not isinstance(example, (int, np.integer)) \
+            or not 0 <= example < len(layers):
+        return Feedback(False, f"answer an example index between 0 and {len(layers) - 1}, got {example!r:.60}.")
+    if layers.min() >= explorer.model.n_layers:
+        return Feedback(False, "no test example exits before the last layer at these settings: lower the threshold "
+                               "or the minimum layer, or pick another policy, then ask again.")
+    if example not in first:
+        return Feedback(False, f"example {example} exits at layer {layers[example]}, but {len(first)} example(s) exit "
+                               f"at layer {layers.min()}: sort dataset_exits() by exit_layer.")
+    row = exits.iloc[int(example)]
+    same = "equals" if row["at_exit"] == row["full_model"] else "differs from"
+    return Feedback(True, f"example {example} exits at layer {layers.min()} of {explorer.model.n_layers} (threshold "
+                          f"{float(explorer.threshold.value):.2f}, min layer {int(explorer.min_layer.value)}); its "
+                          f"answer there, {row['at_exit']!r}, {same} the full model's ({row['full_model']!r}; gold "
+                          f"{row['gold']!r}). {len(first)} example(s) share that exit layer, of {len(layers)}.")
+
+
+def check_05_threshold_within_one_point(explorer, answer) -> Feedback:
+    """Exercise 05.2: the smallest threshold of the explorer's sweep whose test accuracy is at most one point below
+    the full model's."""
+    sweep = explorer.dataset_sweep()
+    ok = sweep[sweep["accuracy"] >= sweep["full_accuracy"] - 0.01 - 1e-9]
+    reference = float(ok["threshold"].min())
+    tuned = float(explorer.policy.threshold)
+    side = "below" if reference < tuned else "above" if reference > tuned else "equal to"
+    return _compare(answer, reference, what="the smallest threshold losing at most 1 accuracy point on test",
+                    tol=1e-6, bounds=(0, np.inf),
+                    mistakes=((tuned, "the policy's tuned threshold (chosen on train); read the sweep on test"),
+                              (float(sweep["threshold"].min()), "the smallest threshold of the sweep, whatever it "
+                                                                "loses")),
+                    hint="Filter dataset_sweep() on accuracy ≥ full_accuracy − 0.01, then take the smallest threshold.",
+                    ok=f"{reference:.2f} on test (n={explorer.dataset_trace.n_examples}), {side} the tuned "
+                       f"{tuned:.2f} chosen on train: the test split is another sample, and a threshold read off it "
+                       "would flatter the policy — chapter 03 chooses on train for that reason.")
 
 
 # ---- chapter 06 -------------------------------------------------------------------------------------
