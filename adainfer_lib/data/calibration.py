@@ -20,9 +20,10 @@ DEFAULT_CALIBRATION = "batch"
 
 
 def label_log_softmax(label_logits: np.ndarray) -> np.ndarray:
-    """Log-probabilities renormalised over the label words (last axis)."""
-    z = label_logits - label_logits.max(axis=-1, keepdims=True)
-    return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+    """Log-probabilities renormalised over the label words (last axis): ``scipy.special.log_softmax``."""
+    from scipy.special import log_softmax
+
+    return log_softmax(label_logits, axis=-1)
 
 
 @dataclass(frozen=True)

@@ -188,20 +188,26 @@ def lens_check_cost(model, label_words: Sequence[str], *, context: str = "Answer
 
     from ..model.lens import lens_stats
 
-    ids = torch.tensor(model.label_token_ids(list(label_words), context), dtype=torch.long, device=model.device)
+    device = model.lens_device  # where the lens computes (the final norm's device; offloaded models included)
+    ids = torch.tensor(model.label_token_ids(list(label_words), context), dtype=torch.long, device=device)
     hidden = model.hf_model.config.hidden_size
-    states = torch.randn(batch, hidden, device=model.device, generator=torch.Generator().manual_seed(0))
+    dtype = next(model.hf_model.parameters()).dtype
+    states = torch.randn(batch, hidden, generator=torch.Generator().manual_seed(0)).to(device=device, dtype=dtype)
+    sync = torch.cuda.synchronize if states.is_cuda else (lambda: None)  # time the kernels, not their launch
     rows = []
     for full in (True, False):
         times = []
         with torch.no_grad():
             for i in range(repeats + 1):
+                sync()
                 t0 = time.perf_counter()
                 lens_stats(model, states, ids, full_vocab=full, top_k=1)
+                sync()
                 if i:
                     times.append(time.perf_counter() - t0)
-        rows.append({"check": "full vocabulary" if full else "label words only", "vocab rows": model.vocab_size if full else len(ids),
-                     "batch": batch, "seconds (median)": float(np.median(times))})
+        rows.append({"check": "full vocabulary" if full else "label words only",
+                     "vocab rows": model.vocab_size if full else len(ids), "batch": batch,
+                     "seconds (median)": float(np.median(times))})
     out = pd.DataFrame(rows)
     out["× label-only"] = out["seconds (median)"] / out["seconds (median)"].iloc[-1]
     return out

@@ -100,6 +100,122 @@ def _table_calibration(table: pd.DataFrame) -> Calibration | None:
     return Calibration.from_dict(cal) if cal else None
 
 
+def feature_matrix(source, features: Sequence[str], *, layer: int | None = None,
+                   n_layers: int | None = None) -> np.ndarray:
+    """(rows, k) float64 matrix of ``features`` from a feature table or an online feature dict (name → (B,)
+    array; ``layer`` / ``layer_frac`` are filled from ``layer`` and ``n_layers`` when missing). ``cos_prev`` is
+    NaN at layer 0 (no previous state): filled with 0, offline and online alike. ``KeyError`` for a missing
+    feature, ``ValueError`` naming features with NaN or infinite values."""
+    if isinstance(source, pd.DataFrame):
+        n = len(source)
+    else:
+        lengths = [np.asarray(v).reshape(-1).size for k, v in source.items() if k in features]
+        n = max(lengths) if lengths else (len(next(iter(source.values()))) if source else 0)
+    columns = [_feature_column(source, f, layer, n, n_layers) for f in features]
+    X = np.column_stack(columns) if n else np.zeros((0, len(features)))
+    bad = [f for j, f in enumerate(features) if not np.isfinite(X[:, j]).all()]
+    if bad:
+        hint = ""
+        if set(bad) & set(FULL_VOCAB_FEATURES):
+            hint = (" — full-vocabulary features are NaN when the task was traced with full_vocab=False: "
+                    "trace with full_vocab=True, or use label_gap / label_top_prob")
+        raise ValueError(f"feature(s) {bad} have NaN or infinite values{hint}")
+    return X
+
+
+def _feature_column(source, name: str, layer: int | None, n: int, n_layers: int | None) -> np.ndarray:
+    if isinstance(source, pd.DataFrame):
+        if name not in source.columns:
+            raise KeyError(f"feature {name!r} is not a column of the table")
+        values = source[name].to_numpy(dtype=np.float64)
+    elif name in source:
+        values = np.asarray(source[name], dtype=np.float64).reshape(-1)
+        if values.size == 1 and n != 1:
+            values = np.full(n, float(values[0]))
+    elif name == "layer" and layer is not None:
+        values = np.full(n, float(layer))
+    elif name == "layer_frac" and layer is not None and n_layers:
+        values = np.full(n, layer / n_layers)
+    else:
+        raise KeyError(f"online features lack {name!r} (have {sorted(source)})")
+    return np.nan_to_num(values, nan=0.0) if name == "cos_prev" else values
+
+
+def training_rows(X: pd.DataFrame, y, *, label_scheme: str, min_layer: int,
+                  both_classes: bool) -> tuple[pd.DataFrame, np.ndarray]:
+    """The decision rows (``min_layer <= layer < L``) of the feature table ``X`` and their 0/1 labels
+    (``X[label_scheme]`` unless ``y``). ``TypeError`` / ``ValueError`` naming what is missing or wrong; with
+    ``both_classes``, a ``ValueError`` when every label is the same."""
+    if not isinstance(X, pd.DataFrame):
+        raise TypeError("ExitPolicy.fit takes a feature table (pandas DataFrame from features.feature_table)")
+    missing = [c for c in ("example", "layer", *([label_scheme] if y is None else [])) if c not in X.columns]
+    if missing:
+        raise ValueError(f"the table lacks column(s) {missing}: ExitPolicy.fit takes a feature table "
+                         "(features.feature_table)")
+    L = n_layers_of(X)
+    mask = ((X["layer"] >= min_layer) & (X["layer"] < L)).to_numpy()
+    labels = X[label_scheme].to_numpy() if y is None else np.asarray(y)
+    if len(labels) != len(X):
+        raise ValueError(f"y has {len(labels)} values for {len(X)} rows")
+    part, labels = X[mask], labels[mask].astype(int)
+    if len(part) == 0:
+        raise ValueError(f"no decision rows (min_layer={min_layer} <= layer < L={L}) to fit on")
+    if both_classes and len(np.unique(labels)) < 2:
+        raise ValueError(f"the {label_scheme!r} labels of the training rows are all {labels[0]}: "
+                         "a classifier needs both classes (more examples, or another label scheme)")
+    return part, labels
+
+
+def fit_metadata(policy, X: pd.DataFrame, part: pd.DataFrame, labels: np.ndarray) -> dict:
+    """What a fitted policy records about itself and its fitting table (``ExitPolicy.metadata``)."""
+    import sklearn
+
+    from .. import __version__
+
+    params = {k: (v if isinstance(v, (str, int, float, bool, type(None))) else repr(v))
+              for k, v in policy.get_params().items()}
+    return {"format_version": POLICY_FORMAT_VERSION, "classifier": policy.classifier,
+            "features": list(policy.features_), "label_scheme": policy.label_scheme, "params": params,
+            **_provenance(X), "n_layers": int(n_layers_of(X)),
+            "n_train_examples": int(part["example"].nunique()), "n_train_rows": int(len(part)),
+            "train_positive_rate": float(labels.mean()), "adainfer_version": __version__,
+            "sklearn_version": sklearn.__version__}
+
+
+def check_policy_params(policy) -> tuple[str, ...]:
+    """Check every parameter of an ``ExitPolicy`` (``ValueError`` naming the bad value and what is allowed);
+    returns the resolved features."""
+    check_choice(policy.classifier, "classifier", CLASSIFIERS)
+    check_choice(policy.label_scheme, "label_scheme", LABEL_SCHEMES)
+    check_choice(policy.svm, "svm", ("svc", "linear"))
+    features = policy.resolved_features
+    if policy.classifier == "threshold" and len(features) != 1:
+        raise ValueError(f"the threshold classifier uses exactly one feature, got {features}")
+    low, high = policy.threshold_range
+    check_threshold(policy.threshold, low=low, high=high)
+    check_min_layer(policy.min_layer)
+    check_number(policy.C, "C", positive=True)
+    check_int(policy.max_train_rows, "max_train_rows", low=2, none_ok=True)
+    check_number(policy.c1, "c1", low=0.0)
+    check_number(policy.c2, "c2", low=0.0)
+    check_int(policy.max_iterations, "max_iterations", low=1)
+    check_int(policy.crf_bins, "crf_bins", low=0, none_ok=True)
+    return features
+
+
+def moved_to_task(policy, table: pd.DataFrame):
+    """``ExitPolicy.for_task``: a copy of the fitted ``policy`` with the task, label words and calibration of
+    ``table``; ``PolicyModelMismatchError`` when ``table`` is of another model."""
+    refuse_other_model(policy.fitted_for, identity_of(table), "this policy was fitted on", PolicyModelMismatchError)
+    other = copy.copy(policy)
+    source = _provenance(table)
+    moved = {k: source[k] for k in ("task", "label_words", "label_names", "calibration_method")}
+    other.metadata_ = {**policy.metadata, **moved,
+                       "fitted_task": policy.metadata.get("fitted_task", policy.metadata.get("task"))}
+    other.calibration_ = _table_calibration(table)
+    return other
+
+
 class ExitPolicy(ClassifierMixin, BaseEstimator):
     """An AdaInfer exit classifier + stopping rule over feature-table rows (see the module docstring).
 
@@ -127,25 +243,10 @@ class ExitPolicy(ClassifierMixin, BaseEstimator):
                  max_train_rows: int | None = 20000, c1: float = 0.05, c2: float = 0.01,
                  max_iterations: int = 200, crf_bins: int | None = 8, random_state: int | None = 0,
                  **classifier_params):
-        self.classifier = classifier
-        self.features = features
-        self.label_scheme = label_scheme
-        self.threshold = threshold
-        self.min_layer = min_layer
-        self.C = C
-        self.kernel = kernel
-        self.gamma = gamma
-        self.class_weight = class_weight
-        self.svm = svm
-        self.max_train_rows = max_train_rows
-        self.c1 = c1
-        self.c2 = c2
-        self.max_iterations = max_iterations
-        self.crf_bins = crf_bins
-        self.random_state = random_state
-        self._extra_params = tuple(sorted(classifier_params))
-        for key, value in classifier_params.items():
+        params = {k: v for k, v in locals().items() if k not in ("self", "classifier_params", "__class__")}
+        for key, value in {**params, **classifier_params}.items():
             setattr(self, key, value)
+        self._extra_params = tuple(sorted(classifier_params))
         # Fail early on what can never work (sklearn re-validates in fit).
         self._validate()
 
@@ -172,24 +273,7 @@ class ExitPolicy(ClassifierMixin, BaseEstimator):
         return self
 
     def _validate(self) -> tuple[str, ...]:
-        """Check every parameter (``ValueError`` naming the bad value and what is allowed); returns the
-        resolved features."""
-        check_choice(self.classifier, "classifier", CLASSIFIERS)
-        check_choice(self.label_scheme, "label_scheme", LABEL_SCHEMES)
-        check_choice(self.svm, "svm", ("svc", "linear"))
-        features = self.resolved_features
-        if self.classifier == "threshold" and len(features) != 1:
-            raise ValueError(f"the threshold classifier uses exactly one feature, got {features}")
-        low, high = self.threshold_range
-        check_threshold(self.threshold, low=low, high=high)
-        check_min_layer(self.min_layer)
-        check_number(self.C, "C", positive=True)
-        check_int(self.max_train_rows, "max_train_rows", low=2, none_ok=True)
-        check_number(self.c1, "c1", low=0.0)
-        check_number(self.c2, "c2", low=0.0)
-        check_int(self.max_iterations, "max_iterations", low=1)
-        check_int(self.crf_bins, "crf_bins", low=0, none_ok=True)
-        return features
+        return check_policy_params(self)
 
     @property
     def threshold_range(self) -> tuple[float | None, float | None]:
@@ -249,76 +333,22 @@ class ExitPolicy(ClassifierMixin, BaseEstimator):
         return out
 
     # ---- feature matrices ------------------------------------------------------------------------------------
+    def _matrix(self, source, layer: int | None = None) -> np.ndarray:
+        features = self.features_ if hasattr(self, "features_") else self.resolved_features
+        return feature_matrix(source, features, layer=layer, n_layers=self.metadata.get("n_layers"))
+
     def decision_rows(self, table: pd.DataFrame) -> pd.DataFrame:
         """The rows a decision is made at: ``min_layer <= layer < L`` (training and importance use these)."""
         L = n_layers_of(table)
         layer = table["layer"].to_numpy()
         return table[(layer >= self.min_layer) & (layer < L)]
 
-    def _column(self, source, name: str, layer: int | None, n: int) -> np.ndarray:
-        if isinstance(source, pd.DataFrame):
-            if name not in source.columns:
-                raise KeyError(f"feature {name!r} is not a column of the table")
-            values = source[name].to_numpy(dtype=np.float64)
-        elif name in source:
-            values = np.asarray(source[name], dtype=np.float64).reshape(-1)
-            if values.size == 1 and n != 1:
-                values = np.full(n, float(values[0]))
-        elif name == "layer" and layer is not None:
-            values = np.full(n, float(layer))
-        elif name == "layer_frac" and layer is not None and self.metadata.get("n_layers"):
-            values = np.full(n, layer / self.metadata["n_layers"])
-        else:
-            raise KeyError(f"online features lack {name!r} (have {sorted(source)})")
-        if name == "cos_prev":  # NaN at layer 0 (no previous state): filled with 0, offline and online alike
-            values = np.nan_to_num(values, nan=0.0)
-        return values
-
-    def _matrix(self, source, layer: int | None = None) -> np.ndarray:
-        """(rows, k) float64 matrix of the policy's features from a table or an online feature dict."""
-        features = self.features_ if hasattr(self, "features_") else self.resolved_features
-        if isinstance(source, pd.DataFrame):
-            n = len(source)
-        else:
-            lengths = [np.asarray(v).reshape(-1).size for k, v in source.items() if k in features]
-            n = max(lengths) if lengths else (len(next(iter(source.values()))) if source else 0)
-        X = np.column_stack([self._column(source, f, layer, n) for f in features]) if n else np.zeros((0, len(features)))
-        bad = [f for j, f in enumerate(features) if not np.isfinite(X[:, j]).all()]
-        if bad:
-            hint = ""
-            if set(bad) & set(FULL_VOCAB_FEATURES):
-                hint = (" — full-vocabulary features are NaN when the task was traced with full_vocab=False: "
-                        "trace with full_vocab=True, or use label_gap / label_top_prob")
-            raise ValueError(f"feature(s) {bad} have NaN or infinite values{hint}")
-        return X
-
     # ---- fit -------------------------------------------------------------------------------------------------
-    def _training_rows(self, X: pd.DataFrame, y) -> tuple[pd.DataFrame, np.ndarray]:
-        """The decision rows of the feature table ``X`` and their 0/1 labels (``ValueError`` naming what is
-        missing or wrong)."""
-        if not isinstance(X, pd.DataFrame):
-            raise TypeError("ExitPolicy.fit takes a feature table (pandas DataFrame from features.feature_table)")
-        missing = [c for c in ("example", "layer", *([self.label_scheme] if y is None else [])) if c not in X.columns]
-        if missing:
-            raise ValueError(f"the table lacks column(s) {missing}: ExitPolicy.fit takes a feature table "
-                             "(features.feature_table)")
-        L = n_layers_of(X)
-        mask = ((X["layer"] >= self.min_layer) & (X["layer"] < L)).to_numpy()
-        labels = X[self.label_scheme].to_numpy() if y is None else np.asarray(y)
-        if len(labels) != len(X):
-            raise ValueError(f"y has {len(labels)} values for {len(X)} rows")
-        part, labels = X[mask], labels[mask].astype(int)
-        if len(part) == 0:
-            raise ValueError(f"no decision rows (min_layer={self.min_layer} <= layer < L={L}) to fit on")
-        if self.classifier != "threshold" and len(np.unique(labels)) < 2:
-            raise ValueError(f"the {self.label_scheme!r} labels of the training rows are all {labels[0]}: "
-                             "a classifier needs both classes (more examples, or another label scheme)")
-        return part, labels
-
     def fit(self, X: pd.DataFrame, y=None) -> ExitPolicy:
         """Fit on the decision rows of the feature table ``X`` (labels ``X[label_scheme]`` unless ``y``)."""
         self.features_ = self._validate()
-        part, labels = self._training_rows(X, y)
+        part, labels = training_rows(X, y, label_scheme=self.label_scheme, min_layer=self.min_layer,
+                                     both_classes=self.classifier != "threshold")
         self.classes_ = np.array([0, 1])
         self.n_layers_ = n_layers_of(X)
         matrix = self._matrix(part)
@@ -332,22 +362,8 @@ class ExitPolicy(ClassifierMixin, BaseEstimator):
         else:
             self.scorer_ = SklearnScorer.fit(self, matrix, examples, labels, self._classifier_extras())
         self.calibration_ = _table_calibration(X)
-        self.metadata_ = self._fit_metadata(X, part, labels)
+        self.metadata_ = fit_metadata(self, X, part, labels)
         return self
-
-    def _fit_metadata(self, X: pd.DataFrame, part: pd.DataFrame, labels: np.ndarray) -> dict:
-        import sklearn
-
-        from .. import __version__
-
-        params = {k: (v if isinstance(v, (str, int, float, bool, type(None))) else repr(v))
-                  for k, v in self.get_params().items()}
-        return {"format_version": POLICY_FORMAT_VERSION, "classifier": self.classifier,
-                "features": list(self.features_), "label_scheme": self.label_scheme, "params": params,
-                **_provenance(X), "n_layers": int(n_layers_of(X)),
-                "n_train_examples": int(part["example"].nunique()), "n_train_rows": int(len(part)),
-                "train_positive_rate": float(labels.mean()), "adainfer_version": __version__,
-                "sklearn_version": sklearn.__version__}
 
     @property
     def estimator_(self):
@@ -430,15 +446,7 @@ class ExitPolicy(ClassifierMixin, BaseEstimator):
         """A copy that runs on another task of the same model: the classifier is unchanged, the task, label
         words and calibration offsets (needed online) are those of ``table`` (a feature table)."""
         self._check_fitted()
-        # the model must match (PolicyModelMismatchError); the label words are what this copy swaps
-        refuse_other_model(self.fitted_for, identity_of(table), "this policy was fitted on", PolicyModelMismatchError)
-        other = copy.copy(self)
-        source = _provenance(table)
-        other.metadata_ = {**self.metadata, **{k: source[k] for k in ("task", "label_words", "label_names",
-                                                                        "calibration_method")},
-                           "fitted_task": self.metadata.get("fitted_task", self.metadata.get("task"))}
-        other.calibration_ = _table_calibration(table)
-        return other
+        return moved_to_task(self, table)
 
     def save(self, path: str | Path) -> Path:
         """Save the fitted policy without pickle (``persistence.save_policy``): one zip file with a JSON

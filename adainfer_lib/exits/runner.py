@@ -363,62 +363,66 @@ def run_early_exit(
     min_layer = int(min(max(int(policy.min_layer), 0), L))
     threshold = float(policy.threshold)
 
-    n = len(prepared.tokens)
-    C = len(words)
-    exit_layers, stop_proba = np.full(n, -1), np.full((n, L + 1), np.nan)
-    label_logits, scores = np.zeros((n, C)), np.zeros((n, C))
-    states: list[torch.Tensor | None] = [None] * n
-    features = {k: np.full(n, np.nan) for k in ONLINE_FEATURE_NAMES}
-    seconds, cpu_seconds, check_seconds = np.zeros(n), np.zeros(n), np.zeros(n)
-    batch_seconds: list[float] = []
+    collected = _Collected(len(prepared.tokens), L, len(words))
     with torch.no_grad():
-        for idx in tqdm(prepared.batches, desc="early exit", disable=not progress or n < 3 * batch_size):
+        for idx in tqdm(prepared.batches, desc="early exit", disable=not progress or len(collected) < 3 * batch_size):
             t0, c0 = time.perf_counter(), time.process_time()
             batch = prepared.batch(idx)
             run = _BatchRun(model, policy, inputs=batch, offsets=offsets, label_ids=label_ids,
                             full_vocab=need_full, min_layer=min_layer, threshold=threshold, row_ids=idx)
-            handles = _layer_hooks(model, run)
-            try:
-                model.hf_model(**batch.forward_kwargs(model))
-            except _StopForward:
-                pass
-            finally:
-                for handle in handles:
-                    handle.remove()
-            elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
-            if (run.exit_layer < 0).any():  # cannot happen: layer L always stops every row
-                raise RuntimeError("early exit: some rows never reached an exit (was the model's layer list changed?)")
-            batch_seconds.append(elapsed)
-            seconds[idx], cpu_seconds[idx] = elapsed / len(idx), cpu / len(idx)
-            check_seconds[idx] = run.check_seconds / len(idx)
-            exit_layers[idx], stop_proba[idx] = run.exit_layer, run.stop_proba
-            label_logits[idx], scores[idx] = run.label_logits, run.scores
-            for k in ONLINE_FEATURE_NAMES:
-                features[k][idx] = run.features[k]
-            for pos, i in enumerate(idx):
-                states[i] = run.states[pos]
+            _run_batch(model, run, batch)
+            collected.add(idx, run, time.perf_counter() - t0, time.process_time() - c0)
+    meta = {"weights": model.weights_note, "full_vocab_checks": need_full,
+            "prefix_tokens": 0 if prepared.prefix is None else prepared.prefix.length}
+    return collected.result(model_name=model.name, n_layers=L, label_words=words, batch_size=batch_size,
+                            min_layer=min_layer, threshold=threshold, meta=meta)
 
-    return ExitResult(
-        model_name=model.name,
-        n_layers=L,
-        label_words=words,
-        predictions=scores.argmax(-1),
-        exit_layers=exit_layers,
-        stop_proba=stop_proba,
-        label_logits=label_logits,
-        scores=scores,
-        exit_states=torch.stack(states).numpy(),
-        exit_features=features,
-        seconds=seconds,
-        check_seconds=check_seconds,
-        batch_seconds=batch_seconds,
-        batch_size=batch_size,
-        min_layer=min_layer,
-        threshold=threshold,
-        cpu_seconds=cpu_seconds,
-        meta={"weights": model.weights_note, "full_vocab_checks": need_full,
-              "prefix_tokens": 0 if prepared.prefix is None else prepared.prefix.length},
-    )
+
+def _run_batch(model: LensModel, run: _BatchRun, batch: Batch) -> None:
+    """One forward pass of ``batch`` with ``run``'s hooks (aborted once every row has exited)."""
+    handles = _layer_hooks(model, run)
+    try:
+        model.hf_model(**batch.forward_kwargs(model))
+    except _StopForward:
+        pass
+    finally:
+        for handle in handles:
+            handle.remove()
+    if (run.exit_layer < 0).any():  # cannot happen: layer L always stops every row
+        raise RuntimeError("early exit: some rows never reached an exit (was the model's layer list changed?)")
+
+
+class _Collected:
+    """The per-prompt results of ``run_early_exit``, filled batch by batch."""
+
+    def __init__(self, n: int, n_layers: int, n_labels: int):
+        self.exit_layers, self.stop_proba = np.full(n, -1), np.full((n, n_layers + 1), np.nan)
+        self.label_logits, self.scores = np.zeros((n, n_labels)), np.zeros((n, n_labels))
+        self.states: list[torch.Tensor | None] = [None] * n
+        self.features = {k: np.full(n, np.nan) for k in ONLINE_FEATURE_NAMES}
+        self.seconds, self.cpu_seconds, self.check_seconds = np.zeros(n), np.zeros(n), np.zeros(n)
+        self.batch_seconds: list[float] = []
+
+    def __len__(self) -> int:
+        return len(self.exit_layers)
+
+    def add(self, idx: np.ndarray, run: _BatchRun, elapsed: float, cpu: float) -> None:
+        self.batch_seconds.append(elapsed)
+        self.seconds[idx], self.cpu_seconds[idx] = elapsed / len(idx), cpu / len(idx)
+        self.check_seconds[idx] = run.check_seconds / len(idx)
+        self.exit_layers[idx], self.stop_proba[idx] = run.exit_layer, run.stop_proba
+        self.label_logits[idx], self.scores[idx] = run.label_logits, run.scores
+        for k in ONLINE_FEATURE_NAMES:
+            self.features[k][idx] = run.features[k]
+        for pos, i in enumerate(idx):
+            self.states[i] = run.states[pos]
+
+    def result(self, **fields) -> ExitResult:
+        return ExitResult(predictions=self.scores.argmax(-1), exit_layers=self.exit_layers, stop_proba=self.stop_proba,
+                          label_logits=self.label_logits, scores=self.scores,
+                          exit_states=torch.stack(self.states).numpy(), exit_features=self.features,
+                          seconds=self.seconds, check_seconds=self.check_seconds, batch_seconds=self.batch_seconds,
+                          cpu_seconds=self.cpu_seconds, **fields)
 
 
 def run_full(

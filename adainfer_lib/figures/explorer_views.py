@@ -69,10 +69,9 @@ def example_table(layer_trace: LayerTrace, calibration: Calibration, *, gold: in
 def label_probabilities(layer_trace: LayerTrace, calibration: Calibration, example: int = 0) -> np.ndarray:
     """Calibrated label-word probabilities of one example, (L+1, C): softmax over the label words of the
     calibrated scores (what the decision and ``label_gap`` use)."""
-    scores = calibration.apply(layer_trace.label_logits[example])
-    z = scores - scores.max(-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(-1, keepdims=True)
+    from scipy.special import softmax
+
+    return softmax(calibration.apply(layer_trace.label_logits[example]), axis=-1)
 
 
 def token_frame(layer_trace: LayerTrace, example: int = 0, *, lens: str = "full",

@@ -6,8 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ..model.lens import LayerTrace
+from ..common.replay import first_exit
 from ..data.task_trace import TaskTrace
+from ..exits.features import label_features
+from ..model.lens import LayerTrace
 
 
 def figure_title(what: str, model: str, task: str, n: int) -> str:
@@ -175,17 +177,12 @@ def adainfer_idea(tt: TaskTrace, example: int, *, gap_threshold: float = 0.4, ti
     layers; a rule that stops once the gap crosses a threshold skips every layer after it."""
     import matplotlib.pyplot as plt
 
-    scores = tt.scores()[example]  # (L+1, C)
-    probs = np.exp(scores - scores.max(-1, keepdims=True))
-    probs /= probs.sum(-1, keepdims=True)
-    top2 = np.sort(probs, axis=-1)[:, ::-1][:, :2]
-    layers = np.arange(tt.n_layers + 1)
-    crossed = np.flatnonzero((top2[:, 0] - top2[:, 1]) >= gap_threshold)
-    stop = int(crossed[crossed >= 1][0]) if np.any(crossed >= 1) else tt.n_layers
-    preds = scores.argmax(-1)
+    feats = label_features(tt.scores()[example])  # over the label words, at every layer (L+1,)
+    layers, preds = np.arange(tt.n_layers + 1), feats["pred"]
+    stop = int(first_exit(feats["label_gap"][None], gap_threshold, 1)[0])  # the stopping rule, from layer 1
     fig, ax = plt.subplots(figsize=(9, 4))
-    ax.plot(layers, top2[:, 0], marker="o", label="top prob (label words)")
-    ax.plot(layers, top2[:, 0] - top2[:, 1], marker="s", label="gap = top-1 − top-2")
+    ax.plot(layers, feats["label_top_prob"], marker="o", label="top prob (label words)")
+    ax.plot(layers, feats["label_gap"], marker="s", label="gap = top-1 − top-2")
     ax.axhline(gap_threshold, ls=":", c="gray", label=f"gap threshold {gap_threshold}")
     ax.axvspan(stop + 0.5, tt.n_layers + 0.5, color="tab:red", alpha=0.08, label="layers skipped")
     ax.axvline(stop, c="tab:red", lw=2)

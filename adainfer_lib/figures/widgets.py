@@ -34,6 +34,40 @@ from .plots import figure_title
 __all__ = ["ExitExplorer", "load_saved_policies", "policy_label"]
 
 
+def build_controls(state: ExplorerState, policy, max_examples: int, delta: float, epsilon: float) -> dict:
+    """The explorer's controls (name → ipywidget): example, text, trace_button, policy_choice, lens, threshold,
+    min_layer, delta, epsilon."""
+    import ipywidgets as w
+
+    texts, gold, names = state.texts, state.gold, state.task.label_names
+    options = [(f"#{i} [{names[g]}] {snippet(t)}", i)
+               for i, (t, g) in enumerate(zip(texts[:max_examples], gold[:max_examples]))]
+    wide, style = w.Layout(width="98%"), {"description_width": "90px"}
+    slider = {"continuous_update": False, "style": style, "layout": w.Layout(width="460px")}
+    level = {"min": 0.001, "max": 0.999, "style": style, "layout": w.Layout(width="190px")}
+    return {
+        "example": w.Dropdown(options=options, value=0 if options else None, description="test example",
+                              layout=wide, style=style),
+        "text": w.Textarea(value=texts[0] if texts else "", placeholder="Type any text to classify",
+                           description="text", layout=w.Layout(width="98%", height="70px"), style=style),
+        "trace_button": w.Button(description="Trace this text", icon="play", button_style="primary",
+                                 tooltip="run the model on the text above (cached by text)"),
+        "policy_choice": w.Dropdown(options=list(state.policies), value=state.policy_name, description="policy",
+                                    disabled=len(state.policies) < 2, style=style, layout=w.Layout(width="520px")),
+        "lens": w.ToggleButtons(options=[("full vocabulary", "full"), ("label words", "labels")], value="full",
+                                tooltips=["top-k tokens over the whole vocabulary", "the task's label words, calibrated"],
+                                style={"button_width": "120px"}),  # labelled in the layout
+        "threshold": w.FloatSlider(value=float(np.clip(policy.threshold, 0, 1)), min=0.0, max=1.0, step=0.01,
+                                   description="threshold", readout_format=".2f", **slider),
+        "min_layer": w.IntSlider(value=int(np.clip(policy.min_layer, 0, state.n_layers)), min=0, max=state.n_layers,
+                                 step=1, description="min layer", **slider),
+        "delta": w.BoundedFloatText(value=delta, step=0.005, description="δ (risk)", **level,
+                                    tooltip="Learn-then-Test: at most this disagreement with the full model"),
+        "epsilon": w.BoundedFloatText(value=epsilon, step=0.01, description="ε (error)", **level,
+                                      tooltip="Learn-then-Test: the guarantee may fail for this share of draws"),
+    }
+
+
 class ExitExplorer:
     """Interactive AdaInfer exit explorer for ``model`` × ``task`` (see the module docstring).
 
@@ -81,7 +115,8 @@ class ExitExplorer:
         self.current_gold: int | None = None
         self.error: str | None = None
         self.timings: dict[str, float] = self.state.timings
-        self._build_controls(policy, max_examples, delta, epsilon)
+        for name, control in build_controls(self.state, policy, max_examples, delta, epsilon).items():
+            setattr(self, name, control)
         self._build_views()
         self._wire()
         if self.state.texts:
@@ -90,39 +125,6 @@ class ExitExplorer:
             self._safely(self.render, example=False, dataset=True)
 
     # ---- building --------------------------------------------------------------------------------------
-    def _build_controls(self, policy, max_examples: int, delta: float, epsilon: float) -> None:
-        import ipywidgets as w
-
-        texts, gold, names = self.state.texts, self.state.gold, self.task.label_names
-        options = [(f"#{i} [{names[g]}] {snippet(t)}", i)
-                   for i, (t, g) in enumerate(zip(texts[:max_examples], gold[:max_examples]))]
-        wide, style = w.Layout(width="98%"), {"description_width": "90px"}
-        self.example = w.Dropdown(options=options, value=0 if options else None, description="test example",
-                                  layout=wide, style=style)
-        self.text = w.Textarea(value=texts[0] if texts else "", placeholder="Type any text to classify",
-                               description="text", layout=w.Layout(width="98%", height="70px"), style=style)
-        self.trace_button = w.Button(description="Trace this text", icon="play", button_style="primary",
-                                     tooltip="run the model on the text above (cached by text)")
-        self.policy_choice = w.Dropdown(options=list(self.policies), value=self.state.policy_name,
-                                        description="policy", disabled=len(self.policies) < 2, style=style,
-                                        layout=w.Layout(width="520px"))
-        self.lens = w.ToggleButtons(options=[("full vocabulary", "full"), ("label words", "labels")], value="full",
-                                    tooltips=["top-k tokens over the whole vocabulary",
-                                              "the task's label words, calibrated"],
-                                    style={"button_width": "120px"})  # labelled in the layout below
-        self.threshold = w.FloatSlider(value=float(np.clip(policy.threshold, 0, 1)), min=0.0, max=1.0, step=0.01,
-                                       description="threshold", continuous_update=False, readout_format=".2f",
-                                       style=style, layout=w.Layout(width="460px"))
-        self.min_layer = w.IntSlider(value=int(np.clip(policy.min_layer, 0, self.n_layers)), min=0,
-                                     max=self.n_layers, step=1, description="min layer", continuous_update=False,
-                                     style=style, layout=w.Layout(width="460px"))
-        self.delta = w.BoundedFloatText(value=delta, min=0.001, max=0.999, step=0.005, description="δ (risk)",
-                                        style=style, layout=w.Layout(width="190px"),
-                                        tooltip="Learn-then-Test: at most this disagreement with the full model")
-        self.epsilon = w.BoundedFloatText(value=epsilon, min=0.001, max=0.999, step=0.01, description="ε (error)",
-                                          style=style, layout=w.Layout(width="190px"),
-                                          tooltip="Learn-then-Test: the guarantee may fail for this share of draws")
-
     def _build_views(self) -> None:
         import ipywidgets as w
 

@@ -97,9 +97,9 @@ class LayerTrace:
         words (``trace(model, prompts)``) gives an empty (n, L+1, 0) array."""
         if not self.label_words:
             return np.zeros((*self.label_logits.shape[:2], 0), dtype=self.label_logits.dtype)
-        z = self.label_logits - self.label_logits.max(axis=-1, keepdims=True)
-        e = np.exp(z)
-        return e / e.sum(axis=-1, keepdims=True)
+        from scipy.special import softmax
+
+        return softmax(self.label_logits, axis=-1)
 
     def top_tokens(self, example: int) -> pd.DataFrame:
         """Top-k tokens of one example: one row per layer, columns ``token_i`` and ``prob_i``."""
@@ -337,19 +337,11 @@ def trace(
     label_ids = label_token_ids(model.tokenizer, label_words, prompts[0], owner=model.name) if label_words else []
     path = trace_cache_path(model, prompts, label_words, top_k, full_vocab, prefix_cache) if cache else None
     state = parallel.process_state(distributed)
-    cached = None
-    if path is not None and path.exists():
-        try:
-            cached = LayerTrace.load(path)
-        except CorruptCacheError:
-            if parallel.is_main(state):
-                path.unlink(missing_ok=True)  # rebuilt below
-    if path is not None and parallel.all_true(state, cached is not None):  # every process takes the same road
+    cached = _cached_trace(path, state)
+    if cached is not None:
         return cached
-
     start = time.perf_counter()
     prepared = prepare_prompts(model, prompts, caller="trace", batch_size=batch_size, prefix_cache=prefix_cache, prefix=prefix)
-    order = np.concatenate(prepared.batches)
     ids_tensor = torch.tensor(label_ids, dtype=torch.long, device=model.lens_device)
     mine = parallel.my_share(state, list(range(len(prepared.batches))))  # all batches in one process
     done: list[tuple[int, dict]] = []
@@ -358,11 +350,38 @@ def trace(
         states = batch_states(model, prepared.batch(prepared.batches[b]))
         done.append((b, _batch_stats(model, states, ids_tensor, top_k, full_vocab)))
     chunks = [stats for _, stats in sorted(parallel.gather(state, done), key=lambda item: item[0])]
-    inverse = np.argsort(order)
+    result = _assemble(model, prepared, chunks, label_words, label_ids, top_k=top_k, full_vocab=full_vocab,
+                       seconds=time.perf_counter() - start)
+    if path is not None and parallel.is_main(state):
+        result.save(path)
+        log.info("trace cache written: %s", path)
+    parallel.wait(state)  # the file exists for every process before any returns
+    return result
+
+
+def _cached_trace(path: Path | None, state) -> LayerTrace | None:
+    """The cached trace at ``path`` when every process can read it (a corrupt file is removed by the main
+    process and rebuilt), else None."""
+    cached = None
+    if path is not None and path.exists():
+        try:
+            cached = LayerTrace.load(path)
+        except CorruptCacheError:
+            if parallel.is_main(state):
+                path.unlink(missing_ok=True)  # rebuilt by the caller
+    if path is not None and parallel.all_true(state, cached is not None):  # every process takes the same road
+        return cached
+    return None
+
+
+def _assemble(model: LensModel, prepared, chunks: list[dict], label_words: list[str], label_ids: list[int], *,
+              top_k: int, full_vocab: bool, seconds: float) -> LayerTrace:
+    """The ``LayerTrace`` from the per-batch statistics ``chunks`` (in batch order), rows back in prompt order."""
+    inverse = np.argsort(np.concatenate(prepared.batches))
     arrays = {k: np.concatenate([c[k] for c in chunks])[inverse] for k in chunks[0]}
     arrays = {k: v.astype(np.float32) if v.dtype.kind == "f" else v for k, v in arrays.items()}
     unique_ids = np.unique(arrays["top_ids"])
-    result = LayerTrace(
+    return LayerTrace(
         model_name=model.name,
         n_layers=model.n_layers,
         n_tokens=prepared.n_tokens,
@@ -371,11 +390,6 @@ def trace(
         token_strings={int(t): model.tokenizer.decode([int(t)]) for t in unique_ids},
         meta={"model_cache_id": model.cache_id, "top_k": top_k, "full_vocab": full_vocab,
               "prefix_tokens": 0 if prepared.prefix is None else prepared.prefix.length,
-              "seconds": round(time.perf_counter() - start, 3), "weights": model.weights_note},
+              "seconds": round(seconds, 3), "weights": model.weights_note},
         **arrays,
     )
-    if path is not None and parallel.is_main(state):
-        result.save(path)
-        log.info("trace cache written: %s", path)
-    parallel.wait(state)  # the file exists for every process before any returns
-    return result
