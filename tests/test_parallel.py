@@ -107,3 +107,50 @@ def test_cpu_launcher_starts_one_process(tmp_path):
                          env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr[-2000:]
     assert run.stdout.count("WORLD_SIZE") == 1 and "WORLD_SIZE 1" in run.stdout
+
+
+EXITS_SCRIPT = """
+import sys
+import numpy as np
+import adainfer_lib as ai
+from adainfer_lib.model import parallel
+
+model = ai.load_model("smollm2-135m")
+task = ai.load_task("sentiment", n=8, n_train=8, seed=0)
+rule = ai.GapThresholdPolicy(threshold=0.3, min_layer=12, calibration="raw", label_words=task.label_words)
+with ai.count_layer_rows(model) as rows:  # what THIS process computed
+    res = ai.run_early_exit(model, task.prompts("test"), rule, batch_size=2, prefix=task.prefix)
+state = parallel.process_state()
+print("ROWS", state.process_index, int(rows[0]), flush=True)
+full = ai.run_full(model, task.prompts("test"), label_words=task.label_words, batch_size=2, prefix=task.prefix)
+if parallel.is_main(parallel.process_state()):
+    np.savez(sys.argv[1], exit_layers=res.exit_layers, scores=res.scores, stop_proba=res.stop_proba,
+             full_scores=full.scores, batches=len(res.batch_seconds))
+"""
+
+
+@pytest.mark.slow
+def test_two_processes_run_the_real_exits_of_one(tmp_path, default_model):
+    """The real early-exit evaluation's runs (``run_early_exit``, ``run_full``) split their batches across two
+    processes and gather the results in prompt order: the same as one process."""
+    from adainfer_lib import GapThresholdPolicy, load_task, run_early_exit, run_full
+
+    script, out = tmp_path / "exits.py", tmp_path / "exits.npz"
+    script.write_text(EXITS_SCRIPT)
+    run = subprocess.run([*LAUNCH, str(script), str(out)], env=_env(_data_dir(tmp_path)), capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    gathered = np.load(out)
+    rows = [int(line.split()[-1]) for line in run.stdout.splitlines() if "ROWS" in line]
+    # each prompt ran once, in one of the processes (plus the shared prompt prefix, once per process); without the
+    # split each process would run all 8
+    assert len(rows) == 2 and rows == [5, 5]
+    task = load_task("sentiment", n=8, n_train=8, seed=0)
+    rule = GapThresholdPolicy(threshold=0.3, min_layer=12, calibration="raw", label_words=task.label_words)
+    single = run_early_exit(default_model, task.prompts("test"), rule, batch_size=2, prefix=task.prefix)
+    full = run_full(default_model, task.prompts("test"), label_words=task.label_words, batch_size=2, prefix=task.prefix)
+    assert int(gathered["batches"]) == len(single.batch_seconds) == 4  # every batch, once
+    np.testing.assert_array_equal(gathered["exit_layers"], single.exit_layers)
+    np.testing.assert_allclose(gathered["scores"], single.scores, atol=1e-5)
+    np.testing.assert_allclose(gathered["stop_proba"], single.stop_proba, atol=1e-5, equal_nan=True)
+    np.testing.assert_allclose(gathered["full_scores"], full.scores, atol=1e-5)

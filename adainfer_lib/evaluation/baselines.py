@@ -175,10 +175,10 @@ class PrunedModel:
         return self.model.n_layers - len(self.drop)
 
     def run(self, prompts: Sequence[str], *, label_words: Sequence[str], batch_size: int = 8, prefix: str | None = None,
-            progress: bool = False) -> FullResult:
+            progress: bool = False, distributed: bool | None = None) -> FullResult:
         with dropped_layers(self.model, self.drop):
             return run_full(self.model, prompts, label_words=label_words, calibration=self.calibration,
-                            batch_size=batch_size, prefix=prefix, progress=progress)
+                            batch_size=batch_size, prefix=prefix, progress=progress, distributed=distributed)
 
 
 def run_dropped(model: LensModel, prompts: Sequence[str], drop: Sequence[int], *, label_words: Sequence[str],

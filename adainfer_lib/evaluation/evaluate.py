@@ -138,14 +138,17 @@ class _Setting:
         return getattr(self.task, "prefix", None)
 
     def exit_run(self, prompts: list[str], rule, calibration, batch_size: int = 1) -> ExitResult:
+        """A real early-exit run: data-parallel under ``accelerate launch`` for the accuracy runs, never for
+        the batch-1 timing runs (each process times its own call)."""
         return run_early_exit(self.model, prompts, rule, label_words=self.words, calibration=calibration,
-                              batch_size=batch_size, prefix=self.prefix, progress=self.progress and batch_size > 1)
+                              batch_size=batch_size, prefix=self.prefix, progress=self.progress and batch_size > 1,
+                              distributed=None if len(prompts) > 1 else False)
 
 
 def _full_method(s: _Setting) -> Method:
     def time_one(i: int) -> float:
         return float(run_full(s.model, [s.prompts[i]], label_words=s.words, calibration=s.task_trace.calibration,
-                              prefix=s.prefix).seconds[0])
+                              prefix=s.prefix, distributed=False).seconds[0])
 
     n, L = len(s.prompts), s.model.n_layers
     return Method("full", "dense", np.full(n, L), s.task_trace.final_predictions(), time_one)
@@ -190,7 +193,7 @@ def _shortgpt_method(s: _Setting, target_depth: float, n_influence: int, n_calib
     res = pruned.run(s.prompts, label_words=s.words, batch_size=s.batch_size, prefix=s.prefix, progress=s.progress)
 
     def time_one(i: int) -> float:
-        return float(pruned.run([s.prompts[i]], label_words=s.words, prefix=s.prefix).seconds[0])
+        return float(pruned.run([s.prompts[i]], label_words=s.words, prefix=s.prefix, distributed=False).seconds[0])
 
     method = Method("shortgpt", "real, layers removed", np.full(len(s.prompts), pruned.n_layers), res.predictions,
                     time_one, extra={"dropped": ",".join(str(i + 1) for i in pruned.drop), "drop": pruned.drop})

@@ -36,6 +36,7 @@ import torch
 from ..data.calibration import Calibration, label_log_softmax
 from ..model.inputs import Batch, _find_cache, label_token_ids, prepare_prompts
 from ..model.lens import lens_stats
+from ..model import parallel
 from ..model.loading import LensModel
 from .features import label_features
 from .identity import check_rule_model
@@ -324,6 +325,7 @@ def run_early_exit(
     prefix_cache: bool = True,
     prefix: str | None = None,
     progress: bool = False,
+    distributed: bool | None = None,
 ) -> ExitResult:
     """Run ``prompts`` through ``model``, stopping each at the first layer ``>= policy.min_layer`` whose
     ``policy.stop_proba_online(features, layer, state)`` is ``>= policy.threshold`` (else at ``L``).
@@ -339,7 +341,10 @@ def run_early_exit(
 
     Inputs go through ``inputs.prepare_prompts`` (the same checks, label-word resolution and right padding
     as ``lens.trace``); with ``prefix_cache`` the prompts' shared token prefix runs once (outside the timed
-    batches; ``run_full`` shares it) and each batch runs only the rest. Errors: ``TypeError``/``ValueError``
+    batches; ``run_full`` shares it) and each batch runs only the rest. Under ``accelerate launch`` with several
+    processes (``distributed=None`` decides from the environment, ``False`` turns it off) the length-sorted
+    batches are dealt round robin across the processes (``model.parallel``) and the results gathered in prompt
+    order on every process: the same batches, so the same numbers, as one process. Errors: ``TypeError``/``ValueError``
     for bad prompts (bare string, empty, longer than the context) or ``batch_size``, ``ValueError`` for label
     words that are not one distinct token after the prompt, or calibration offsets of the wrong shape.
     """
@@ -364,14 +369,20 @@ def run_early_exit(
     threshold = float(policy.threshold)
 
     collected = _Collected(len(prepared.tokens), L, len(words))
+    state = parallel.process_state(distributed)
+    mine = parallel.my_share(state, list(range(len(prepared.batches))))  # all batches in one process
+    records = []
     with torch.no_grad():
-        for idx in tqdm(prepared.batches, desc="early exit", disable=not progress or len(collected) < 3 * batch_size):
+        for b in tqdm(mine, desc="early exit", disable=not progress or len(mine) < 3 or not parallel.is_main(state)):
             t0, c0 = time.perf_counter(), time.process_time()
-            batch = prepared.batch(idx)
+            batch = prepared.batch(prepared.batches[b])
             run = _BatchRun(model, policy, inputs=batch, offsets=offsets, label_ids=label_ids,
-                            full_vocab=need_full, min_layer=min_layer, threshold=threshold, row_ids=idx)
+                            full_vocab=need_full, min_layer=min_layer, threshold=threshold, row_ids=prepared.batches[b])
             _run_batch(model, run, batch)
-            collected.add(idx, run, time.perf_counter() - t0, time.process_time() - c0)
+            records.append(_batch_record(b, prepared.batches[b], run, time.perf_counter() - t0,
+                                         time.process_time() - c0))
+    for record in sorted(parallel.gather(state, records), key=lambda r: r["batch"]):
+        collected.add(record)
     meta = {"weights": model.weights_note, "full_vocab_checks": need_full,
             "prefix_tokens": 0 if prepared.prefix is None else prepared.prefix.length}
     return collected.result(model_name=model.name, n_layers=L, label_words=words, batch_size=batch_size,
@@ -392,6 +403,14 @@ def _run_batch(model: LensModel, run: _BatchRun, batch: Batch) -> None:
         raise RuntimeError("early exit: some rows never reached an exit (was the model's layer list changed?)")
 
 
+def _batch_record(position: int, idx: np.ndarray, run: _BatchRun, elapsed: float, cpu: float) -> dict:
+    """What one batch contributes to the result, as plain CPU data (it may travel to another process)."""
+    return {"batch": position, "idx": np.asarray(idx), "seconds": elapsed, "cpu_seconds": cpu,
+            "check_seconds": run.check_seconds, "exit_layers": run.exit_layer, "stop_proba": run.stop_proba,
+            "label_logits": run.label_logits, "scores": run.scores, "features": run.features,
+            "states": [state.cpu() for state in run.states]}
+
+
 class _Collected:
     """The per-prompt results of ``run_early_exit``, filled batch by batch."""
 
@@ -406,16 +425,18 @@ class _Collected:
     def __len__(self) -> int:
         return len(self.exit_layers)
 
-    def add(self, idx: np.ndarray, run: _BatchRun, elapsed: float, cpu: float) -> None:
+    def add(self, record: dict) -> None:
+        """One batch's ``_batch_record`` (from this process or, gathered, from another one)."""
+        idx, elapsed, cpu = record["idx"], record["seconds"], record["cpu_seconds"]
         self.batch_seconds.append(elapsed)
         self.seconds[idx], self.cpu_seconds[idx] = elapsed / len(idx), cpu / len(idx)
-        self.check_seconds[idx] = run.check_seconds / len(idx)
-        self.exit_layers[idx], self.stop_proba[idx] = run.exit_layer, run.stop_proba
-        self.label_logits[idx], self.scores[idx] = run.label_logits, run.scores
+        self.check_seconds[idx] = record["check_seconds"] / len(idx)
+        for name in ("exit_layers", "stop_proba", "label_logits", "scores"):
+            getattr(self, name)[idx] = record[name]
         for k in ONLINE_FEATURE_NAMES:
-            self.features[k][idx] = run.features[k]
+            self.features[k][idx] = record["features"][k]
         for pos, i in enumerate(idx):
-            self.states[i] = run.states[pos]
+            self.states[i] = record["states"][pos]
 
     def result(self, **fields) -> ExitResult:
         return ExitResult(predictions=self.scores.argmax(-1), exit_layers=self.exit_layers, stop_proba=self.stop_proba,
@@ -435,10 +456,12 @@ def run_full(
     prefix_cache: bool = True,
     prefix: str | None = None,
     progress: bool = False,
+    distributed: bool | None = None,
 ) -> FullResult:
     """The dense model, plain: one forward pass per batch (logits at each row's last real token only),
     prediction = argmax of the calibrated label scores at layer L. The reference that early exit is timed
-    against: same inputs, batches and prompt-prefix cache as ``run_early_exit`` (see its errors)."""
+    against: same inputs, batches, prompt-prefix cache and data parallelism as ``run_early_exit`` (see its
+    errors)."""
     from tqdm.auto import tqdm
 
     prepared = prepare_prompts(model, prompts, caller="run_full", batch_size=batch_size, prefix_cache=prefix_cache, prefix=prefix)
@@ -452,25 +475,36 @@ def run_full(
                              dtype=torch.long, device=model.device)
     n = len(prepared.tokens)
     label_logits, seconds, cpu_seconds, batch_seconds = np.zeros((n, len(words))), np.zeros(n), np.zeros(n), []
+    state = parallel.process_state(distributed)
+    mine = parallel.my_share(state, list(range(len(prepared.batches))))  # all batches in one process
+    records = []
     with torch.no_grad():
-        for idx in tqdm(prepared.batches, desc="full model", disable=not progress or n < 3 * batch_size):
+        for b in tqdm(mine, desc="full model", disable=not progress or len(mine) < 3 or not parallel.is_main(state)):
             t0, c0 = time.perf_counter(), time.process_time()
-            batch = prepared.batch(idx)
-            kwargs = batch.forward_kwargs(model)
-            keep = torch.unique(batch.last)  # sorted positions whose logits we need
-            if "logits_to_keep" in kwargs:
-                kwargs["logits_to_keep"] = keep
-                logits, at = model.hf_model(**kwargs).logits, torch.searchsorted(keep, batch.last)
-            else:
-                logits, at = model.hf_model(**kwargs).logits, batch.last
-            rows = torch.arange(len(idx), device=logits.device)
-            label_logits[idx] = logits[rows, at.to(logits.device)][:, label_ids.to(logits.device)].double().cpu().numpy()
-            elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
-            batch_seconds.append(elapsed)
-            seconds[idx], cpu_seconds[idx] = elapsed / len(idx), cpu / len(idx)
+            logits = _final_label_logits(model, prepared.batch(prepared.batches[b]), label_ids)
+            records.append((b, time.perf_counter() - t0, time.process_time() - c0, logits))
+    for b, elapsed, cpu, logits in sorted(parallel.gather(state, records), key=lambda r: r[0]):
+        idx = prepared.batches[b]
+        label_logits[idx] = logits
+        batch_seconds.append(elapsed)
+        seconds[idx], cpu_seconds[idx] = elapsed / len(idx), cpu / len(idx)
     scores = label_log_softmax(label_logits) - offsets[L]
     return FullResult(predictions=scores.argmax(-1), label_logits=label_logits, scores=scores,
                       seconds=seconds, batch_seconds=batch_seconds, cpu_seconds=cpu_seconds)
+
+
+def _final_label_logits(model: LensModel, batch: Batch, label_ids: torch.Tensor) -> np.ndarray:
+    """The label-word logits (B, C) of the model's output at each row's last real token (logits computed at
+    those positions only where the model supports ``logits_to_keep``)."""
+    kwargs = batch.forward_kwargs(model)
+    keep = torch.unique(batch.last)  # sorted positions whose logits we need
+    if "logits_to_keep" in kwargs:
+        kwargs["logits_to_keep"] = keep
+        logits, at = model.hf_model(**kwargs).logits, torch.searchsorted(keep, batch.last)
+    else:
+        logits, at = model.hf_model(**kwargs).logits, batch.last
+    rows = torch.arange(len(batch.last), device=logits.device)
+    return logits[rows, at.to(logits.device)][:, label_ids.to(logits.device)].double().cpu().numpy()
 
 
 @contextmanager
