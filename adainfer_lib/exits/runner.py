@@ -348,7 +348,6 @@ def run_early_exit(
     for bad prompts (bare string, empty, longer than the context) or ``batch_size``, ``ValueError`` for label
     words that are not one distinct token after the prompt, or calibration offsets of the wrong shape.
     """
-    from tqdm.auto import tqdm
 
     prepared = prepare_prompts(model, prompts, caller="run_early_exit", batch_size=batch_size,
                                prefix_cache=prefix_cache, prefix=prefix)
@@ -369,19 +368,19 @@ def run_early_exit(
     threshold = float(policy.threshold)
 
     collected = _Collected(len(prepared.tokens), L, len(words))
-    state = parallel.process_state(distributed)
-    mine = parallel.my_share(state, list(range(len(prepared.batches))))  # all batches in one process
-    records = []
+
+    def work(b: int) -> dict:
+        t0, c0 = time.perf_counter(), time.process_time()
+        batch = prepared.batch(prepared.batches[b])
+        run = _BatchRun(model, policy, inputs=batch, offsets=offsets, label_ids=label_ids,
+                        full_vocab=need_full, min_layer=min_layer, threshold=threshold, row_ids=prepared.batches[b])
+        _run_batch(model, run, batch)
+        return _batch_record(prepared.batches[b], run, time.perf_counter() - t0, time.process_time() - c0)
+
     with torch.no_grad():
-        for b in tqdm(mine, desc="early exit", disable=not progress or len(mine) < 3 or not parallel.is_main(state)):
-            t0, c0 = time.perf_counter(), time.process_time()
-            batch = prepared.batch(prepared.batches[b])
-            run = _BatchRun(model, policy, inputs=batch, offsets=offsets, label_ids=label_ids,
-                            full_vocab=need_full, min_layer=min_layer, threshold=threshold, row_ids=prepared.batches[b])
-            _run_batch(model, run, batch)
-            records.append(_batch_record(b, prepared.batches[b], run, time.perf_counter() - t0,
-                                         time.process_time() - c0))
-    for record in sorted(parallel.gather(state, records), key=lambda r: r["batch"]):
+        done = parallel.run_batches(parallel.process_state(distributed), len(prepared.batches), work,
+                                    desc="early exit", progress=progress)
+    for _, record in done:
         collected.add(record)
     meta = {"weights": model.weights_note, "full_vocab_checks": need_full,
             "prefix_tokens": 0 if prepared.prefix is None else prepared.prefix.length}
@@ -403,9 +402,9 @@ def _run_batch(model: LensModel, run: _BatchRun, batch: Batch) -> None:
         raise RuntimeError("early exit: some rows never reached an exit (was the model's layer list changed?)")
 
 
-def _batch_record(position: int, idx: np.ndarray, run: _BatchRun, elapsed: float, cpu: float) -> dict:
+def _batch_record(idx: np.ndarray, run: _BatchRun, elapsed: float, cpu: float) -> dict:
     """What one batch contributes to the result, as plain CPU data (it may travel to another process)."""
-    return {"batch": position, "idx": np.asarray(idx), "seconds": elapsed, "cpu_seconds": cpu,
+    return {"idx": np.asarray(idx), "seconds": elapsed, "cpu_seconds": cpu,
             "check_seconds": run.check_seconds, "exit_layers": run.exit_layer, "stop_proba": run.stop_proba,
             "label_logits": run.label_logits, "scores": run.scores, "features": run.features,
             "states": [state.cpu() for state in run.states]}
@@ -462,7 +461,6 @@ def run_full(
     prediction = argmax of the calibrated label scores at layer L. The reference that early exit is timed
     against: same inputs, batches, prompt-prefix cache and data parallelism as ``run_early_exit`` (see its
     errors)."""
-    from tqdm.auto import tqdm
 
     prepared = prepare_prompts(model, prompts, caller="run_full", batch_size=batch_size, prefix_cache=prefix_cache, prefix=prefix)
     if isinstance(label_words, str) or not label_words:
@@ -475,15 +473,16 @@ def run_full(
                              dtype=torch.long, device=model.device)
     n = len(prepared.tokens)
     label_logits, seconds, cpu_seconds, batch_seconds = np.zeros((n, len(words))), np.zeros(n), np.zeros(n), []
-    state = parallel.process_state(distributed)
-    mine = parallel.my_share(state, list(range(len(prepared.batches))))  # all batches in one process
-    records = []
+
+    def work(b: int) -> tuple[float, float, np.ndarray]:
+        t0, c0 = time.perf_counter(), time.process_time()
+        logits = _final_label_logits(model, prepared.batch(prepared.batches[b]), label_ids)
+        return time.perf_counter() - t0, time.process_time() - c0, logits
+
     with torch.no_grad():
-        for b in tqdm(mine, desc="full model", disable=not progress or len(mine) < 3 or not parallel.is_main(state)):
-            t0, c0 = time.perf_counter(), time.process_time()
-            logits = _final_label_logits(model, prepared.batch(prepared.batches[b]), label_ids)
-            records.append((b, time.perf_counter() - t0, time.process_time() - c0, logits))
-    for b, elapsed, cpu, logits in sorted(parallel.gather(state, records), key=lambda r: r[0]):
+        done = parallel.run_batches(parallel.process_state(distributed), len(prepared.batches), work,
+                                    desc="full model", progress=progress)
+    for b, (elapsed, cpu, logits) in done:
         idx = prepared.batches[b]
         label_logits[idx] = logits
         batch_seconds.append(elapsed)

@@ -328,7 +328,6 @@ def trace(
     Errors: ``TypeError``/``ValueError`` from ``inputs.check_prompts`` and ``inputs.tokenize_prompts`` (empty
     or too-long prompts), ``ValueError`` for unusable label words.
     """
-    from tqdm.auto import tqdm
 
     prompts = check_prompts(prompts, caller="trace")
     label_words = list(label_words or [])
@@ -343,13 +342,12 @@ def trace(
     start = time.perf_counter()
     prepared = prepare_prompts(model, prompts, caller="trace", batch_size=batch_size, prefix_cache=prefix_cache, prefix=prefix)
     ids_tensor = torch.tensor(label_ids, dtype=torch.long, device=model.lens_device)
-    mine = parallel.my_share(state, list(range(len(prepared.batches))))  # all batches in one process
-    done: list[tuple[int, dict]] = []
-    for b in tqdm(mine, desc=f"trace {model.name}",
-                  disable=not progress or len(mine) < 3 or not parallel.is_main(state)):
+    def work(b: int) -> dict:
         states = batch_states(model, prepared.batch(prepared.batches[b]))
-        done.append((b, _batch_stats(model, states, ids_tensor, top_k, full_vocab)))
-    chunks = [stats for _, stats in sorted(parallel.gather(state, done), key=lambda item: item[0])]
+        return _batch_stats(model, states, ids_tensor, top_k, full_vocab)
+
+    done = parallel.run_batches(state, len(prepared.batches), work, desc=f"trace {model.name}", progress=progress)
+    chunks = [stats for _, stats in done]
     result = _assemble(model, prepared, chunks, label_words, label_ids, top_k=top_k, full_vocab=full_vocab,
                        seconds=time.perf_counter() - start)
     if path is not None and parallel.is_main(state):

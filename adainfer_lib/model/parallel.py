@@ -17,7 +17,7 @@ starts two, and with no accelerator (or ``ACCELERATE_USE_CPU=true``) they run on
 from __future__ import annotations
 
 import os
-from typing import Sequence, TypeVar
+from typing import Callable, Sequence, TypeVar
 
 T = TypeVar("T")
 
@@ -74,3 +74,13 @@ def is_main(state) -> bool:
 def wait(state) -> None:
     if state is not None:
         state.wait_for_everyone()
+
+
+def run_batches(state, n_batches: int, work: Callable[[int], T], *, desc: str, progress: bool) -> list[tuple[int, T]]:
+    """``work(b)`` for this process's share of batches ``0..n_batches-1`` (a progress bar on the main process),
+    then every process's ``(b, result)`` gathered on every process, in batch order."""
+    from tqdm.auto import tqdm
+
+    mine = my_share(state, list(range(n_batches)))
+    done = [(b, work(b)) for b in tqdm(mine, desc=desc, disable=not progress or len(mine) < 3 or not is_main(state))]
+    return sorted(gather(state, done), key=lambda item: item[0])
