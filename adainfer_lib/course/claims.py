@@ -216,7 +216,8 @@ def ch01_calibration(settings, report: pd.DataFrame) -> list[Claim]:
         raw, batch = float(rows.loc["raw", "accuracy_full"]), float(rows.loc["batch", "accuracy_full"])
         share = float(rows.loc["raw", "most_frequent_label_share"])
         n = int(rows.loc["raw", "n"])
-        ref = {m: reference(settings, "01_calibration", "accuracy_full", task=task, calibration=m) for m in ("raw", "batch")}
+        ref = {m: reference(settings, "01_calibration", "accuracy_full", task=task, calibration=m)
+               for m in ("raw", "batch")}
         ref_n = reference_n(settings, "01_calibration", task=task, calibration="raw")
         gain = batch - raw
         mode = "quick mode, " if settings.quick else ""
@@ -227,13 +228,15 @@ def ch01_calibration(settings, report: pd.DataFrame) -> list[Claim]:
         out.append(claim(f"ch01.calibration.{task}", abs(gain) >= 0.01,
                          "{task} ({mode}n={n}): accuracy at layer L raw {raw:.3f} → batch {batch:.3f} ({gain}); raw "
                          "decisions give one label to {share:.0%} of the examples.{full}",
-                         "{task} ({mode}n={n}): raw and batch-calibrated decisions are equally accurate here ({raw:.3f} "
-                         "vs {batch:.3f}); raw decisions give one label to {share:.0%} of the examples.{full}",
+                         "{task} ({mode}n={n}): raw and batch-calibrated decisions are equally accurate here "
+                         "({raw:.3f} vs {batch:.3f}); raw decisions give one label to {share:.0%} of the "
+                         "examples.{full}",
                          basis=basis(settings), task=task, share=share, gain=_fmt_pts(100 * gain), mode=mode, n=n,
                          raw=raw, batch=batch, full=full_text))
     # the firm claim behind the section's title, on the full-mode numbers
     full = {t: {m: (reference(settings, "01_calibration", "accuracy_full", task=t, calibration=m)
-                    if settings.quick else float(report[(report.task == t) & (report.calibration == m)].accuracy_full.iloc[0]))
+                    if settings.quick
+                    else float(report[(report.task == t) & (report.calibration == m)].accuracy_full.iloc[0]))
                 for m in ("raw", "batch")} for t in report.task.unique()}
     full = {t: v for t, v in full.items() if None not in v.values()}
     if full:
@@ -281,8 +284,8 @@ def ch02_trajectories(table: pd.DataFrame) -> list[Claim]:
               "The mean label_gap of the early half reaches half its final value at layer {early}, the late half's at "
               "layer {late}: the early half rises first (n={n}).",
               "The mean label_gap of both halves reaches half its final value at layer {early} (early half) and "
-              "{late} (late half; n={n}): within two layers of each other, so the *mean* does not tell the halves apart — what does is "
-              "the spread at each layer, which the per-layer AUC below measures.",
+              "{late} (late half; n={n}): within two layers of each other, so the *mean* does not tell the "
+              "halves apart — what does is the spread at each layer, which the per-layer AUC below measures.",
               basis="quick", early=rise.get("early"), late=rise.get("late"), n=n),
     ]
 
@@ -328,7 +331,8 @@ def ch04_check_cost(settings, table: pd.DataFrame) -> list[Claim]:
         path = results_folder(settings) / "04_early_exit_by_task.csv"
         if settings.quick and path.exists():
             saved = pd.read_csv(path)
-            saved = saved[(saved.kind == "real early exit") & saved.method.str.contains("paper").eq(label.startswith("full"))]
+            paper = saved.method.str.contains("paper").eq(label.startswith("full"))
+            saved = saved[(saved.kind == "real early exit") & paper]
             ref_rows = (float(saved.check_cost.min()), float(saved.check_cost.max())) if len(saved) else None
         ref_text = f"; full mode {ref_rows[0]:.2f}–{ref_rows[1]:.2f}" if ref_rows else ""
         out.append(claim(f"ch04.check_cost.{label.split()[0]}", lo >= 1.0,
@@ -364,3 +368,316 @@ def ch04_mmlu_random(settings, table: pd.DataFrame) -> Claim:
                  "falls outside the policies' range — with n={n} at chance, such gaps are noise (one answer is "
                  "{step:.0%}).{ref}",
                  basis=basis(settings), n=n, full=full, rnd=rnd, lo=lo, hi=hi, ref=ref_text, step=1 / n)
+
+
+def threshold_text(threshold: float | None) -> str:
+    """A threshold as a student should read it: above 1 (or None, inf) it is a rule that never exits early."""
+    if threshold is None or not np.isfinite(threshold) or threshold > 1:
+        return "never exits (> 1)"
+    return f"{threshold:.2f}"
+
+
+def show_thresholds(table: pd.DataFrame, columns=("threshold",), missing: str | None = None) -> pd.DataFrame:
+    """``table`` with its threshold columns written for reading: a threshold above 1 says "never exits"; a missing
+    one stays empty (the oracle has none), or says ``missing`` when given (e.g. "never exits: nothing certified")."""
+    out = table.copy()
+    for column in columns:
+        if column in out:
+            out[column] = [(missing if missing is not None else value)
+                           if value is None or (isinstance(value, float) and np.isnan(value))
+                           else threshold_text(value) for value in out[column]]
+    return out
+
+
+def _full_value(settings, here: float, name: str, column: str, **where) -> tuple[float, str, float | None]:
+    """The number a firm claim about the method is checked on: this run's in full mode; in quick mode the saved
+    full-mode reference when there is one (else this run's, reported only). Returns (value, basis, reference)."""
+    if not settings.quick:
+        return here, "full", here
+    ref = reference(settings, name, column, **where)
+    return (here, "quick", None) if ref is None else (ref, "full", ref)
+
+
+# ---- chapter 06 ----------------------------------------------------------------------------------------
+
+
+def ch06_sizing(sizing: pd.DataFrame) -> Claim:
+    """Chapter 06: Hoeffding–Bentkus never certifies more calibration risk than the exact binomial p-value."""
+    binomial = sizing["binomial"].fillna(-1.0).to_numpy()
+    hb = sizing["Hoeffding–Bentkus"].fillna(-1.0).to_numpy()
+    return claim("ch06.hoeffding_bentkus", bool(np.all(hb <= binomial + 1e-12)),
+                 "In all {k} cells of the table Hoeffding–Bentkus certifies at most the calibration risk the binomial "
+                 "p-value certifies, strictly less in {m}.", basis="quick", strict=True,
+                 k=len(sizing), m=int(np.sum(hb < binomial - 1e-12)))
+
+
+def ch06_certification(cert, delta: float) -> Claim:
+    """Chapter 06's certification figure: where the fixed sequence stopped, and untested candidates below δ."""
+    frame = cert.to_frame()
+    certified = int((frame.status == "certified").sum())
+    failed = frame[frame.status == "failed"]
+    untested = frame[frame.status == "not tested"]
+    below = untested[untested.empirical_risk <= delta]
+    if failed.empty:
+        return claim("ch06.sequence_stop", True, "All {k} candidates were certified (n = {n}): the sequence never "
+                     "stopped.", basis="quick", k=certified, n=cert.n)
+    stop = failed.iloc[0]
+    return claim("ch06.sequence_stop", len(below) > 0,
+                 "The sequence certified {k} candidates and stopped at {t:.2f} (p = {p:.3f} > ε). {m} of the {u} "
+                 "untested candidates after it show a calibration risk ≤ δ = {delta:.0%} (the first at {first}) — "
+                 "they are never deployed (n = {n}).",
+                 "The sequence certified {k} candidates and stopped at {t:.2f} (p = {p:.3f} > ε); no untested "
+                 "candidate after it shows a calibration risk ≤ δ = {delta:.0%} here (n = {n}), so the fixed order "
+                 "cost nothing on this draw.", basis="quick",
+                 k=certified, t=float(stop.threshold), p=float(stop.p_value), m=len(below), u=len(untested),
+                 delta=delta, first=f"{below.threshold.iloc[0]:.2f}" if len(below) else "", n=cert.n)
+
+
+def ch06_held_out(held: pd.DataFrame, delta: float) -> Claim:
+    """Chapter 06: the certified threshold on the held-out part of the pool (one draw)."""
+    row = held.iloc[0]
+    dis = 1 - float(row.consistency)
+    return claim("ch06.held_out", dis <= delta,
+                 "On the {n} held-out prompts of this draw the certified threshold disagrees with the full model on "
+                 "{d:.1%}, within δ = {delta:.0%}.",
+                 "On the {n} held-out prompts of this draw the certified threshold disagrees with the full model on "
+                 "{d:.1%}, above δ = {delta:.0%}: one draw of {n} prompts is noisy, and the guarantee allows a share "
+                 "ε of unlucky draws — the next section checks it over many.", basis="quick",
+                 n=int(row.n), d=dis, delta=delta)
+
+
+def _plug_in(table: pd.DataFrame) -> pd.Series | None:
+    """The naive plug-in rule's row of a guarantee-check summary: ≥ 1 − δ consistency on calibration."""
+    delta = float(table["delta"].iloc[0])
+    rows = table[table.rule == f"≥ {1 - delta:.0%} consistency on calibration"]
+    return None if rows.empty else rows.iloc[0]
+
+
+def ch06_guarantee(settings, summary: pd.DataFrame, epsilon: float) -> list[Claim]:
+    """Chapter 06's guarantee check: Learn-then-Test within ε (+ s.e.), the plug-in rule breaking δ far more
+    often, and the layers Learn-then-Test gives up for its evidence. Checked on the full-mode numbers (this run's
+    in full mode, ``results/06_guarantee_check.csv`` in quick mode; this run's, reported only, when none is saved)."""
+    ltt, plug = summary.set_index("rule").loc["Learn-then-Test"], _plug_in(summary)
+    path = results_folder(settings) / "06_guarantee_check.csv"
+    saved = pd.read_csv(path) if settings.quick and path.exists() else None
+    full, kind = (summary, basis(settings)) if saved is None else (saved, "full")
+    f_ltt, f_plug = full.set_index("rule").loc["Learn-then-Test"], _plug_in(full)
+    where = f"n_cal = {int(ltt.n_cal)}, {int(ltt.n_draws)} draws"
+    ref = ""
+    if settings.quick:
+        ref = (f" Full mode (δ = {f_ltt.delta:.0%}, n_cal = {int(f_ltt.n_cal)}, {int(f_ltt.n_draws)} draws): "
+               f"{f_ltt.violation_rate:.1%}, within: {bool(f_ltt.within_guarantee)}." if saved is not None
+               else f" No full-mode reference saved for {settings.model}.")
+    out = [claim("ch06.ltt_within", bool(f_ltt.within_guarantee),
+                 "Learn-then-Test broke δ in {v:.1%} of the splits ({where}; ε + s.e. = {eps:.0%} + {se:.1%}); over "
+                 "the whole pool, in {pool:.1%}.{ref}", basis=kind, v=float(ltt.violation_rate), where=where,
+                 eps=epsilon, se=float(ltt.se), pool=float(ltt.pool_violation_rate), ref=ref)]
+    if plug is None or f_plug is None:
+        return out
+    ref = "" if saved is None else (f" Full mode: the plug-in rule broke δ in {f_plug.violation_rate:.1%} of the "
+                                    f"splits and saved {f_plug.test_layers_saved:.1%}, Learn-then-Test "
+                                    f"{f_ltt.test_layers_saved:.1%}.")
+    out.append(claim("ch06.plug_in_breaks", float(f_plug.violation_rate) > epsilon + float(f_plug.se),
+                     "The plug-in rule ({rule}) broke δ in {v:.1%} of the splits, far above ε = {eps:.0%}.{ref}",
+                     basis=kind, rule=plug["rule"], v=float(plug.violation_rate), eps=epsilon, ref=ref))
+    out.append(claim("ch06.ltt_pays", float(f_ltt.test_layers_saved) < float(f_plug.test_layers_saved),
+                     "Learn-then-Test saves fewer layers on the test parts than the plug-in rule ({l:.1%} vs {p:.1%}, "
+                     "{where}{full}): the price of stopping where the evidence runs out.", basis=kind,
+                     l=float(ltt.test_layers_saved), p=float(plug.test_layers_saved), where=where,
+                     full="" if saved is None else (f"; full mode {f_ltt.test_layers_saved:.1%} vs "
+                                                    f"{f_plug.test_layers_saved:.1%}")))
+    return out
+
+
+def ch06_rules(settings, rules: pd.DataFrame) -> Claim:
+    """Chapter 06: under the guarantee, the paper-feature SVM saves less than every label-feature rule."""
+    def split(table):
+        table = table.set_index("rule")
+        label = table[[("label" in r) for r in table.index]].layers_saved
+        return float(table.loc["SVM · paper features", "layers_saved"]), float(label.min()), float(label.max())
+    svm, lo, hi = split(rules)
+    path = results_folder(settings) / "06_rules_certified.csv"
+    saved = split(pd.read_csv(path)) if settings.quick and path.exists() else None
+    (f_svm, f_lo, _), kind = (saved, "full") if saved else ((svm, lo, hi), basis(settings))
+    ref = "" if not settings.quick else (f" Full mode: SVM {saved[0]:.1%}, label-feature rules {saved[1]:.1%}–"
+                                         f"{saved[2]:.1%}." if saved else
+                                         f" No full-mode reference saved for {settings.model}.")
+    return claim("ch06.svm_least", f_svm < f_lo,
+                 "Under the guarantee the paper-feature SVM saves {svm:.1%} of the layers on the {n} held-out prompts, "
+                 "the label-feature rules {lo:.1%}–{hi:.1%}: full-vocabulary confidence ranks this model's layers "
+                 "poorly (chapter 02).{ref}", basis=kind, svm=svm, lo=lo, hi=hi, n=int(rules.n.iloc[0]), ref=ref)
+
+
+def _price_ok(price: pd.DataFrame) -> tuple[bool, bool]:
+    """(a looser δ saves at least as many layers at every n_cal, the largest n_cal at least as many as the smallest
+    at every δ)."""
+    table = price.pivot(index="n_cal", columns="delta", values="layers_saved").sort_index().sort_index(axis=1)
+    by_delta = bool(np.all(np.diff(table.to_numpy(), axis=1) >= -1e-9))
+    by_n = bool(np.all(table.iloc[-1].to_numpy() >= table.iloc[0].to_numpy() - 1e-9))
+    return by_delta, by_n
+
+
+def ch06_price(settings, price: pd.DataFrame, epsilon: float) -> list[Claim]:
+    """Chapter 06's price of the guarantee: looser δ and more calibration prompts save more; below
+    ``min_calibration_size`` nothing is certified (at any n)."""
+    from ..exits.risk_control import min_calibration_size
+
+    by_delta, by_n = _price_ok(price)
+    path = results_folder(settings) / "06_price_of_guarantee.csv"
+    saved = pd.read_csv(path) if settings.quick and path.exists() else None
+    (f_delta, f_n), kind = (_price_ok(saved), "full") if saved is not None else ((by_delta, by_n), basis(settings))
+    note = "" if not settings.quick else (" The full-mode table in results/ shows the same." if saved is not None and
+                                          (f_delta, f_n) == (True, True) else
+                                          "" if saved is not None else
+                                          f" No full-mode reference saved for {settings.model}.")
+    too_small = price[[n < min_calibration_size(d, epsilon) for n, d in zip(price.n_cal, price.delta)]]
+    return [
+        claim("ch06.price_delta", f_delta, "At every calibration size a looser δ saves at least as many layers "
+              "(this run: {here}).{note}", basis=kind, here="yes" if by_delta else "not everywhere", note=note),
+        claim("ch06.price_n", f_n, "At every δ the largest calibration set saves at least as many layers as the "
+              "smallest (this run: {here}).{note}", basis=kind, here="yes" if by_n else "not everywhere", note=note),
+        claim("ch06.price_min_size", bool((too_small.share_certified == 0).all()),
+              "The {k} cells whose n_cal is below ai.min_calibration_size(δ, ε) certified nothing in any draw.",
+              basis="quick", strict=True, k=len(too_small)),
+    ]
+
+
+def ch06_real_run(real: pd.DataFrame, delta: float, threshold) -> Claim:
+    """Chapter 06: the certified rule through the real runner, on fresh prompts; speedup against the ideal of the
+    same timed prompts."""
+    row = real.set_index("method").loc["certified (Learn-then-Test)"]
+    timed = int(row.n_timed)
+    return claim("ch06.real_run", float(row.measured_speedup) >= 1.0,
+                 "On {n} fresh prompts the certified rule (threshold {t}) disagreed with the full model on {d:.1%} "
+                 "(δ = {delta:.0%} bounds the expected rate, not each sample of {n}), accuracy {a:.3f} vs {af:.3f}, "
+                 "{s:.1%} of the layers saved; measured speedup {m:.2f}× against the ideal {i:.2f}× of the same "
+                 "{timed} timed prompt{pl}.",
+                 "On {n} fresh prompts the certified rule (threshold {t}) disagreed with the full model on {d:.1%} "
+                 "(δ = {delta:.0%} bounds the expected rate, not each sample of {n}), accuracy {a:.3f} vs {af:.3f}, "
+                 "{s:.1%} of the layers saved; measured speedup {m:.2f}× against the ideal {i:.2f}× of the same "
+                 "{timed} timed prompt{pl}: slower than the full model here — {why}",
+                 basis="quick", n=int(row.n), t=threshold_text(threshold), d=1 - float(row.consistency), delta=delta,
+                 a=float(row.accuracy), af=float(row.accuracy_full), s=float(row.layers_saved),
+                 m=float(row.measured_speedup), i=float(row.ideal_speedup_timed), timed=timed,
+                 pl="" if timed == 1 else "s",
+                 why="the timed prompts ran every layer (ideal 1.00×): nothing to gain, only checks to pay."
+                 if float(row.ideal_speedup_timed) <= 1.0 + 1e-9 else
+                 "the checks and the timing noise of this machine ate the saving (chapter 04 measures what a check "
+                 "costs).")
+
+
+# ---- chapter 03 ----------------------------------------------------------------------------------------
+
+LABEL_POLICIES = ("threshold · label_gap", "CRF · label features", "logistic · label features")
+
+
+def ch03_best_layer(tt) -> Claim:
+    """Chapter 03: is the final layer the most accurate one (else an early exit can even raise accuracy)?"""
+    acc = tt.accuracy_by_layer()
+    best = int(np.argmax(acc))
+    return claim("ch03.best_layer", best < tt.n_layers and acc[best] > acc[-1],
+                 "Here layer {best} is the most accurate ({a:.3f} vs {f:.3f} at layer {L}, n={n}): an exit there would "
+                 "raise accuracy, and an accuracy criterion allows exits that change predictions.",
+                 "Here the last layer is the most accurate ({f:.3f}, n={n}): early exit can at best keep it.",
+                 basis="quick", best=best, a=float(acc[best]), f=float(acc[-1]), L=tt.n_layers, n=tt.n_examples)
+
+
+def ch03_default_threshold(settings, svm, test: pd.DataFrame) -> Claim:
+    """Chapter 03: at threshold 0.5 the paper's SVM stops nearly every example at the first layer it may."""
+    exits = np.asarray(svm.exit_layers(test))
+    share = float(np.mean(exits == svm.min_layer))
+    return claim("ch03.default_threshold", share >= 0.8,
+                 "At threshold 0.5, {share:.0%} of the {n} test examples stop at the first layer allowed "
+                 "(min_layer {m}).", basis=basis(settings), share=share, n=len(exits), m=svm.min_layer)
+
+
+def ch03_two_labels(test: pd.DataFrame, n_labels: int) -> Claim:
+    """Chapter 03: with two labels, label_gap = 2 label_top_prob − 1 (the same ranking)."""
+    rows = test[test.layer >= 1]
+    worst = float(np.max(np.abs(rows.label_gap - (2 * rows.label_top_prob - 1))))
+    return claim("ch03.two_labels", n_labels != 2 or worst < 1e-6,
+                 "label_gap − (2·label_top_prob − 1) is at most {worst:.1e} over the {rows} rows: the same feature.",
+                 basis="quick", strict=True, worst=worst, rows=len(rows))
+
+
+def _saved_or_here(settings, name: str, here: pd.DataFrame) -> tuple[pd.DataFrame, str]:
+    """This run's table in full mode; in quick mode ``results/<name>.csv`` when saved (else this run's)."""
+    path = results_folder(settings) / f"{name}.csv"
+    if settings.quick and path.exists():
+        return pd.read_csv(path), "full"
+    return here, basis(settings)
+
+
+def ch03_full_run(settings, by_accuracy: pd.DataFrame, by_consistency: pd.DataFrame,
+                  seeds: pd.DataFrame) -> list[Claim]:
+    """Chapter 03's "what the full run showed": the accuracy criterion's noise, and what the consistency
+    criterion saves with label-word vs full-vocabulary features, against the oracle (full-mode numbers)."""
+    acc, kind = _saved_or_here(settings, "03_policies_max_accuracy_loss", by_accuracy)
+    con, _ = _saved_or_here(settings, "03_policies_min_consistency", by_consistency)
+    over, _ = _saved_or_here(settings, "03_policies_over_seeds", seeds)
+    where = (f"full mode, n = {int(acc.n.iloc[0])} test" if kind == "full" else f"this run, n = {int(acc.n.iloc[0])}"
+             + (" — quick mode, no full-mode reference saved" if settings.quick else ""))
+    label = acc[acc.policy.isin(LABEL_POLICIES)]
+    changes = over[over.policy.isin(LABEL_POLICIES)].accuracy_change_pts
+    width = label.change_ci_high - label.change_ci_low
+    c = con.set_index("policy")
+    saved_label = c.loc[[p for p in LABEL_POLICIES if p in c.index], "layers_saved"]
+    saved_paper = c.loc[[p for p in c.index if "paper" in p or "full vocab" in p], "layers_saved"]
+    oracle = float(c.loc["oracle", "layers_saved"])
+    cons = c.loc[saved_label.index, "consistency"]
+    return [
+        claim("ch03.full.accuracy_noise", float(label.change_ci_low.max()) <= float(label.change_ci_high.min()),
+              "Accuracy criterion ({where}): the label-word policies' test accuracy changed by {lo:+.1f} to {hi:+.1f} "
+              "points over {k} seed(s); their bootstrap intervals are {w0:.1f}–{w1:.1f} points wide and overlap: one "
+              "seed cannot rank them.", basis=kind, where=where, lo=float(changes.min()), hi=float(changes.max()),
+              k=int(over.seed.nunique()) if "seed" in over else 1, w0=float(width.min()), w1=float(width.max())),
+        claim("ch03.full.label_beats_paper", float(saved_label.min()) > float(saved_paper.max()),
+              "Consistency criterion ({where}): the label-word policies saved {l0:.0%}–{l1:.0%} of the layers, the "
+              "full-vocabulary ones {p0:.0%}–{p1:.0%} (chapter 02's per-layer AUC predicted it).", basis=kind,
+              where=where, l0=float(saved_label.min()), l1=float(saved_label.max()), p0=float(saved_paper.min()),
+              p1=float(saved_paper.max())),
+        claim("ch03.full.oracle_ceiling", oracle > float(c.drop("oracle").layers_saved.max()),
+              "The oracle saved {o:.0%}, more than any policy ({where}).", basis=kind, o=oracle, where=where),
+        claim("ch03.full.consistency_holds", float(cons.min()) >= 0.98,
+              "Chosen on train for ≥ 99% consistency, the label-word policies kept {c0:.1%}–{c1:.1%} consistency on "
+              "test ({where}).", basis=kind, c0=float(cons.min()), c1=float(cons.max()), where=where),
+    ]
+
+
+def ch03_transfer(settings, transfer: pd.DataFrame, oracle: pd.DataFrame) -> list[Claim]:
+    """Chapter 03's transfer between sentiment and topic: topic settles later; label-word policies fitted on
+    sentiment lose consistency on topic; fitted on topic they are safe on sentiment and save less there."""
+    t = transfer.set_index(["fitted on", "applied to", "policy"])
+    pols = [p for p in LABEL_POLICIES if ("sentiment", "topic", p) in t.index]
+    s2t = t.loc[[("sentiment", "topic", p) for p in pols]]
+    t2t = t.loc[[("topic", "topic", p) for p in pols]]
+    t2s = t.loc[[("topic", "sentiment", p) for p in pols]]
+    s2s = t.loc[[("sentiment", "sentiment", p) for p in pols]]
+    svm = t.loc[("sentiment", "topic", "SVM · paper features")] if ("sentiment", "topic", "SVM · paper features") \
+        in t.index else None
+    kind, n = basis(settings), int(transfer.n.iloc[0])
+    return [
+        claim("ch03.transfer.topic_late", float(oracle.loc["topic", "layers_saved"]) <
+              float(oracle.loc["sentiment", "layers_saved"]),
+              "Topic settles later than sentiment: its oracle saves {t:.0%} of the layers, sentiment's {s:.0%} "
+              "(n={n}).", basis=kind, t=float(oracle.loc["topic", "layers_saved"]),
+              s=float(oracle.loc["sentiment", "layers_saved"]), n=n),
+        claim("ch03.transfer.eager", bool(np.all(s2t.consistency.to_numpy() < t2t.consistency.to_numpy())),
+              "Fitted on sentiment and applied to topic, the label-word policies keep {a0:.1%}–{a1:.1%} consistency "
+              "(saving {s0:.0%}–{s1:.0%}), below topic's own policies' {b0:.1%}–{b1:.1%} (saving {u0:.0%}–{u1:.0%}): "
+              "too eager on the task that settles late (n={n}).", basis=kind,
+              a0=s2t.consistency.min(), a1=s2t.consistency.max(), s0=s2t.layers_saved.min(),
+              s1=s2t.layers_saved.max(), b0=t2t.consistency.min(), b1=t2t.consistency.max(),
+              u0=t2t.layers_saved.min(), u1=t2t.layers_saved.max(), n=n),
+        claim("ch03.transfer.cautious", bool(np.all(t2s.consistency.to_numpy() >= 0.99) and
+                                             np.all(t2s.layers_saved.to_numpy() <= s2s.layers_saved.to_numpy())),
+              "Fitted on topic and applied to sentiment, they keep {a0:.1%}–{a1:.1%} consistency and save "
+              "{s0:.0%}–{s1:.0%}, no more than sentiment's own ({u0:.0%}–{u1:.0%}): safe, and cautious (n={n}).",
+              basis=kind, a0=t2s.consistency.min(), a1=t2s.consistency.max(), s0=t2s.layers_saved.min(),
+              s1=t2s.layers_saved.max(), u0=s2s.layers_saved.min(), u1=s2s.layers_saved.max(), n=n),
+    ] + ([] if svm is None else [
+        claim("ch03.transfer.svm", float(svm.layers_saved) > 0.05,
+              "The paper's SVM fitted on sentiment saves {s:.0%} of the layers on topic at {c:.1%} consistency.",
+              "The paper's SVM fitted on sentiment saves {s:.1%} of the layers on topic ({c:.1%} consistency): it "
+              "hardly ever exits, on either task — nothing to transfer.", basis=kind, s=float(svm.layers_saved),
+              c=float(svm.consistency))])
