@@ -13,7 +13,7 @@ from .model import (DEFAULT_MODEL, OFFLINE_MODELS, LayerTrace, LensModel, ModelN
 from .data import (CALIBRATION_METHODS, Calibration, Task, TaskTrace, available_tasks, calibration_report, load_task,
                    trace_task)
 from .exits import (ONLINE_FEATURES, Certification, Decisions, ExitPolicy, ExitReplay, ExitResult, ExitRule,
-                    FixedExitPolicy, FullResult, GapThresholdPolicy, ModelMismatchError, OnlineState,
+                    FeatureThresholdRule, FixedExitPolicy, FullResult, GapThresholdPolicy, ModelMismatchError, OnlineState,
                     PolicyModelMismatchError, ScheduledExitPolicy, certify_threshold, choose_threshold, compare_policies, count_layer_rows,
                     feature_auc, feature_correlations, feature_table, guarantee_check, label_features,
                     learn_then_test, lens_check_cost, max_certifiable_risk, min_calibration_size, oracle_exit_layers,
@@ -43,7 +43,7 @@ __all__ = [
     "calibration_report",
     # exits
     "ONLINE_FEATURES", "label_features", "feature_table", "feature_auc", "per_layer_auc", "feature_correlations",
-    "permutation_importance_table", "split_by_example", "lens_check_cost", "ExitRule", "OnlineState", "ExitPolicy", "GapThresholdPolicy", "ModelMismatchError",
+    "permutation_importance_table", "split_by_example", "lens_check_cost", "ExitRule", "FeatureThresholdRule", "OnlineState", "ExitPolicy", "GapThresholdPolicy", "ModelMismatchError",
     "PolicyModelMismatchError", "Decisions", "simulate",
     "simulate_exits", "oracle_exit_layers", "threshold_sweep", "choose_threshold", "tune_threshold",
     "compare_policies", "FixedExitPolicy", "ScheduledExitPolicy", "ExitResult", "FullResult", "run_early_exit",

@@ -129,10 +129,9 @@ def test_bad_inputs(tiny_llama, default_tokenizer):
         ai.generate_early_exit(tiny_llama, PROMPT, NEVER, strategy="copy")
     with pytest.raises(ai.UnsupportedStrategyError, match="'gpt2'"):
         ai.generate_early_exit(gpt2, PROMPT, NEVER, strategy="propagate")
-    with pytest.raises(TypeError, match="stop_proba_online"):
+    with pytest.raises(TypeError, match="not an exit rule"):
         ai.generate_early_exit(tiny_llama, PROMPT, object())
-    label_rule = type("LabelRule", (), {"threshold": 0.5, "min_layer": 1, "resolved_features": ("label_gap",),
-                                        "stop_proba_online": lambda self, f, l, history=None: f["label_gap"]})()
+    label_rule = ai.GapThresholdPolicy(threshold=0.5, min_layer=1)  # an exit rule on label-word features
     with pytest.raises(ValueError, match="no label words"):
         ai.generate_early_exit(tiny_llama, PROMPT, label_rule)
     with pytest.raises(ValueError, match="min_layer"):

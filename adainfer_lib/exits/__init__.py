@@ -12,7 +12,8 @@ from .policy import ExitPolicy
 from .risk_control import (Certification, ExitReplay, certify_threshold, guarantee_check, learn_then_test,
                            max_certifiable_risk, min_calibration_size, price_of_guarantee, replay_exits,
                            violation_summary)
-from .rules import ExitRule, FixedExitPolicy, GapThresholdPolicy, OnlineState, ScheduledExitPolicy
+from .rules import (ExitRule, FeatureThresholdRule, FixedExitPolicy, GapThresholdPolicy, OnlineState,
+                    ScheduledExitPolicy)
 from .runner import ExitResult, FullResult, count_layer_rows, run_early_exit, run_full
 from .tuning import (choose_threshold, compare_policies, oracle_exit_layers, simulate, simulate_exits,
                      threshold_sweep, tune_threshold)
@@ -20,6 +21,7 @@ from .tuning import (choose_threshold, compare_policies, oracle_exit_layers, sim
 __all__ = ["ONLINE_FEATURES", "label_features", "feature_table", "feature_auc", "per_layer_auc",
            "feature_correlations", "permutation_importance_table", "split_by_example", "lens_check_cost",
            "ExitRule", "OnlineState", "ExitPolicy", "FixedExitPolicy", "ScheduledExitPolicy", "GapThresholdPolicy",
+           "FeatureThresholdRule",
            "ModelIdentity", "ModelMismatchError", "PolicyModelMismatchError",
            "Decisions", "first_exit", "settled_mask", "oracle_exits", "metrics_at",
            "simulate", "simulate_exits", "oracle_exit_layers", "threshold_sweep", "choose_threshold",

@@ -30,7 +30,7 @@ import pandas as pd
 from ..common.checks import check_choice, check_exit_layers, check_min_layer, check_threshold
 from ..common.replay import Decisions, first_exit, pivot_layers
 from ..data.calibration import Calibration
-from .features import label_features
+from .features import FULL_VOCAB_FEATURES, label_features
 from .identity import ModelIdentity
 
 
@@ -226,25 +226,25 @@ def label_feature_array(task_trace, name: str = "label_gap") -> np.ndarray:
 
 
 @dataclass
-class GapThresholdPolicy(_PlainRule):
-    """Exit at the first layer ``>= min_layer`` whose calibrated label gap (top-1 minus top-2 label
-    probability; or ``feature="label_top_prob"``) is ``>= threshold``: the stop score is the feature itself.
-    Label rows only: the cheapest check there is.
+class FeatureThresholdRule(_PlainRule):
+    """Exit at the first layer ``>= min_layer`` whose online ``feature`` is ``>= threshold``: the stop score is
+    the feature itself, no classifier. ``FEATURES`` lists what a subclass allows (``GapThresholdPolicy``: the
+    calibrated label features; generation's ``TopProbRule``: the full-vocabulary ones).
 
-    ``ValueError`` at construction for ``threshold`` outside [0, 1.01], ``min_layer`` not an integer >= 0, or
-    ``feature`` other than ``label_gap`` / ``label_top_prob``; ``run_early_exit`` refuses a ``min_layer``
-    beyond the model's L (``check_layers``)."""
+    ``ValueError`` at construction for ``threshold`` outside [0, 1.01], ``min_layer`` not an integer >= 0, or a
+    ``feature`` outside ``FEATURES``; ``run_early_exit`` refuses a ``min_layer`` beyond the model's L."""
 
     threshold: float = 0.4
     min_layer: int = 1
     feature: str = "label_gap"
 
     threshold_range = (0.0, 1.01)
+    FEATURES = ("label_gap", "label_top_prob", "top_prob", "gap")  # all in [0, 1]
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_min_layer(self.min_layer)
-        check_choice(self.feature, "feature", ("label_gap", "label_top_prob"))
+        check_choice(self.feature, "feature", self.FEATURES)
 
     def check_layers(self, n_layers: int | None, n_examples: int | None = None) -> None:
         """``ValueError`` when ``min_layer`` is beyond the model's L (``n_layers``; None: not checked)."""
@@ -255,11 +255,29 @@ class GapThresholdPolicy(_PlainRule):
     def features(self) -> list[str]:
         return [self.feature]
 
+    @property
+    def resolved_features(self) -> tuple[str, ...]:
+        """The features the rule reads (as ``ExitPolicy.resolved_features``)."""
+        return (self.feature,)
+
+    @property
+    def needs_full_vocab(self) -> bool:
+        return self.feature in FULL_VOCAB_FEATURES
+
     def stop_proba_online(self, features, layer: int, state: OnlineState) -> np.ndarray:
         return np.asarray(features[self.feature], dtype=np.float64)
 
     def stop_matrix(self, table: pd.DataFrame) -> np.ndarray:
         return pivot_layers(table, table[self.feature].to_numpy(dtype=np.float64))
+
+
+@dataclass
+class GapThresholdPolicy(FeatureThresholdRule):
+    """Exit at the first layer ``>= min_layer`` whose calibrated label gap (top-1 minus top-2 label
+    probability; or ``feature="label_top_prob"``) is ``>= threshold``: the bare rule AdaInfer's classifier has
+    to beat. Label rows only: the cheapest check there is. ``fit`` grid-searches threshold and min_layer."""
+
+    FEATURES = ("label_gap", "label_top_prob")
 
     def exit_layers(self, data) -> np.ndarray:
         """Exit layers (n,) from a ``TaskTrace`` or a feature table (rows example x layer)."""

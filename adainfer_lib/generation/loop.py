@@ -40,6 +40,7 @@ import torch
 from ..common.checks import check_choice, check_int
 from ..model.inputs import _accepts_logits_to_keep, check_prompts, tokenize_prompts
 from ..model.lens import lens_stats
+from ..exits.rules import OnlineState
 from ..model.loading import LensModel
 from .rules import GENERATION_FEATURES, check_rule
 
@@ -222,7 +223,7 @@ class _StepState:
     exit_layer: int | None = None
     token: int | None = None
     features: dict = field(default_factory=dict)
-    history: list = field(default_factory=list)
+    state: OnlineState = field(default_factory=lambda: OnlineState(rows=np.zeros(1, dtype=int)))  # one token
     layers_computed: int = 0
     check_seconds: float = 0.0
 
@@ -299,9 +300,9 @@ class _PatchedLayers:
                     "cos_prev": torch.nn.functional.cosine_similarity(h.float(), h_prev.float(), dim=-1).cpu().numpy()}
         stop = layer == self.L
         if not stop:
-            proba = np.asarray(step.rule.stop_proba_online(features, layer, history=step.history), dtype=float)
+            proba = np.asarray(step.rule.stop_proba_online(features, layer, step.state), dtype=float)
             stop = bool(proba.reshape(-1)[0] >= step.threshold)
-        step.history.append(features)
+        step.state.history.append({**features, "layer": layer, "rows": step.state.rows})
         if stop:
             step.exit_layer = layer
             step.token = int(stats["top_ids"][0, 0])

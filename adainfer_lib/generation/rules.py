@@ -2,46 +2,40 @@
 
 Generation has no label words, so a rule here works on full-vocabulary features of the logit lens at the new
 token's position (``GENERATION_FEATURES``: the paper's ``top_prob`` and ``gap``, plus ``entropy``,
-``cos_prev``, ``layer`` and ``layer_frac``). Any object with ``threshold``, ``min_layer`` and
-``stop_proba_online(features, layer, history=...)`` is a rule — a fitted ``ExitPolicy`` on these features
-too; ``TopProbRule`` is the one that needs no fitting: its stop probability is the feature itself.
+``cos_prev``, ``layer`` and ``layer_frac``). A rule is any ``exits.rules.ExitRule`` on these features — a
+fitted ``ExitPolicy`` too; ``TopProbRule`` is the one that needs no fitting (a ``FeatureThresholdRule`` on
+``top_prob`` or ``gap``): its stop probability is the feature itself.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
-
-from ..common.checks import check_choice, check_int, check_threshold
+from ..common.checks import check_int
+from ..exits.rules import ExitRule, FeatureThresholdRule
 
 #: Features the generation loop computes at every checked layer (arrays of shape (1,): batch size 1).
 GENERATION_FEATURES = ("layer", "layer_frac", "top_prob", "gap", "entropy", "cos_prev")
 
 
 @dataclass
-class TopProbRule:
+class TopProbRule(FeatureThresholdRule):
     """Exit at the first layer ``>= min_layer`` whose full-vocabulary ``feature`` (``"top_prob"``, the
     paper's top-1 probability, or ``"gap"``, top-1 minus top-2) reaches ``threshold``.
 
     ``threshold`` in [0, 1.01] (above 1: never exit early; 0: always exit at ``min_layer`` — a fixed exit,
     LayerSkip's draft); ``min_layer`` an integer >= 1. ``ValueError`` otherwise."""
 
-    threshold: float
+    threshold: float = 0.9
     min_layer: int = 1
     feature: str = "top_prob"
 
+    FEATURES = ("top_prob", "gap")
+
     def __post_init__(self) -> None:
-        self.threshold = check_threshold(self.threshold)
+        super().__post_init__()
+        self.threshold = float(self.threshold)
         self.min_layer = check_int(self.min_layer, "min_layer", low=1)
-        self.feature = check_choice(self.feature, "feature", ("top_prob", "gap"))
-
-    @property
-    def resolved_features(self) -> tuple[str, ...]:
-        return (self.feature,)
-
-    def stop_proba_online(self, features: dict, layer: int, history=None) -> np.ndarray:
-        return np.asarray(features[self.feature], dtype=float)
 
     def __str__(self) -> str:
         return f"{self.feature} >= {self.threshold:g} from layer {self.min_layer}"
@@ -51,11 +45,9 @@ def check_rule(rule, n_layers: int) -> tuple[float, int]:
     """``(threshold, min_layer)`` of an exit rule for generation; ``TypeError`` for an object that is not a
     rule, ``ValueError`` for a rule that needs label-word features (generation has none) or whose
     ``min_layer`` is not in 1..L."""
-    missing = [m for m in ("threshold", "min_layer", "stop_proba_online") if not hasattr(rule, m)]
-    if missing:
-        raise TypeError(f"an exit rule needs threshold, min_layer and stop_proba_online(features, layer, history=); "
-                        f"{type(rule).__name__} has no {', '.join(missing)}. For a plain threshold on the top-1 "
-                        "probability use ai.TopProbRule(threshold, min_layer).")
+    if not isinstance(rule, ExitRule):
+        raise TypeError(f"{type(rule).__name__} is not an exit rule (exits.rules.ExitRule). For a plain threshold on "
+                        "the top-1 probability use ai.TopProbRule(threshold, min_layer).")
     features = getattr(rule, "resolved_features", None)
     if features is not None:
         other = [f for f in features if f not in GENERATION_FEATURES]
