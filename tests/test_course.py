@@ -110,6 +110,22 @@ def test_claims_record_and_fail_only_where_they_must():
     assert record["failed"] and record["key"] == "b" and CLAIM_MIME in bundle
 
 
+def test_reproduce_names_the_firm_claims_that_fail():
+    import nbformat
+
+    from adainfer_lib.course.claims import claim
+    from reproduce import failed_claims
+
+    outputs = [nbformat.v4.new_output("display_data", data=c._repr_mimebundle_()) for c in (
+        claim("ch99.holds", True, "{x} holds", show=False, x=1),
+        claim("ch99.adaptive", False, "up", "down", show=False),
+        claim("ch99.quick_noise", False, "noise", basis="quick", show=False),
+        claim("ch99.broken", False, "{x} is above 2", show=False, x=1))]
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x", outputs=outputs)])
+    nb = nbformat.reads(nbformat.writes(nb), as_version=4)
+    assert failed_claims(nb) == ["ch99.broken: 1 is above 2"]
+
+
 def test_claim_references_read_the_saved_results():
     from adainfer_lib import setup_notebook
     from adainfer_lib.course.claims import quick_and_full, reference

@@ -6,6 +6,10 @@ an HTML rendering under ``build/reproduce/``, and record its wall-clock time in
 (``NotebookSettings.save_result``). Usage: ``python tools/reproduce.py [01 04 ...]`` (default: all);
 ``--model gemma3-270m`` runs the chapters on another model (``ADAINFER_MODEL``): its tables and times go to
 ``results/<model>/``.
+
+A chapter whose **firm checked claim** does not hold on its full-mode numbers (``adainfer_lib.course.claims``:
+the prose states something the numbers contradict) fails the run: the other chapters still run, and the script
+exits with status 1, naming each chapter and claim. A cell that raises fails the run the same way.
 """
 
 from __future__ import annotations
@@ -14,26 +18,36 @@ import argparse
 import datetime as dt
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 
 import nbformat
 import pandas as pd
 
+from adainfer_lib.course.claims import claims_in
+
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "build" / "reproduce"
 RESULTS = ROOT / "results"
 
 
-def execute(path: Path) -> float:
-    """Execute ``path`` in full mode; write the executed notebook and its HTML; return the seconds taken."""
+def failed_claims(nb) -> list[str]:
+    """The firm claims of an executed notebook that did not hold, as "key: sentence"."""
+    return [f"{c['key']}: {c['text']}" for c in claims_in(nb) if c.get("failed")]
+
+
+def execute(path: Path) -> tuple[float, list[str]]:
+    """Execute ``path`` in full mode; write the executed notebook and its HTML; return the seconds taken and
+    the firm claims that did not hold."""
     from nbclient import NotebookClient
     from nbconvert import HTMLExporter
 
     nb = nbformat.read(path, as_version=4)
     os.environ["ADAINFER_QUICK"] = "0"
     start = time.perf_counter()
-    NotebookClient(nb, timeout=3600, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}).execute()
+    NotebookClient(nb, timeout=3600, kernel_name="python3",
+                   resources={"metadata": {"path": str(path.parent)}}).execute()
     seconds = time.perf_counter() - start
     OUT.mkdir(parents=True, exist_ok=True)
     out = OUT / os.environ.get("ADAINFER_MODEL", "default")
@@ -41,7 +55,7 @@ def execute(path: Path) -> float:
     nbformat.write(nb, out / path.name)
     html, _ = HTMLExporter().from_notebook_node(nb)
     (out / path.with_suffix(".html").name).write_text(html, encoding="utf-8")
-    return seconds
+    return seconds, failed_claims(nb)
 
 
 def main() -> None:
@@ -62,11 +76,20 @@ def main() -> None:
         paths = [p for p in paths if p.name[:2] in args.chapters]
     results.mkdir(parents=True, exist_ok=True)
     times_path = results / "chapter_times.csv"
-    times = pd.read_csv(times_path) if times_path.exists() else pd.DataFrame(columns=["chapter", "minutes", "date", "machine"])
+    times = (pd.read_csv(times_path) if times_path.exists()
+             else pd.DataFrame(columns=["chapter", "minutes", "date", "machine"]))
+    failures: dict[str, list[str]] = {}
     for path in paths:
         print(f"running {path.name} (full mode) ...", flush=True)
-        seconds = execute(path)
+        try:
+            seconds, failed = execute(path)
+        except Exception as error:  # a cell raised (nbclient's CellExecutionError): report it, run the rest
+            failures[path.stem] = [f"the chapter did not run: {type(error).__name__}: {str(error)[:500]}"]
+            continue
         print(f"  {seconds / 60:.1f} min", flush=True)
+        if failed:
+            failures[path.stem] = failed
+            print(f"  {len(failed)} checked claim(s) do not hold", flush=True)
         row = {"chapter": path.stem, "minutes": round(seconds / 60, 1), "date": dt.date.today().isoformat(),
                "machine": f"{os.cpu_count()} cores, {platform.machine()}"}
         times = pd.concat([times[times.chapter != path.stem], pd.DataFrame([row])]).sort_values("chapter")
@@ -77,6 +100,11 @@ def main() -> None:
 
         update_readme()
         print("README results section regenerated (tools/readme_results.py)")
+    if failures:
+        for chapter, failed in failures.items():
+            for line in failed:
+                print(f"FAILED {chapter}: {line}", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":
