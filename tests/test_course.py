@@ -136,3 +136,21 @@ def test_claim_references_read_the_saved_results():
     assert reference(settings, "no_such_result", "accuracy_full") is None
     quick = type(settings)(quick=True, model=settings.model, seed=0)
     assert "full mode" in quick_and_full(quick, 0.5, batch, n=24, ref_n=500)
+
+
+@pytest.mark.parametrize("chapter", ["ch01", "ch02", "ch03", "ch04", "ch05", "ch06"])
+def test_solutions_answer_the_why_questions_in_words(chapter):
+    """Every exercise whose text asks why (or to explain, argue, compare) has a written answer in ``WHY``."""
+    import importlib
+    import re
+
+    import nbformat
+
+    module = importlib.import_module(f"solutions.{chapter}")
+    (path,) = (ROOT / "notebooks").glob(f"{chapter[2:]}_*.ipynb")
+    text = "\n".join(c.source for c in nbformat.read(path, as_version=4).cells if c.cell_type == "markdown")
+    exercises_text = text.split("## Exercises", 1)[1].split("### More to explore", 1)[0]
+    asked = {int(m.group(1)) for m in re.finditer(r"^(\d)\. (.*?)(?=^\d\. |\Z)", exercises_text, re.M | re.S)
+             if re.search(r"\b(why|explain|argue|what does that say)\b", m.group(2), re.I)}
+    answered = {k for k, v in getattr(module, "WHY", {}).items() if isinstance(v, str) and len(v) > 80}
+    assert asked <= answered, f"{chapter}: exercises {sorted(asked - answered)} ask why but WHY does not answer"

@@ -33,3 +33,16 @@ def exercise_3(tt) -> int | None:
         if np.any(preds[example, 1: earliest[example]] == preds[example, -1]):
             return example
     return None
+
+
+#: Written answers to the exercises' "why" questions (the functions above compute the numbers).
+WHY = {
+    2: "Raw decisions lean towards one label word (most_frequent_label_share near 1), so the final prediction is "
+       "nearly constant. The oracle counts a layer as safe when its decision equals the final one and stays so; "
+       "when the final answer is almost always the same word, early layers that already lean that way 'agree' "
+       "without reading the input, and the oracle saves many layers. Consistency measures agreement with the full "
+       "model, not correctness: read it beside accuracy — compare both with the batch-calibrated row.",
+    3: "An example that agrees with its final label at some layer, flips, and settles later shows why the stop "
+       "label must be 'settled' (agrees from here on), not 'consistent' (agrees here): a rule stopping at the first "
+       "agreement would have been right by luck, and on another input the same luck fails.",
+}

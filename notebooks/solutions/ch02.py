@@ -35,3 +35,19 @@ def exercise_3(table) -> dict:
     mine = _pooled_auc(table.assign(change=change), "change", "settled")
     baseline = _pooled_auc(table, "cos_prev", "settled")
     return {"label_gap_change": change, "beats_cos_prev": bool(np.abs(mine - 0.5) > np.abs(baseline - 0.5))}
+
+
+#: Written answers to the exercises' "why" questions (the functions above compute the numbers).
+WHY = {
+    1: "`correct` compares a layer's decision with the gold label, so it needs labelled training data; `consistent` "
+       "and `settled` compare it with the full model's own final decision, which the model produces for any "
+       "unlabelled prompt. The per-layer AUCs differ where the full model is wrong: there a settled layer is "
+       "'incorrect', so `correct` rewards layers that are right even where the final layer is not.",
+    2: "With raw decisions one label word takes most predictions (chapter 01's most_frequent_label_share), so the "
+       "raw label gap mostly measures that shared bias, not how sure the model is about this input; whether the "
+       "pooled AUC for `settled` drops or holds depends on how much of the ranking the bias leaves — the checker "
+       "prints the share beside your number. Batch calibration removes the shared offset, so the gap ranks "
+       "inputs again.",
+    3: "An online feature may only use layers computed so far; the change of label_gap needs one number per "
+       "example kept from the previous layer, so the real runner can afford it.",
+}

@@ -31,3 +31,18 @@ def exercise_3(train):
     on the label the stopping rule needs (``settled``)."""
     features = ("label_gap", "label_top_prob", "layer_frac")
     return ai.ExitPolicy("logistic", features=features, label_scheme="settled").fit(train)
+
+
+#: Written answers to the exercises' "why" questions (the functions above compute the numbers).
+WHY = {
+    1: "Whether zero lies inside the 95% bootstrap interval says whether this test split can tell the accuracy "
+       "change from no change: with n of a few hundred, one point is a handful of answers, and a 'lose at most 3 "
+       "points' target chosen on train can land anywhere in an interval several points wide.",
+    2: "A larger min_layer forbids every exit before it: it removes early false stops (layers that agree by "
+       "chance), which lets the tuned threshold drop and exits after min_layer come sooner — savings can rise; "
+       "but it also removes every good early exit, a floor on the exit layer — savings can fall. Which effect wins "
+       "depends on where the examples settle (the oracle histogram).",
+    3: "A policy beats the paper's SVM here when its stop probability ranks layers by how safe an exit is: the "
+       "calibrated label-word features do (chapter 02), the full-vocabulary confidence does not on this model; "
+       "training on `settled` matches what the stopping rule needs.",
+}

@@ -39,3 +39,19 @@ def failure_example(evaluations, task: str = "sentiment", method: str = "CRF · 
     evaluation = evaluations[task]
     pairs = zip(evaluation.predictions[method], evaluation.predictions["full"], evaluation.gold)
     return next((i for i, (early, full, gold) in enumerate(pairs) if early != gold and full == gold), None)
+
+
+#: Written answers to the exercises' "why" questions (the functions above compute the numbers).
+WHY = {
+    1: "Every check runs the classifier (and for full-vocabulary features the LM head over the whole vocabulary) "
+       "at a layer the model may not stop at. When checks per example × check_cost approaches the layers saved, "
+       "the measured speedup vanishes although layers are skipped: compare the two and the ideal speedup with the "
+       "measured one.",
+    2: "Choosing by consistency asks the exit to keep the full model's answers, not only its accuracy: a threshold "
+       "chosen for ≤ 1 point of accuracy can change many answers whose errors cancel, so the consistency threshold "
+       "is usually higher and saves fewer layers — a replay on the test trace equals the real exit (section 1).",
+    3: "An exit before the oracle layer stops while the answer is still going to change; if its answer there is "
+       "the full model's, that was luck. If even the earliest exit relative to its oracle layer comes after it, the "
+       "policy never stops too early on this split: it is cautious, and the layers it leaves are the gap to the "
+       "oracle.",
+}

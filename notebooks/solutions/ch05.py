@@ -18,3 +18,13 @@ def exercise_2(explorer) -> float:
     sweep = explorer.dataset_sweep()
     ok = sweep[sweep["accuracy"] >= sweep["full_accuracy"] - 0.01 - 1e-9]
     return float(ok["threshold"].min())
+
+
+#: Written answers to the exercises' "why" questions (the functions above compute the numbers).
+WHY = {
+    1: "The exit layer depends on the prompt's own layer trajectory, not on its meaning alone: a paraphrase changes "
+       "the tokens, hence every layer's label scores, and the exit can move even when the answer does not.",
+    2: "The tuned threshold was chosen on the train split (out-of-fold); the sweep's is read off the test split — "
+       "another sample, another noisy curve, so they may differ. Report the train-chosen one: a threshold read off "
+       "the split you report on flatters the policy, and no deployment could reproduce it.",
+}
