@@ -8,31 +8,118 @@ evaluation, seeds) → ``figures`` (plots, explorer) → ``course`` (set-up cell
 
 __version__ = "0.2.0"
 
-from .model import (DEFAULT_MODEL, OFFLINE_MODELS, LayerTrace, LensModel, ModelNotFoundError, RegistryPathError,
-                    UnsupportedArchitectureError, load_model, supported_model_types, trace)
-from .data import (CALIBRATION_METHODS, Calibration, Task, TaskTrace, available_tasks, calibration_report, load_task,
-                   trace_task)
-from .exits import (ONLINE_FEATURES, Certification, Decisions, ExitPolicy, ExitReplay, ExitResult, ExitRule,
-                    FeatureThresholdRule, FixedExitPolicy, FullResult, GapThresholdPolicy, ModelMismatchError, OnlineState,
-                    PolicyModelMismatchError, ScheduledExitPolicy, certify_threshold, choose_threshold, compare_policies, count_layer_rows,
-                    feature_auc, feature_correlations, feature_table, guarantee_check, label_features,
-                    learn_then_test, lens_check_cost, max_certifiable_risk, min_calibration_size, oracle_exit_layers,
-                    per_layer_auc, permutation_importance_table, price_of_guarantee, replay_exits, run_early_exit,
-                    run_full, simulate, simulate_exits, split_by_example, threshold_sweep, tune_threshold,
-                    violation_summary)
-from .exits import runner as early_exit, risk_control
-from .evaluation import (ADAINFER_POLICIES, Evaluation, PrunedModel, best_within, block_influence,
-                         dropped_layers, evaluate, fit_policies, pareto_curves, pareto_front, run_evaluation,
-                         shortgpt_curve, suggest_min_layer, time_interleaved)
-from .evaluation import baselines, seeds
-from .generation import (CACHE_STRATEGIES, GenerationConfig, GenerationResult, TopProbRule,
-                         UnsupportedStrategyError, generate_early_exit, greedy_generate, plots_generation,
-                         run_generation_study, sequence_nll, speculative_generate, summarize_study,
-                         token_settling)
-from .figures import (ExitExplorer, load_saved_policies, plot_exit_layers, plot_pareto, plot_speedup, plots,
-                      plots_features, plots_risk)
-from .course import NotebookSettings, claims, exercises, setup_notebook
 from .common import paths
+from .course import NotebookSettings, claims, exercises, setup_notebook
+from .data import (
+                    CALIBRATION_METHODS,
+                    Calibration,
+                    Task,
+                    TaskTrace,
+                    available_tasks,
+                    calibration_report,
+                    load_task,
+                    trace_task,
+)
+from .evaluation import (
+                    ADAINFER_POLICIES,
+                    Evaluation,
+                    PrunedModel,
+                    baselines,
+                    best_within,
+                    block_influence,
+                    dropped_layers,
+                    evaluate,
+                    fit_policies,
+                    pareto_curves,
+                    pareto_front,
+                    run_evaluation,
+                    seeds,
+                    shortgpt_curve,
+                    suggest_min_layer,
+                    time_interleaved,
+)
+from .exits import (
+                    ONLINE_FEATURES,
+                    Certification,
+                    Decisions,
+                    ExitPolicy,
+                    ExitReplay,
+                    ExitResult,
+                    ExitRule,
+                    FeatureThresholdRule,
+                    FixedExitPolicy,
+                    FullResult,
+                    GapThresholdPolicy,
+                    ModelMismatchError,
+                    OnlineState,
+                    PolicyModelMismatchError,
+                    ScheduledExitPolicy,
+                    certify_threshold,
+                    choose_threshold,
+                    compare_policies,
+                    count_layer_rows,
+                    feature_auc,
+                    feature_correlations,
+                    feature_table,
+                    guarantee_check,
+                    label_features,
+                    learn_then_test,
+                    lens_check_cost,
+                    max_certifiable_risk,
+                    min_calibration_size,
+                    oracle_exit_layers,
+                    per_layer_auc,
+                    permutation_importance_table,
+                    price_of_guarantee,
+                    replay_exits,
+                    risk_control,
+                    run_early_exit,
+                    run_full,
+                    simulate,
+                    simulate_exits,
+                    split_by_example,
+                    threshold_sweep,
+                    tune_threshold,
+                    violation_summary,
+)
+from .exits import runner as early_exit
+from .figures import (
+                    ExitExplorer,
+                    load_saved_policies,
+                    plot_exit_layers,
+                    plot_pareto,
+                    plot_speedup,
+                    plots,
+                    plots_features,
+                    plots_risk,
+)
+from .generation import (
+                    CACHE_STRATEGIES,
+                    GenerationConfig,
+                    GenerationResult,
+                    TopProbRule,
+                    UnsupportedStrategyError,
+                    generate_early_exit,
+                    greedy_generate,
+                    plots_generation,
+                    run_generation_study,
+                    sequence_nll,
+                    speculative_generate,
+                    summarize_study,
+                    token_settling,
+)
+from .model import (
+                    DEFAULT_MODEL,
+                    OFFLINE_MODELS,
+                    LayerTrace,
+                    LensModel,
+                    ModelNotFoundError,
+                    RegistryPathError,
+                    UnsupportedArchitectureError,
+                    load_model,
+                    supported_model_types,
+                    trace,
+)
 
 __all__ = [
     # model and lens
@@ -43,7 +130,8 @@ __all__ = [
     "calibration_report",
     # exits
     "ONLINE_FEATURES", "label_features", "feature_table", "feature_auc", "per_layer_auc", "feature_correlations",
-    "permutation_importance_table", "split_by_example", "lens_check_cost", "ExitRule", "FeatureThresholdRule", "OnlineState", "ExitPolicy", "GapThresholdPolicy", "ModelMismatchError",
+    "permutation_importance_table", "split_by_example", "lens_check_cost", "ExitRule", "FeatureThresholdRule",
+        "OnlineState", "ExitPolicy", "GapThresholdPolicy", "ModelMismatchError",
     "PolicyModelMismatchError", "Decisions", "simulate",
     "simulate_exits", "oracle_exit_layers", "threshold_sweep", "choose_threshold", "tune_threshold",
     "compare_policies", "FixedExitPolicy", "ScheduledExitPolicy", "ExitResult", "FullResult", "run_early_exit",

@@ -32,9 +32,9 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 def fit_policy(model, task, classifier: str, features: list[str] | None, min_layer: int | str, max_loss: float):
     """A policy fitted (and its threshold tuned) on the train split only."""
-    from adainfer_lib.evaluation.baselines import GapThresholdPolicy
     from adainfer_lib import fit_policies
     from adainfer_lib.data.task_trace import trace_task
+    from adainfer_lib.evaluation.baselines import GapThresholdPolicy
 
     train = trace_task(model, task, split="train", full_vocab=True, progress=False)
     if classifier == "gap":
@@ -62,9 +62,9 @@ def main() -> None:
     import torch
 
     import adainfer_lib as ai
-    from adainfer_lib.exits.runner import run_early_exit, run_full
     from adainfer_lib import time_interleaved
     from adainfer_lib.data.tasks import load_task
+    from adainfer_lib.exits.runner import run_early_exit, run_full
 
     torch.set_grad_enabled(False)
     if args.threads:
@@ -133,7 +133,8 @@ def main() -> None:
     print(f"measured speedup {measured:.3f}x")
     print(f"ideal speedup    {ideal:.3f}x  (L / mean exit layer)")
     print(f"ratio            {measured / ideal:.3f}  (target >= 0.9)")
-    print(f"(process CPU time of the same runs: speedup {cpu_full / cpu_exit:.3f}x, ratio {cpu_full / cpu_exit / ideal:.3f})")
+    cpu_speedup = cpu_full / cpu_exit
+    print(f"(process CPU time of the same runs: speedup {cpu_speedup:.3f}x, ratio {cpu_speedup / ideal:.3f})")
     print(f"one exit check   {check_cost:.3f} of one layer's cost")
 
 

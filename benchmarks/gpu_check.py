@@ -45,6 +45,7 @@ import tempfile
 import time
 
 import numpy as np
+from scipy.special import softmax
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -89,8 +90,7 @@ def compare_traces(ref, got) -> dict:
     """Trace comparisons (``TaskTrace`` of the same prompts): see the module docstring."""
     ref_p, got_p = ref.predictions(), got.predictions()
     ref_s, got_s = ref.scores(), got.scores()
-    prob = lambda s: np.exp(s - s.max(-1, keepdims=True)) / np.exp(s - s.max(-1, keepdims=True)).sum(-1, keepdims=True)  # noqa: E731
-    dp = np.abs(prob(ref_s[:, -1]) - prob(got_s[:, -1]))
+    dp = np.abs(softmax(ref_s[:, -1], axis=-1) - softmax(got_s[:, -1], axis=-1))
     return {
         "label_logits_max": float(np.abs(ref.trace.label_logits - got.trace.label_logits).max()),
         "label_prob_L_max": float(dp.max()),
@@ -154,7 +154,8 @@ def benchmark(model, task, policy, device: str, repeats: int) -> dict:
 
     prompts, words = task.prompts("test"), task.label_words
     runs = {
-        "full": lambda p: ai.run_full(model, [p], label_words=words, calibration=policy.calibration, prefix=task.prefix),
+        "full": lambda p: ai.run_full(model, [p], label_words=words, calibration=policy.calibration,
+                                      prefix=task.prefix),
         "exit": lambda p: ai.run_early_exit(model, [p], policy, label_words=words, prefix=task.prefix),
     }
     for run in runs.values():  # warm-up: kernel selection, allocations, the prefix's keys and values
@@ -179,7 +180,8 @@ def benchmark(model, task, policy, device: str, repeats: int) -> dict:
     return {"n": len(prompts), "repeats": repeats, "full_ms_per_prompt": 1000 * full_total / len(prompts),
             "exit_ms_per_prompt": 1000 * exit_total / len(prompts), "mean_exit_layer": float(exits.mean()),
             "L": L, "measured_speedup": float(measured), "ideal_speedup": float(ideal),
-            "ratio": float(measured / ideal), "check_cost_in_layers": float(check_s.sum() / max(checks.sum(), 1) / layer_s),
+            "ratio": float(measured / ideal),
+            "check_cost_in_layers": float(check_s.sum() / max(checks.sum(), 1) / layer_s),
             "policy": f"GapThresholdPolicy(threshold={policy.threshold}, min_layer={policy.min_layer})"}
 
 
@@ -255,7 +257,8 @@ def main(argv=None) -> int:
             print(f"{name} early exit on {args.device} {args.bench_dtype}, batch 1, n={b['n']}: full "
                   f"{b['full_ms_per_prompt']:.1f} ms, exit {b['exit_ms_per_prompt']:.1f} ms per prompt; mean exit "
                   f"layer {b['mean_exit_layer']:.1f}/{b['L']}; measured speedup {b['measured_speedup']:.3f}x, ideal "
-                  f"{b['ideal_speedup']:.3f}x, ratio {b['ratio']:.3f}; one check = {b['check_cost_in_layers']:.2f} layers")
+                  f"{b['ideal_speedup']:.3f}x, ratio {b['ratio']:.3f}; one check = {b['check_cost_in_layers']:.2f} "
+                  f"layers")
     report["all_ok"] = all(row["ok"] for row in rows)
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)

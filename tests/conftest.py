@@ -16,8 +16,16 @@ TINY = dict(hidden=32, layers=3, heads=4, ffn=64)
 
 def tiny_config(model_type: str, vocab_size: int):
     """A small random config of ``model_type`` (3 layers, hidden 32) with the given vocabulary."""
-    from transformers import (GemmaConfig, Gemma3TextConfig, GPT2Config, GPTNeoXConfig, LlamaConfig, MistralConfig,
-                              OPTConfig, Qwen2Config)
+    from transformers import (
+        Gemma3TextConfig,
+        GemmaConfig,
+        GPT2Config,
+        GPTNeoXConfig,
+        LlamaConfig,
+        MistralConfig,
+        OPTConfig,
+        Qwen2Config,
+    )
 
     h, n, a, f = TINY["hidden"], TINY["layers"], TINY["heads"], TINY["ffn"]
     rotary = dict(vocab_size=vocab_size, hidden_size=h, num_hidden_layers=n, num_attention_heads=a,
@@ -68,7 +76,8 @@ def task_trace_from_predictions(preds, gold):
 
     preds = np.asarray(preds)
     logits = np.stack([np.zeros(preds.shape), np.where(preds == 1, 1.0, -1.0)], axis=-1)
-    return TaskTrace(make_trace(logits), gold=np.asarray(gold), calibrations={"raw": fit_calibration("raw", unlabelled=logits)},
+    return TaskTrace(make_trace(logits), gold=np.asarray(gold), calibrations={"raw": fit_calibration("raw",
+                                                                                                     unlabelled=logits)},
                      task_name="synthetic", label_names=["a", "b"], method="raw")
 
 

@@ -16,22 +16,30 @@ import pytest
 import torch
 from sklearn.exceptions import NotFittedError
 
-from adainfer_lib.exits.rules import GapThresholdPolicy
-from adainfer_lib.data.calibration import Calibration, fit_calibration
-from adainfer_lib.common.checks import check_exit_layers, check_int, check_number, check_threshold
-from adainfer_lib.exits.rules import FixedExitPolicy, ScheduledExitPolicy
-from adainfer_lib.exits.runner import run_early_exit
 from adainfer_lib import fit_policies, pareto_curves, run_evaluation, shortgpt_curve, suggest_min_layer
-from adainfer_lib.exits.features import feature_table, synthetic_table
-from adainfer_lib.model.lens import LayerTrace
-from adainfer_lib.model.loading import LensModel
-from adainfer_lib.exits.identity import ModelMismatchError, PolicyModelMismatchError, check_rule_model, check_trace_model
-from adainfer_lib.exits.policy import ExitPolicy
-from adainfer_lib.exits.tuning import (choose_threshold, compare_policies, simulate, simulate_exits, threshold_sweep,
-                                       tune_threshold)
-from adainfer_lib.model.registry import RegistryPathError, get_submodule
+from adainfer_lib.common.checks import check_exit_layers, check_int, check_number, check_threshold
+from adainfer_lib.data.calibration import Calibration
 from adainfer_lib.data.task_trace import TaskTrace
-
+from adainfer_lib.exits.features import feature_table, synthetic_table
+from adainfer_lib.exits.identity import (
+    ModelMismatchError,
+    PolicyModelMismatchError,
+    check_rule_model,
+    check_trace_model,
+)
+from adainfer_lib.exits.policy import ExitPolicy
+from adainfer_lib.exits.rules import FixedExitPolicy, GapThresholdPolicy, ScheduledExitPolicy
+from adainfer_lib.exits.runner import run_early_exit
+from adainfer_lib.exits.tuning import (
+    choose_threshold,
+    compare_policies,
+    simulate,
+    simulate_exits,
+    threshold_sweep,
+    tune_threshold,
+)
+from adainfer_lib.model.loading import LensModel
+from adainfer_lib.model.registry import RegistryPathError, get_submodule
 from conftest import TINY_TYPES, make_tiny_model, make_trace, task_trace_from_predictions, tiny_config
 
 PROMPTS = ["The capital of France is", "Review: a moving film.\nSentiment:", "1, 2, 3, 4,", "Hi"]
@@ -163,7 +171,8 @@ def test_gap_threshold_rule_arguments_are_checked(kwargs, message):
 def test_gap_threshold_min_layer_beyond_the_model_is_an_error(llama):
     L = llama.n_layers
     rule = GapThresholdPolicy(min_layer=L + 1, label_words=WORDS, calibration=Calibration("raw", np.zeros((L + 1, 2))))
-    with pytest.raises(ValueError, match=rf"min_layer must be an integer in 0..{L} \(the model has L={L} layers\), not {L + 1}"):
+    with pytest.raises(ValueError,
+                       match=rf"min_layer must be an integer in 0..{L} \(the model has L={L} layers\), not {L + 1}"):
         run_early_exit(llama, PROMPTS, rule)
     assert (run_early_exit(llama, PROMPTS, replace(rule, min_layer=L)).exit_layers == L).all()
 
@@ -197,7 +206,9 @@ def test_label_columns_that_collide_are_an_error():
     base = make_trace(np.zeros((2, 4, 2)))
     assert base.label_columns() == ["p_w0", "p_w1"] and {"p_w0", "p_w1"} <= set(base.to_frame().columns)
     clash = replace(base, label_words=[" positive", "positive"])
-    with pytest.raises(ValueError, match=r"label words collide as table columns: \[' positive', 'positive'\] all give 'p_positive'"):
+    with pytest.raises(ValueError,
+                       match=r"label words collide as table columns: "
+                             r"\[' positive', 'positive'\] all give 'p_positive'"):
         clash.to_frame()
     twice = replace(base, label_words=[" yes", " yes"])
     with pytest.raises(ValueError, match=r"\[' yes', ' yes'\] all give 'p_yes'"):
@@ -275,7 +286,8 @@ def test_feature_table_takes_a_task_trace_with_label_words():
 
 def test_task_trace_checks_gold_names_and_offsets():
     tt = task_trace_from_predictions(np.zeros((3, 4), int), [0, 1, 0])
-    with pytest.raises(ValueError, match=r"gold labels must be label ids in 0..1 \(or -1 = unknown\) .* got values \[0, 2\]"):
+    with pytest.raises(ValueError,
+                       match=r"gold labels must be label ids in 0..1 \(or -1 = unknown\) .* got values \[0, 2\]"):
         replace(tt, gold=np.array([0, 2, 0]))
     with pytest.raises(ValueError, match=r"3 label names \['a', 'b', 'c'\] for 2 label words"):
         replace(tt, label_names=["a", "b", "c"])
@@ -338,7 +350,8 @@ def test_evaluation_arguments_are_checked_before_any_work(llama):
         run_evaluation(llama, task, {"mine": mine}, repeats=0)
     with pytest.raises(ValueError, match=r"n_timing must be an integer >= 0 \(or None\), not -5"):
         run_evaluation(llama, task, {"mine": mine}, n_timing=-5)
-    with pytest.raises(ValueError, match=rf"each k \(layers to drop\) must be an integer >= 0 and <= {llama.n_layers}, not 9"):
+    with pytest.raises(ValueError,
+                       match=rf"each k \(layers to drop\) must be an integer >= 0 and <= {llama.n_layers}, not 9"):
         shortgpt_curve(llama, task, [1, 9])
     with pytest.raises(ValueError, match=r"quantile must be a number in \[0, 1\], not 5"):
         suggest_min_layer(None, quantile=5)
@@ -346,7 +359,8 @@ def test_evaluation_arguments_are_checked_before_any_work(llama):
 
 def test_pareto_and_fit_policies_arguments_are_checked():
     tt = task_trace_from_predictions(np.tile([0, 1, 1, 1], (4, 1)), [1, 1, 0, 1])
-    with pytest.raises(ValueError, match=r"each of methods must be one of \('oracle', 'fixed', 'random', 'gap'\), not 'gaps'"):
+    with pytest.raises(ValueError,
+                       match=r"each of methods must be one of \('oracle', 'fixed', 'random', 'gap'\), not 'gaps'"):
         pareto_curves(tt, methods=("oracle", "gaps"))
     with pytest.raises(ValueError, match=r"each threshold must be a number in \[0, 1.01\] .*, not -1"):
         pareto_curves(tt, thresholds=[0.5, -1])
@@ -376,7 +390,8 @@ def explorer_inputs(llama):
     (dict(max_examples=-1), ValueError, r"max_examples must be an integer >= 1, not -1"),
     (dict(cache_size=1.5), ValueError, r"cache_size must be an integer >= 1, not 1.5"),
     (dict(policies=["a"]), TypeError, r"policies must be a mapping name -> fitted ExitPolicy, not list"),
-    (dict(policies={"gap": GapThresholdPolicy()}), TypeError, r"policies\['gap'\] is a GapThresholdPolicy: the explorer shows fitted ExitPolicy"),
+    (dict(policies={"gap": GapThresholdPolicy()}), TypeError,
+     r"policies\['gap'\] is a GapThresholdPolicy: the explorer shows fitted ExitPolicy"),
     (dict(policies={"new": ExitPolicy()}), NotFittedError, r"not fitted"),
 ])
 def test_explorer_arguments_are_checked(llama, explorer_inputs, kwargs, error, message):
@@ -392,7 +407,8 @@ def test_explorer_refuses_a_dataset_trace_of_another_task(llama, explorer_inputs
 
     task, policy = explorer_inputs
     other = task_trace_from_predictions(np.zeros((2, llama.n_layers + 1), int), [0, 1])
-    with pytest.raises(ValueError, match=r"dataset_trace is of task 'synthetic' with label words \[' w0', ' w1'\], not of 'toy'"):
+    with pytest.raises(ValueError,
+                       match=r"dataset_trace is of task 'synthetic' with label words \[' w0', ' w1'\], not of 'toy'"):
         ExitExplorer(llama, policy, task, dataset_trace=other)
 
 
@@ -405,12 +421,14 @@ def test_check_rule_model_names_both_models_and_both_word_lists():
     check_rule_model(policy, SimpleNamespace(cache_id="model-a-111", name="model-a", n_layers=8), label_words=WORDS)
     check_rule_model(policy, model_id="model-a-111")
     with pytest.raises(PolicyModelMismatchError,
-                       match=r"fitted on model 'model-a' \(cache id model-a-111\), not model 'model-b' \(cache id model-b-222\)"):
+                       match=r"fitted on model 'model-a' \(cache id model-a-111\), not model 'model-b' \(cache id "
+                             r"model-b-222\)"):
         check_rule_model(policy, SimpleNamespace(cache_id="model-b-222", name="model-b", n_layers=8))
     with pytest.raises(PolicyModelMismatchError, match=r"cache id model-b-222"):
         check_rule_model(policy, model_id="model-b-222")
     with pytest.raises(PolicyModelMismatchError,
-                       match=r"carries label words \[' positive', ' negative'\] \(task 'synthetic'\), not \[' yes', ' no'\]"):
+                       match=r"carries label words \[' positive', ' negative'\] \(task 'synthetic'\), not \[' yes', ' "
+                             r"no'\]"):
         check_rule_model(policy, label_words=[" yes", " no"])
     with pytest.raises(PolicyModelMismatchError, match=r"a model with L=8 layers \('model-a'\), not one with L=5"):
         check_rule_model(policy, table_of(None, 5))
@@ -434,9 +452,11 @@ def test_run_early_exit_refuses_a_policy_of_another_model_with_the_same_shapes(m
     assert a.cache_id != b.cache_id and a.n_layers == b.n_layers
     policy = policy_of(a.cache_id, a.n_layers, name=a.name)
     assert run_early_exit(a, PROMPTS, policy).n_examples == len(PROMPTS)  # its own model: runs
-    with pytest.raises(PolicyModelMismatchError, match=rf"cache id {a.cache_id}\), not model '{b.name}' \(cache id {b.cache_id}\)"):
+    with pytest.raises(PolicyModelMismatchError,
+                       match=rf"cache id {a.cache_id}\), not model '{b.name}' \(cache id {b.cache_id}\)"):
         run_early_exit(b, PROMPTS, policy)
-    with pytest.raises(PolicyModelMismatchError, match=r"carries label words \[' positive', ' negative'\] .*, not \[' yes', ' no'\]"):
+    with pytest.raises(PolicyModelMismatchError,
+                       match=r"carries label words \[' positive', ' negative'\] .*, not \[' yes', ' no'\]"):
         run_early_exit(a, PROMPTS, policy, label_words=[" yes", " no"])
 
 
@@ -446,10 +466,12 @@ def test_replays_refuse_a_table_of_another_model_or_task(logistic, train):
     for replay in (lambda t: simulate(logistic, t), lambda t: threshold_sweep(logistic, t, [0.5]),
                    lambda t: logistic.exit_layers(t), lambda t: choose_threshold(logistic, t, cv=None),
                    lambda t: compare_policies({"p": logistic}, t, t, cv=None)):
-        with pytest.raises(PolicyModelMismatchError, match=r"cache id synthetic-0\), not model 'other' \(cache id other-999\)"):
+        with pytest.raises(PolicyModelMismatchError,
+                           match=r"cache id synthetic-0\), not model 'other' \(cache id other-999\)"):
             replay(other_model)
     other_task = synthetic_table(20, 8, n_labels=3, seed=3)
-    with pytest.raises(PolicyModelMismatchError, match=r"carries label words \[' l0', ' l1'\] \(task 'synthetic'\), not \[' l0', ' l1', ' l2'\]"):
+    with pytest.raises(PolicyModelMismatchError,
+                       match=r"carries label words \[' l0', ' l1'\] \(task 'synthetic'\), not \[' l0', ' l1', ' l2'\]"):
         simulate(logistic, other_task)
     assert 0 <= simulate(logistic.for_task(other_task), other_task)["layers_saved"] <= 1  # moved on purpose: fine
     with pytest.raises(PolicyModelMismatchError, match=r"other-999"):
@@ -459,11 +481,14 @@ def test_replays_refuse_a_table_of_another_model_or_task(logistic, train):
 def test_evaluation_refuses_a_policy_or_trace_of_another_model(llama):
     task = SimpleNamespace(name="toy", label_words=WORDS)
     stranger = policy_of("stranger-000", llama.n_layers, name="stranger")
-    with pytest.raises(PolicyModelMismatchError, match=rf"'stranger' \(cache id stranger-000\), not model '{llama.name}'"):
+    with pytest.raises(PolicyModelMismatchError,
+                       match=rf"'stranger' \(cache id stranger-000\), not model '{llama.name}'"):
         run_evaluation(llama, task, {"stranger": stranger})
     tt = task_trace_from_predictions(np.zeros((2, llama.n_layers + 1), int), [0, 1])
     tt.trace.meta["model_cache_id"] = "stranger-000"
-    with pytest.raises(ModelMismatchError, match=rf"this trace was made with model 'm' \(cache id stranger-000\), not model '{llama.name}'"):
+    with pytest.raises(ModelMismatchError,
+                       match=rf"this trace was made with model 'm' \(cache id stranger-000\), "
+                             rf"not model '{llama.name}'"):
         run_evaluation(llama, task, {"mine": policy_of(llama.cache_id, llama.n_layers)}, task_trace=tt)
     with pytest.raises(PolicyModelMismatchError, match=r"carries label words \[' positive', ' negative'\]"):
         pareto_curves(task_trace_from_predictions(np.zeros((2, 4), int), [0, 1]), {"p": policy_of("x", 3)})
@@ -477,7 +502,8 @@ def test_explorer_refuses_a_policy_of_another_model(llama, default_tokenizer, ex
     other = make_tiny_model("llama", default_tokenizer, seed=1)
     foreign = policy_of(other.cache_id, other.n_layers, name=other.name)
     with pytest.raises(PolicyModelMismatchError,
-                       match=rf"the explorer cannot show policy on model '{llama.name}', task 'toy': .*cache id {other.cache_id}\), not model '{llama.name}'"):
+                       match=rf"the explorer cannot show policy on model '{llama.name}', task 'toy': .*cache id "
+                             rf"{other.cache_id}\), not model '{llama.name}'"):
         ExitExplorer(llama, foreign, task)
     with pytest.raises(PolicyModelMismatchError, match=r"the explorer cannot show policies\['b'\]"):
         ExitExplorer(llama, explorer_inputs[1], task, policies={"b": foreign})
@@ -488,7 +514,9 @@ def test_load_refuses_another_model_through_the_same_check(tmp_path, llama, defa
     path = policy.save(tmp_path / "p.policy")
     assert ExitPolicy.load(path, model=llama).metadata["model_cache_id"] == llama.cache_id
     other = make_tiny_model("llama", default_tokenizer, seed=1)
-    with pytest.raises(PolicyModelMismatchError, match=rf"p.policy: this policy was fitted on model .*not model '{other.name}' \(cache id {other.cache_id}\)"):
+    with pytest.raises(PolicyModelMismatchError,
+                       match=rf"p.policy: this policy was fitted on model .*not model '{other.name}' \(cache id "
+                             rf"{other.cache_id}\)"):
         ExitPolicy.load(path, model=other)
 
 
@@ -501,7 +529,8 @@ def test_misspelt_registry_path_is_an_error_naming_model_type_and_path(tiny_mode
     spec = tiny_model.spec
     wrong = getattr(spec, part) + "_typo"
     model_type = tiny_model.hf_model.config.model_type
-    with pytest.raises(RegistryPathError, match=rf"model type '{model_type}': the registry path '{wrong}' does not exist"):
+    with pytest.raises(RegistryPathError,
+                       match=rf"model type '{model_type}': the registry path '{wrong}' does not exist"):
         LensModel(tiny_model.name, tiny_model.hf_model, tiny_model.tokenizer, replace(spec, **{part: wrong}))
 
 
@@ -509,7 +538,8 @@ def test_misspelt_post_norm_path_is_an_error(default_tokenizer):
     opt = make_tiny_model("opt", default_tokenizer)
     spec = replace(opt.spec, post_norm=("model.decoder.projectout",))
     with pytest.raises(RegistryPathError, match=r"model type 'opt': the registry path 'model.decoder.projectout' does "
-                                                r"not exist \(OPTForCausalLM.model.decoder has no attribute 'projectout'\)"):
+                                                r"not exist \(OPTForCausalLM.model.decoder has no attribute "
+                                                r"'projectout'\)"):
         LensModel(opt.name, opt.hf_model, opt.tokenizer, spec)
 
 
@@ -517,7 +547,8 @@ def test_a_required_module_that_is_none_is_an_error(default_tokenizer):
     opt = make_tiny_opt(default_tokenizer, word_embed_proj_dim=32)
     assert opt.hf_model.model.decoder.project_out is None
     assert get_submodule(opt.hf_model, "model.decoder.project_out", optional=True) is None
-    with pytest.raises(RegistryPathError, match=r"model type 'opt': the registry path 'model.decoder.project_out' is None"):
+    with pytest.raises(RegistryPathError,
+                       match=r"model type 'opt': the registry path 'model.decoder.project_out' is None"):
         get_submodule(opt.hf_model, "model.decoder.project_out")
     with pytest.raises(RegistryPathError, match=r"leads to a int, not a torch module"):
         get_submodule(opt.hf_model, "config.vocab_size")

@@ -25,8 +25,7 @@ except ImportError as _err:  # pragma: no cover
     pytest.skip(f"browser test needs playwright ({_err}); pip install -e .[test]", allow_module_level=True)
 
 # tests/ has no __init__.py: pytest puts it on sys.path
-from browser_harness import (REPO_ROOT, browser_page, jupyterlab_server,  # noqa: E402
-                                 open_notebook_and_run_all, require_chromium)
+from browser_harness import REPO_ROOT, browser_page, jupyterlab_server, open_notebook_and_run_all, require_chromium  # noqa: E402
 
 NOTEBOOK = "notebooks/05_interactive_exit_explorer.ipynb"
 N_LAYERS = 30  # the default model, SmolLM2-135M-Instruct

@@ -7,7 +7,6 @@ import pytest
 
 from adainfer_lib.data.calibration import Calibration, fit_calibration, label_log_softmax
 from adainfer_lib.data.task_trace import TaskTrace, calibration_report
-
 from conftest import task_trace_from_predictions
 
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import tomllib
 from importlib.metadata import version
 from pathlib import Path
 
+import tomllib
 import yaml
 from packaging.requirements import Requirement
 

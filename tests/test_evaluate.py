@@ -7,18 +7,32 @@ import pandas as pd
 import pytest
 import torch
 
+from adainfer_lib import (
+    best_within,
+    pareto_curves,
+    pareto_front,
+    plot_exit_layers,
+    plot_pareto,
+    plot_speedup,
+    run_evaluation,
+    shortgpt_curve,
+    time_interleaved,
+)
 from adainfer_lib.common.replay import first_exit
-from adainfer_lib.evaluation.baselines import (block_influence, dropped_layers, fixed_exit_layer, layers_to_drop,
-                                               random_exit_layers, run_dropped)
-from adainfer_lib.exits.rules import GapThresholdPolicy, label_feature_array
-from adainfer_lib.exits.tuning import oracle_exit_layers
 from adainfer_lib.data.calibration import fit_calibration
+from adainfer_lib.data.task_trace import TaskTrace
+from adainfer_lib.evaluation.baselines import (
+    block_influence,
+    dropped_layers,
+    fixed_exit_layer,
+    layers_to_drop,
+    random_exit_layers,
+    run_dropped,
+)
+from adainfer_lib.exits.rules import GapThresholdPolicy, label_feature_array
 from adainfer_lib.exits.runner import run_early_exit, run_full
-from adainfer_lib import (best_within, pareto_curves, pareto_front, plot_exit_layers, plot_pareto,
-                                   plot_speedup, run_evaluation, shortgpt_curve, time_interleaved)
 from adainfer_lib.model.lens import trace
 from conftest import encode_batch as encode
-from adainfer_lib.data.task_trace import TaskTrace
 
 WORDS = [" negative", " positive"]
 TEXTS = ["a moving, beautifully acted film", "dull and far too long", "I loved every minute", "a waste of time",
@@ -38,7 +52,8 @@ class ToyTask:
         self.train = {"text": TEXTS[::-1], "label": labels[::-1]}
 
     def prompt_for(self, text):
-        return f"Review: great.\nSentiment: positive\n\nReview: awful.\nSentiment: negative\n\nReview: {text}\nSentiment:"
+        return ("Review: great.\nSentiment: positive\n\nReview: awful.\nSentiment: negative\n\n"
+                f"Review: {text}\nSentiment:")
 
     def prompts(self, split="test"):
         return [self.prompt_for(t) for t in getattr(self, split)["text"]]
@@ -258,8 +273,8 @@ def test_evaluation_table(llama):
 def test_default_model_on_sentiment(default_model):
     """The real model on 16 real sentiment prompts: the early exit's real run agrees with its replay on the
     trace, saves layers, and the dense run equals the trace's last layer."""
-    from adainfer_lib.data.tasks import load_task
     from adainfer_lib.data.task_trace import trace_task
+    from adainfer_lib.data.tasks import load_task
 
     task = load_task("sentiment", n=16, n_train=32)
     tt = trace_task(default_model, task, progress=False)

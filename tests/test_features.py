@@ -4,14 +4,22 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-import pytest
 
 from adainfer_lib.data.calibration import Calibration
-from adainfer_lib.exits.features import (FEATURE_COLUMNS, ONLINE_FEATURES, feature_correlations, feature_table,
-                                   group_folds, label_features, per_layer_auc, permutation_importance_table,
-                                   split_by_example, synthetic_table)
-from adainfer_lib.model.lens import LayerTrace
 from adainfer_lib.data.task_trace import TaskTrace
+from adainfer_lib.exits.features import (
+    FEATURE_COLUMNS,
+    ONLINE_FEATURES,
+    feature_correlations,
+    feature_table,
+    group_folds,
+    label_features,
+    per_layer_auc,
+    permutation_importance_table,
+    split_by_example,
+    synthetic_table,
+)
+from adainfer_lib.model.lens import LayerTrace
 
 COLUMNS = ["example", "layer", "layer_frac", "top_prob", "gap", "entropy", "kl_to_final", "cos_prev",
            "label_top_prob", "label_gap", "pred", "final_pred", "gold", "consistent", "correct"]
@@ -21,7 +29,8 @@ def fake_task_trace(n=7, L=5, C=3, seed=0, full_vocab=True) -> TaskTrace:
     """A TaskTrace of random numbers (no model): enough to test the table's bookkeeping."""
     rng = np.random.default_rng(seed)
     shape = (n, L + 1)
-    full = (lambda: rng.random(shape).astype(np.float32)) if full_vocab else (lambda: np.full(shape, np.nan, np.float32))
+    full = (lambda: rng.random(shape).astype(np.float32)) if full_vocab else (lambda: np.full(shape, np.nan,
+                                                                                              np.float32))
     cos = rng.random(shape).astype(np.float32)
     cos[:, 0] = np.nan
     tr = LayerTrace(model_name="fake", n_layers=L, top_ids=np.zeros((n, L + 1, 0), np.int32),

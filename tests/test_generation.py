@@ -5,7 +5,6 @@ inputs give clear errors. Tiny random models of several families; the default mo
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
@@ -155,7 +154,8 @@ def test_study_rows_and_summary(tiny_llama):
     summary = ai.summarize_study(table, tiny_llama.n_layers).set_index("config")
     assert summary.loc["spec", "full_match_rate"] == 1.0 and summary.loc["full", "layers_saved"] == 0.0
     assert 0 < summary.loc["skip", "layers_saved"] < 1 and summary.loc["skip", "ideal_speedup"] > 1
-    assert ai.generation.agreement_prefix([1, 2, 3], [1, 2, 4]) == 2 and ai.generation.repetition([5, 5, 5, 5]) == pytest.approx(2 / 3)
+    assert ai.generation.agreement_prefix([1, 2, 3], [1, 2, 4]) == 2
+    assert ai.generation.repetition([5, 5, 5, 5]) == pytest.approx(2 / 3)
 
 
 @pytest.mark.slow
@@ -173,4 +173,5 @@ def test_never_exit_on_the_default_model(default_model):
     reference = hf_greedy(default_model, prompt, 8)
     never = ai.TopProbRule(1.01, min_layer=default_model.n_layers)
     for strategy in ai.CACHE_STRATEGIES:
-        assert ai.generate_early_exit(default_model, prompt, never, strategy=strategy, max_new_tokens=8).tokens.tolist() == reference
+        assert ai.generate_early_exit(default_model, prompt, never, strategy=strategy,
+                                      max_new_tokens=8).tokens.tolist() == reference

@@ -11,8 +11,13 @@ import torch
 
 from adainfer_lib.exits.rules import FixedExitPolicy
 from adainfer_lib.exits.runner import run_early_exit, run_full
-from adainfer_lib.model.inputs import (MIN_PREFIX_TOKENS, check_prompts, label_token_ids, prepare_prompts,
-                                 shared_prefix_length)
+from adainfer_lib.model.inputs import (
+    MIN_PREFIX_TOKENS,
+    check_prompts,
+    label_token_ids,
+    prepare_prompts,
+    shared_prefix_length,
+)
 from adainfer_lib.model.lens import last_states, trace
 
 PREFIX = ("Review: a fine film\nSentiment: positive\n\nReview: dull and far too long\nSentiment: negative\n\n"

@@ -59,7 +59,8 @@ def test_to_frame_is_tidy(tiny_model):
     t = trace(tiny_model, PROMPTS, label_words=[" positive", " negative"], progress=False)
     frame = t.to_frame()
     assert len(frame) == len(PROMPTS) * (tiny_model.n_layers + 1)
-    for column in ("example", "layer", "top_prob", "gap", "entropy", "kl_to_final", "top_token", "p_positive", "p_negative"):
+    for column in ("example", "layer", "top_prob", "gap", "entropy", "kl_to_final", "top_token", "p_positive",
+                   "p_negative"):
         assert column in frame.columns
     assert frame.groupby("example").layer.max().eq(tiny_model.n_layers).all()
     np.testing.assert_allclose(frame.p_positive + frame.p_negative, 1, rtol=1e-5)
@@ -109,7 +110,8 @@ def test_save_load_roundtrip_and_corrupt_cache_rebuilt(tiny_model, tmp_path, mon
 
 def test_layer_trace_validates_shapes():
     n, layers = 2, 4
-    ok = dict(model_name="m", n_layers=3, top_ids=np.zeros((n, layers, 1), np.int32), top_probs=np.zeros((n, layers, 1)),
+    ok = dict(model_name="m", n_layers=3, top_ids=np.zeros((n, layers, 1), np.int32), top_probs=np.zeros((n, layers,
+                                                                                                          1)),
               top_prob=np.zeros((n, layers)), gap=np.zeros((n, layers)), entropy=np.zeros((n, layers)),
               kl_to_final=np.zeros((n, layers)), cos_prev=np.zeros((n, layers)), label_logits=np.zeros((n, layers, 0)),
               n_tokens=np.zeros(n, np.int32))

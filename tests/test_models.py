@@ -8,7 +8,6 @@ import torch
 from adainfer_lib import ModelNotFoundError, UnsupportedArchitectureError, load_model, supported_model_types
 from adainfer_lib.model.loading import LensModel
 from adainfer_lib.model.registry import ARCHITECTURES, spec_for
-
 from conftest import TINY_TYPES
 
 

@@ -11,13 +11,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
-from conftest import TINY_TYPES, make_tiny_model
 from test_inputs import PREFIX, PROMPTS, STATS, WORDS
 
 from adainfer_lib import FixedExitPolicy, run_early_exit, run_full
 from adainfer_lib.model.lens import trace
 from adainfer_lib.model.loading import load_model
+from conftest import TINY_TYPES, make_tiny_model
 
 
 def offload_map(hf_model, spec) -> dict[str, str]:

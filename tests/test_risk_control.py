@@ -5,18 +5,16 @@ simulation, every exit rule, and the certified policy through the real early-exi
 from __future__ import annotations
 
 import math
-import sys
 
 import numpy as np
-import pandas as pd
 import pytest
 
 import adainfer_lib as ai
 from adainfer_lib import risk_control as rc
-from adainfer_lib.exits.rules import GapThresholdPolicy
-from adainfer_lib.exits.features import synthetic_table
 from adainfer_lib.common.replay import first_exit
+from adainfer_lib.exits.features import synthetic_table
 from adainfer_lib.exits.policy import CLASSIFIERS
+from adainfer_lib.exits.rules import GapThresholdPolicy
 
 
 def binom_cdf(k: int, n: int, p: float) -> float:
@@ -243,7 +241,7 @@ def test_price_of_guarantee_grows_with_calibration_size():
     replay = ai.replay_exits(ai.ExitPolicy("threshold", features=("label_gap",)).fit(train), pool)
     price = ai.price_of_guarantee(replay, n_cals=[100, 400, 1200], deltas=[0.02, 0.1], n_draws=50)
     assert len(price) == 6 and (price.rule == "Learn-then-Test").all()
-    for delta, part in price.groupby("delta"):
+    for _, part in price.groupby("delta"):
         saved = part.sort_values("n_cal").layers_saved.to_numpy()
         assert saved[-1] >= saved[0]
         assert (saved <= part.oracle_layers_saved.iloc[0] + 0.05).all()

@@ -9,9 +9,9 @@ from collections import Counter
 import datasets
 import pytest
 
-from adainfer_lib.data import sources
 from adainfer_lib.common.cache import atomic_write_bytes, atomic_write_text, content_key
 from adainfer_lib.common.paths import data_dir
+from adainfer_lib.data import sources
 
 
 @pytest.fixture(scope="module")

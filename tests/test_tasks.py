@@ -120,7 +120,7 @@ def test_no_leakage(tasks, name):
     task = tasks[name]
     for split in ("test", "train"):
         ds = task.test if split == "test" else task.train
-        for i, (text, prompt) in enumerate(zip(ds["text"], task.prompts(split))):
+        for text, prompt in zip(ds["text"], task.prompts(split)):
             demos = prompt[: -len(task.template.render(text))]
             assert text not in demos
     for i, text in enumerate(task.train["text"][:50]):

@@ -14,17 +14,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from adainfer_lib.figures import explorer_views as views
 from adainfer_lib import trace_task
-from adainfer_lib.data import sources
-from adainfer_lib.exits.features import feature_table
 from adainfer_lib.common.replay import first_exit
-from adainfer_lib.exits.policy import ExitPolicy
+from adainfer_lib.data import sources
 from adainfer_lib.data.tasks import load_task
+from adainfer_lib.exits.features import feature_table
+from adainfer_lib.exits.policy import ExitPolicy
 from adainfer_lib.figures import explorer_state
+from adainfer_lib.figures import explorer_views as views
 from adainfer_lib.figures.explorer_state import ExplorerState
 from adainfer_lib.figures.widgets import ExitExplorer, load_saved_policies
-
 from conftest import make_tiny_model
 
 EXIT_RE = re.compile(r"exit layer: (\d+) / (\d+)")
@@ -174,9 +173,9 @@ def test_explorer_builds_and_shows_every_view(explorer, tiny):
 
 
 def test_exit_layer_non_decreasing_as_the_threshold_rises(explorer):
-    for index, name in enumerate(explorer.policies):
+    for position, name in enumerate(explorer.policies):
         explorer.policy_choice.value = name
-        for index in (index, index + 3):
+        for index in (position, position + 3):
             explorer.example.value = index
             exits = []
             for t in THRESHOLDS:
@@ -388,7 +387,8 @@ def test_explorer_state_answers_without_any_widget(tiny, task, policies, traces,
     decisions, sweep = state.dataset_decisions(name, 2)
     np.testing.assert_array_equal(views.exits_at(decisions, 0.5, 2), replayed)
     at_half = sweep.set_index("threshold").loc[0.5]
-    assert len(sweep) == len(views.SWEEP_THRESHOLDS) and at_half.layers_saved == pytest.approx(1 - replayed.mean() / tiny.n_layers)
+    assert len(sweep) == len(views.SWEEP_THRESHOLDS)
+    assert at_half.layers_saved == pytest.approx(1 - replayed.mean() / tiny.n_layers)
     exits = state.dataset_exits(name, 0.5, 2)
     assert len(exits) == test.n_examples and (exits.exit_layer.to_numpy() == replayed).all()
     assert state.certify(name, 2, 0.1, 0.1) is state.certify(name, 2, 0.1, 0.1)  # once per setting

@@ -90,7 +90,8 @@ def check_exit_layers(layers, n_layers: int | None, name: str = "exit layers", *
     arr = np.asarray(layers)
     if arr.ndim > 1:
         raise ValueError(f"{name} must be one layer per example (a 1-D array), got shape {arr.shape}")
-    integral = arr.dtype.kind in "iu" or (arr.dtype.kind == "f" and bool(np.all(np.isfinite(arr) & (arr == np.round(arr)))))
+    whole_floats = arr.dtype.kind == "f" and bool(np.all(np.isfinite(arr) & (arr == np.round(arr))))
+    integral = arr.dtype.kind in "iu" or whole_floats
     if arr.size and not integral:
         raise ValueError(f"{name} must be {allowed}, got {arr.reshape(-1)[:5].tolist()} ({arr.dtype})")
     arr = arr.astype(int).reshape(-1)

@@ -60,5 +60,6 @@ def fit_calibration(method: str, *, unlabelled: np.ndarray | None = None, conten
             raise ValueError("raw calibration needs n_layers and n_labels (or unlabelled logits for the shape)")
         return Calibration("raw", np.zeros((n_layers + 1, n_labels)))
     if source is None or len(source) == 0:
-        raise ValueError(f"{method} calibration needs {'unlabelled' if method == 'batch' else 'content_free'} label logits")
+        raise ValueError(f"{method} calibration needs {'unlabelled' if method == 'batch' else 'content_free'} label "
+                         f"logits")
     return Calibration(method, label_log_softmax(np.asarray(source, dtype=np.float64)).mean(axis=0))

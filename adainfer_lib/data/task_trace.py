@@ -5,11 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 import numpy as np
+import pandas as pd
 
 from ..common.replay import oracle_exits
-from .calibration import CALIBRATION_METHODS, DEFAULT_CALIBRATION, Calibration, fit_calibration
 from ..model.lens import LayerTrace, trace
 from ..model.loading import LensModel
+from .calibration import CALIBRATION_METHODS, DEFAULT_CALIBRATION, Calibration, fit_calibration
 
 
 @dataclass(frozen=True)
@@ -38,7 +39,8 @@ class TaskTrace:
         gold = np.asarray(self.gold)
         if gold.size and (gold.dtype.kind not in "iu" or gold.min() < -1 or gold.max() >= n_labels):
             raise ValueError(f"gold labels must be label ids in 0..{n_labels - 1} (or -1 = unknown) for the "
-                             f"{n_labels} label words {list(self.trace.label_words)}, got values {np.unique(gold)[:8].tolist()}")
+                             f"{n_labels} label words {list(self.trace.label_words)}, got values "
+                             f"{np.unique(gold)[:8].tolist()}")
         if len(self.label_names) != n_labels:
             raise ValueError(f"{len(self.label_names)} label names {list(self.label_names)} for {n_labels} label "
                              f"words {list(self.trace.label_words)}")

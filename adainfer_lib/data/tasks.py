@@ -23,9 +23,9 @@ from typing import Sequence
 import datasets
 import numpy as np
 
-from . import sources
 from ..common.cache import content_key
 from ..common.checks import check_int
+from . import sources
 
 DEFAULT_N_TRAIN = 500
 TASK_FORMAT_VERSION = 2  # bump when splitting or prompting changes, so trace caches are rebuilt

@@ -26,7 +26,6 @@ from ..model.inputs import prepare_prompts
 from ..model.loading import LensModel
 from ..model.registry import get_submodule
 
-
 # ---------------------------------------------------------------------------------------------------
 # Exit layers decided without a classifier
 
@@ -51,7 +50,8 @@ def random_exit_layers(n: int, mean_layer: float, n_layers: int, *, seed: int = 
 # ShortGPT: Block Influence and real layer removal
 
 
-def block_influence(model: LensModel, prompts: Sequence[str], *, batch_size: int = 8, progress: bool = False) -> np.ndarray:
+def block_influence(model: LensModel, prompts: Sequence[str], *, batch_size: int = 8,
+                    progress: bool = False) -> np.ndarray:
     """ShortGPT's Block Influence of every layer (L,): ``1 - mean cos(h_in, h_out)`` over all real
     (non-padding) tokens of ``prompts``. Low BI = the layer barely changes the residual stream."""
     from tqdm.auto import tqdm

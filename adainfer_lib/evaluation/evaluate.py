@@ -182,7 +182,8 @@ def _replayed_method(s: _Setting, name: str, exits: np.ndarray) -> Method:
     return Method(name, "trace replay (timed real)", np.asarray(exits), preds, time_one)
 
 
-def _shortgpt_method(s: _Setting, target_depth: float, n_influence: int, n_calibration: int) -> tuple[Method, np.ndarray]:
+def _shortgpt_method(s: _Setting, target_depth: float, n_influence: int,
+                     n_calibration: int) -> tuple[Method, np.ndarray]:
     """ShortGPT at the same depth: the ``round(L × (1 − target_depth / L))`` least influential layers removed."""
     L = s.model.n_layers
     k = int(round(L * (1 - target_depth / L)))

@@ -16,6 +16,7 @@ from ..model.loading import LensModel
 from .baselines import PrunedModel, block_influence, layers_to_drop, random_exit_layers
 from .evaluate import PARETO_METHODS, check_rules
 
+
 def _point(method: str, param: float, exits: np.ndarray, decisions: Decisions) -> dict:
     m = metrics_at(decisions, exits)
     return {"method": method, "param": float(param), **{k: m[k] for k in ("accuracy", "accuracy_change_pts",

@@ -157,7 +157,8 @@ def per_layer_auc(table: pd.DataFrame, feature: str | Sequence[str], label: str 
     return pd.DataFrame(rows)
 
 
-def feature_auc(table: pd.DataFrame, features: Sequence[str], label: str = "settled", *, min_layer: int = 1) -> pd.DataFrame:
+def feature_auc(table: pd.DataFrame, features: Sequence[str], label: str = "settled", *,
+                min_layer: int = 1) -> pd.DataFrame:
     """ROC AUC of each feature for ``label`` pooled over the decision layers ``min_layer <= layer < L`` —
     what one threshold on that feature, applied at every layer, has to work with. Columns ``feature``,
     ``auc`` (below 0.5: lower values mean "stop", e.g. entropy), ``n``; sorted by |auc − 0.5|."""

@@ -47,14 +47,12 @@ import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator, ClassifierMixin
 
-from ..common.checks import (THRESHOLD_RANGE, check_choice, check_int, check_min_layer, check_number,
-                             check_threshold)
+from ..common.checks import THRESHOLD_RANGE, check_choice, check_int, check_min_layer, check_number, check_threshold
 from ..common.replay import first_exit, n_layers_of, pivot_layers
 from ..data.calibration import Calibration
 from .crf import CRFScorer
 from .features import FULL_VOCAB_FEATURES, LABEL_SCHEMES, ONLINE_FEATURES, UNIT_INTERVAL_FEATURES
-from .identity import (ModelIdentity, PolicyModelMismatchError, check_rule_model, identity_of,
-                       refuse_other_model)
+from .identity import ModelIdentity, PolicyModelMismatchError, check_rule_model, identity_of, refuse_other_model
 from .rules import OnlineState
 from .scorers import FeatureScorer, SklearnScorer
 
@@ -81,8 +79,9 @@ def check_policy_features(features: Sequence[str]) -> tuple[str, ...]:
                        "computed yet when it decides to stop")
         if any(f in ("gold", "correct", "consistent", "settled", "final_pred", "pred", "oracle_exit") for f in bad):
             why.append("labels and decisions are not features")
-        raise ValueError(f"feature(s) {bad} cannot drive an exit policy"
-                         + (f" ({'; '.join(why)})" if why else "") + f"; use some of ONLINE_FEATURES = {ONLINE_FEATURES}")
+        reasons = f" ({'; '.join(why)})" if why else ""
+        raise ValueError(f"feature(s) {bad} cannot drive an exit policy{reasons}; use some of ONLINE_FEATURES = "
+                         f"{ONLINE_FEATURES}")
     return features
 
 

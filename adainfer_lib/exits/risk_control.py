@@ -51,8 +51,8 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from .features import n_layers_of
 from ..common.replay import first_exit
+from .features import n_layers_of
 from .policy import ExitPolicy
 from .rules import ExitRule
 

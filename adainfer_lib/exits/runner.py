@@ -34,9 +34,9 @@ import pandas as pd
 import torch
 
 from ..data.calibration import Calibration, label_log_softmax
+from ..model import parallel
 from ..model.inputs import Batch, _find_cache, label_token_ids, prepare_prompts
 from ..model.lens import lens_stats
-from ..model import parallel
 from ..model.loading import LensModel
 from .features import label_features
 from .identity import check_rule_model
@@ -462,7 +462,8 @@ def run_full(
     against: same inputs, batches, prompt-prefix cache and data parallelism as ``run_early_exit`` (see its
     errors)."""
 
-    prepared = prepare_prompts(model, prompts, caller="run_full", batch_size=batch_size, prefix_cache=prefix_cache, prefix=prefix)
+    prepared = prepare_prompts(model, prompts, caller="run_full", batch_size=batch_size, prefix_cache=prefix_cache,
+                               prefix=prefix)
     if isinstance(label_words, str) or not label_words:
         raise ValueError(f"run_full() needs the task's label words as a list (label_words=task.label_words), "
                          f"not {label_words!r}")

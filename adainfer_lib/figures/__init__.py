@@ -4,8 +4,8 @@ the explorer's state without widgets (``explorer_state``), its pure render funct
 and its ipywidgets wiring (``widgets``)."""
 
 from . import plots, plots_evaluation, plots_features, plots_risk
-from .plots_evaluation import plot_exit_layers, plot_pareto, plot_speedup
 from .explorer_state import ExplorerState, load_saved_policies
+from .plots_evaluation import plot_exit_layers, plot_pareto, plot_speedup
 from .widgets import ExitExplorer
 
 __all__ = ["plots", "plots_features", "plots_risk", "plots_evaluation", "plot_pareto", "plot_exit_layers",

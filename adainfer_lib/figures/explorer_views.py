@@ -27,12 +27,12 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from ..common.replay import first_exit
 from ..data.calibration import Calibration
+from ..data.task_trace import TaskTrace
 from ..exits.features import feature_table
 from ..model.lens import LayerTrace
 from .plots import visible_token
-from ..common.replay import first_exit
-from ..data.task_trace import TaskTrace
 
 LENS_MODES = ("full", "labels")
 #: Thresholds of the dataset sweep (the slider's range, 0..1 in steps of 0.01).

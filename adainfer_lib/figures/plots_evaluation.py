@@ -10,6 +10,7 @@ import pandas as pd
 from ..evaluation.evaluate import Evaluation
 from .plots import ORACLE, check_series, legend_outside, series_style, ylim_for
 
+
 def _title(what: str, model: str, task: str, n: int) -> str:
     """A three-line title (these plots sit side by side, one per task: a long model name must not run into the
     next panel's title)."""

@@ -129,7 +129,6 @@ def tradeoff(curves: pd.DataFrame, *, title: str, points: pd.DataFrame | None = 
     (``threshold_sweep`` rows stacked with a ``policy`` column). ``points``: rows with ``layers_saved``,
     ``accuracy``, ``consistency`` and ``policy`` (e.g. the thresholds chosen on train, and the oracle)."""
     import matplotlib.pyplot as plt
-    import seaborn as sns
 
     curves = curves.reset_index(drop=True)
     points = None if points is None else points.reset_index(drop=True)

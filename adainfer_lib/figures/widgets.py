@@ -55,7 +55,8 @@ def build_controls(state: ExplorerState, policy, max_examples: int, delta: float
         "policy_choice": w.Dropdown(options=list(state.policies), value=state.policy_name, description="policy",
                                     disabled=len(state.policies) < 2, style=style, layout=w.Layout(width="520px")),
         "lens": w.ToggleButtons(options=[("full vocabulary", "full"), ("label words", "labels")], value="full",
-                                tooltips=["top-k tokens over the whole vocabulary", "the task's label words, calibrated"],
+                                tooltips=["top-k tokens over the whole vocabulary",
+                                          "the task's label words, calibrated"],
                                 style={"button_width": "120px"}),  # labelled in the layout
         "threshold": w.FloatSlider(value=float(np.clip(policy.threshold, 0, 1)), min=0.0, max=1.0, step=0.01,
                                    description="threshold", readout_format=".2f", **slider),
@@ -222,7 +223,8 @@ class ExitExplorer:
         without ``dataset_trace``."""
         if self.dataset_trace is None:
             return None
-        return self.state.dataset_exits(self.policy_choice.value, float(self.threshold.value), int(self.min_layer.value))
+        return self.state.dataset_exits(self.policy_choice.value, float(self.threshold.value),
+                                        int(self.min_layer.value))
 
     # ---- handlers --------------------------------------------------------------------------------------
     def _safely(self, fn, *args, **kwargs) -> None:

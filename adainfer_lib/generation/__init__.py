@@ -5,12 +5,26 @@ model's greedy output (``speculative``), exit rules on full-vocabulary features 
 (``plots``, used as ``ai.plots_generation``)."""
 
 from . import plots as plots_generation
-from .loop import (CACHE_STRATEGIES, PROPAGATE_MODEL_TYPES, GenerationResult, UnsupportedStrategyError,
-                   generate_early_exit, greedy_generate, sequence_nll)
+from .loop import (
+                   CACHE_STRATEGIES,
+                   PROPAGATE_MODEL_TYPES,
+                   GenerationResult,
+                   UnsupportedStrategyError,
+                   generate_early_exit,
+                   greedy_generate,
+                   sequence_nll,
+)
 from .rules import GENERATION_FEATURES, TopProbRule
 from .speculative import speculative_generate
-from .study import (GenerationConfig, agreement_prefix, repetition, review_openings, run_generation_study,
-                    summarize_study, token_settling)
+from .study import (
+                   GenerationConfig,
+                   agreement_prefix,
+                   repetition,
+                   review_openings,
+                   run_generation_study,
+                   summarize_study,
+                   token_settling,
+)
 
 __all__ = ["CACHE_STRATEGIES", "PROPAGATE_MODEL_TYPES", "GENERATION_FEATURES", "GenerationResult",
            "UnsupportedStrategyError", "TopProbRule", "greedy_generate", "generate_early_exit",

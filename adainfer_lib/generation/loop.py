@@ -38,9 +38,9 @@ import pandas as pd
 import torch
 
 from ..common.checks import check_choice, check_int
+from ..exits.rules import OnlineState
 from ..model.inputs import _accepts_logits_to_keep, check_prompts, tokenize_prompts
 from ..model.lens import lens_stats
-from ..exits.rules import OnlineState
 from ..model.loading import LensModel
 from .rules import GENERATION_FEATURES, check_rule
 
@@ -325,7 +325,8 @@ def prefill(model: LensModel, ids: Sequence[int]):
 def full_step(model: LensModel, tokens: Sequence[int], cache) -> torch.Tensor:
     """``tokens`` (a few new positions) through the full model with ``cache`` (appended to): logits (q, vocab)."""
     input_ids = torch.tensor([list(tokens)], dtype=torch.long, device=model.device)
-    out = model.hf_model(input_ids=input_ids, cache=cache, use_cache=True, **_head_kwargs(model, 0 if len(tokens) > 1 else 1))
+    head = _head_kwargs(model, 0 if len(tokens) > 1 else 1)
+    out = model.hf_model(input_ids=input_ids, cache=cache, use_cache=True, **head)
     return out.logits[0]
 
 
@@ -360,11 +361,13 @@ def shallow_copy_cache(cache):
 
 
 def _full_features(n: int, L: int) -> dict[str, np.ndarray]:
-    return {k: np.full(n, float(L) if k == "layer" else 1.0 if k == "layer_frac" else np.nan) for k in GENERATION_FEATURES}
+    at_layer_l = {"layer": float(L), "layer_frac": 1.0}
+    return {k: np.full(n, at_layer_l.get(k, np.nan)) for k in GENERATION_FEATURES}
 
 
 @torch.no_grad()
-def greedy_generate(model: LensModel, prompt: str, *, max_new_tokens: int = 32, keep_cache: bool = False) -> GenerationResult:
+def greedy_generate(model: LensModel, prompt: str, *, max_new_tokens: int = 32,
+                    keep_cache: bool = False) -> GenerationResult:
     """The full model's greedy continuation of ``prompt`` (the reference; equals
     ``model.hf_model.generate(do_sample=False)``), timed like ``generate_early_exit``."""
     ids = check_generation_args(model, prompt, max_new_tokens, caller="greedy_generate")

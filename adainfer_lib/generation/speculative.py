@@ -17,8 +17,17 @@ import torch
 
 from ..common.checks import check_int
 from ..model.loading import LensModel
-from .loop import (GENERATION_FEATURES, GenerationResult, _PatchedLayers, check_generation_args, eos_ids,
-                   exit_step, full_step, prefill, shallow_copy_cache)
+from .loop import (
+    GENERATION_FEATURES,
+    GenerationResult,
+    _PatchedLayers,
+    check_generation_args,
+    eos_ids,
+    exit_step,
+    full_step,
+    prefill,
+    shallow_copy_cache,
+)
 from .rules import check_rule
 
 

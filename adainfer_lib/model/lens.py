@@ -1,9 +1,10 @@
 """The logit lens over every layer, at the last prompt position: ``trace`` → ``LayerTrace``.
 
 For each prompt, one batched forward pass (right padding, attention mask; a prompt prefix shared by all
-prompts runs once, see ``inputs``) records the residual stream ``h_l`` at the last real token after every layer (``h_0`` = the input of the first decoder layer, i.e. the
-embeddings with positions). Each state goes through the model's own final norm and unembedding, so layer
-``L`` reproduces the model's logits, and we keep per example × layer: the top-k tokens, ``top_prob``,
+prompts runs once, see ``inputs``) records the residual stream ``h_l`` at the last real token after every
+layer (``h_0`` = the input of the first decoder layer, i.e. the embeddings with positions). Each state goes
+through the model's own final norm and unembedding, so layer ``L`` reproduces the model's logits, and we keep
+per example × layer: the top-k tokens, ``top_prob``,
 ``gap`` (top-1 minus top-2 probability), entropy, KL to the final layer, the cosine between consecutive
 states, and (given label words) the label-word logits.
 """
@@ -25,11 +26,10 @@ import pandas as pd
 import torch
 
 from ..common.cache import atomic_write_bytes, content_key
-from .inputs import (Batch, check_prompts, label_token_ids, length_sorted_batches,  # noqa: F401  (re-exported)
-                     prepare_prompts)
-from .loading import LensModel
-from . import parallel
 from ..common.paths import data_dir
+from . import parallel
+from .inputs import Batch, check_prompts, label_token_ids, length_sorted_batches, prepare_prompts  # noqa: F401  (re-exported)
+from .loading import LensModel
 
 log = logging.getLogger("adainfer_lib")
 
@@ -75,7 +75,8 @@ class LayerTrace:
             if getattr(self, name).shape != (n, layers):
                 raise ValueError(f"{name} has shape {getattr(self, name).shape}, expected {(n, layers)}")
         if self.top_ids.shape != self.top_probs.shape or self.top_ids.shape[:2] != (n, layers):
-            raise ValueError(f"top_ids {self.top_ids.shape} / top_probs {self.top_probs.shape} do not match {(n, layers)}")
+            raise ValueError(f"top_ids {self.top_ids.shape} / top_probs {self.top_probs.shape} do not match "
+                             f"{(n, layers)}")
         if self.label_logits.shape != (n, layers, len(self.label_words)):
             raise ValueError(
                 f"label_logits has shape {self.label_logits.shape}, expected {(n, layers, len(self.label_words))}"
@@ -114,7 +115,8 @@ class LayerTrace:
         naming the words when two of them give the same column (" positive" and "positive", or a word listed
         twice): columns are never merged or renamed silently."""
         columns = [f"p_{word.strip()}" for word in self.label_words]
-        clashes = {c: [w for w, c2 in zip(self.label_words, columns) if c2 == c] for c in columns if columns.count(c) > 1}
+        clashes = {c: [w for w, c2 in zip(self.label_words, columns) if c2 == c]
+                   for c in columns if columns.count(c) > 1}
         if clashes:
             detail = "; ".join(f"{words} all give {c!r}" for c, words in clashes.items())
             raise ValueError(f"label words collide as table columns: {detail}. Label words must differ after "
@@ -179,7 +181,8 @@ class LayerTrace:
         except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError, json.JSONDecodeError) as err:
             raise CorruptCacheError(f"cannot read trace {path}: {err}") from err
         if header.get("format_version") != TRACE_FORMAT_VERSION:
-            raise CorruptCacheError(f"trace {path} has format {header.get('format_version')}, expected {TRACE_FORMAT_VERSION}")
+            raise CorruptCacheError(f"trace {path} has format {header.get('format_version')}, expected "
+                                    f"{TRACE_FORMAT_VERSION}")
         return cls(
             model_name=header["model_name"],
             n_layers=header["n_layers"],
@@ -224,7 +227,8 @@ def batch_states(model: LensModel, batch: Batch) -> torch.Tensor:
     return torch.stack(states)
 
 
-def last_states(model: LensModel, prompts: Sequence[str], *, prefix_cache: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def last_states(model: LensModel, prompts: Sequence[str], *,
+                prefix_cache: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """All ``prompts`` in one batch: residual states (L+1, batch, hidden) at the last real token, and the
     model's own logits there (batch, vocab) — the reference the lens at layer L must reproduce."""
     prepared = prepare_prompts(model, prompts, caller="last_states", batch_size=len(list(prompts)),
@@ -239,7 +243,8 @@ def last_states(model: LensModel, prompts: Sequence[str], *, prefix_cache: bool 
 
 
 @torch.no_grad()
-def lens_stats(model: LensModel, states: torch.Tensor, label_ids: torch.Tensor, *, full_vocab: bool, top_k: int) -> dict:
+def lens_stats(model: LensModel, states: torch.Tensor, label_ids: torch.Tensor, *, full_vocab: bool,
+               top_k: int) -> dict:
     """Lens statistics of N residual states (N, hidden): per-row ``top_prob``, ``gap``, ``entropy`` (N,)
     (NaN without ``full_vocab``), ``top_ids``/``top_probs`` (N, k), ``label_logits`` (N, C) and, with
     ``full_vocab``, ``logp`` and ``probs`` (N, vocab). The one place where a state becomes lens statistics."""
@@ -340,7 +345,8 @@ def trace(
     if cached is not None:
         return cached
     start = time.perf_counter()
-    prepared = prepare_prompts(model, prompts, caller="trace", batch_size=batch_size, prefix_cache=prefix_cache, prefix=prefix)
+    prepared = prepare_prompts(model, prompts, caller="trace", batch_size=batch_size, prefix_cache=prefix_cache,
+                               prefix=prefix)
     ids_tensor = torch.tensor(label_ids, dtype=torch.long, device=model.lens_device)
     def work(b: int) -> dict:
         states = batch_states(model, prepared.batch(prepared.batches[b]))

@@ -26,7 +26,15 @@ from torch import nn
 
 from ..common.cache import atomic_write_text
 from ..common.paths import data_dir
-from .registry import ArchitectureSpec, UnsupportedArchitectureError, apply_softcap, final_logit_softcap, get_submodule, layer_list, spec_for
+from .registry import (
+    ArchitectureSpec,
+    UnsupportedArchitectureError,
+    apply_softcap,
+    final_logit_softcap,
+    get_submodule,
+    layer_list,
+    spec_for,
+)
 
 
 @dataclass(frozen=True)
@@ -370,10 +378,11 @@ def load_model(name: str = DEFAULT_MODEL, *, dtype: torch.dtype = torch.float32,
     except UnsupportedArchitectureError:
         raise
     except (OSError, ValueError) as err:
+        why = "HF_HUB_OFFLINE is set" if os.environ.get("HF_HUB_OFFLINE") == "1" else "hub unreachable or unknown name"
         raise ModelNotFoundError(
             f"Cannot load model {name!r}: it is not an offline alias (known: {', '.join(OFFLINE_MODELS)}), "
             f"not a local folder, and loading it from the Hugging Face hub failed "
-            f"({'HF_HUB_OFFLINE is set' if os.environ.get('HF_HUB_OFFLINE') == '1' else 'hub unreachable or unknown name'}): "
+            f"({why}): "
             f"{str(err).splitlines()[0] if str(err) else type(err).__name__}"
         ) from err
     return LensModel(name, model, tokenizer, spec)
