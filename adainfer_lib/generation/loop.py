@@ -365,6 +365,23 @@ def _full_features(n: int, L: int) -> dict[str, np.ndarray]:
     return {k: np.full(n, at_layer_l.get(k, np.nan)) for k in GENERATION_FEATURES}
 
 
+def start_run(model: LensModel, prompt: str, rule, *, max_new_tokens: int, check_every: int,
+              caller: str) -> tuple[list[int], float, int, set[int]]:
+    """The checks every generation with an exit rule starts with: the prompt's token ids, the rule's threshold
+    and first checked layer, the model's end-of-sequence ids (errors: see ``generate_early_exit``)."""
+    ids = check_generation_args(model, prompt, max_new_tokens, caller=caller)
+    check_int(check_every, "check_every", low=1)
+    threshold, min_layer = check_rule(rule, model.n_layers)
+    return ids, threshold, min_layer, eos_ids(model)
+
+
+def timed_prefill(model: LensModel, ids) -> tuple[object, int, float]:
+    """``prefill`` of the prompt ``ids``: (cache, first token, seconds)."""
+    start = time.perf_counter()
+    cache, token = prefill(model, ids)
+    return cache, token, time.perf_counter() - start
+
+
 @torch.no_grad()
 def greedy_generate(model: LensModel, prompt: str, *, max_new_tokens: int = 32,
                     keep_cache: bool = False) -> GenerationResult:
@@ -398,16 +415,12 @@ def generate_early_exit(model: LensModel, prompt: str, rule, *, strategy: str = 
     / ``stop_proba_online``; ``ValueError`` for an empty prompt, ``max_new_tokens`` < 1, a prompt too long for
     the context, an unknown strategy, a rule on label-word features or with ``min_layer`` outside 1..L;
     ``UnsupportedStrategyError`` for ``"propagate"`` outside the Llama-style families."""
-    ids = check_generation_args(model, prompt, max_new_tokens, caller="generate_early_exit")
     strategy = check_strategy(model, strategy)
-    check_int(check_every, "check_every", low=1)
+    ids, threshold, min_layer, stop = start_run(model, prompt, rule, max_new_tokens=max_new_tokens,
+                                                check_every=check_every, caller="generate_early_exit")
     L = model.n_layers
-    threshold, min_layer = check_rule(rule, L)
-    stop = eos_ids(model)
     with _PatchedLayers(model) as patched:
-        start = time.perf_counter()
-        cache, token = prefill(model, ids)
-        prefill_seconds = time.perf_counter() - start
+        cache, token, prefill_seconds = timed_prefill(model, ids)
         start = time.perf_counter()
         tokens, exits, computed = [token], [L], [L]
         features = {k: [v] for k, v in zip(GENERATION_FEATURES, [L, 1.0, np.nan, np.nan, np.nan, np.nan])}

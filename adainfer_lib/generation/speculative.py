@@ -21,14 +21,12 @@ from .loop import (
     GENERATION_FEATURES,
     GenerationResult,
     _PatchedLayers,
-    check_generation_args,
-    eos_ids,
     exit_step,
     full_step,
-    prefill,
     shallow_copy_cache,
+    start_run,
+    timed_prefill,
 )
-from .rules import check_rule
 
 
 def _crop(cache, remove: int) -> None:
@@ -47,16 +45,12 @@ def speculative_generate(model: LensModel, prompt: str, rule, *, draft_tokens: i
     layer for accepted drafts and L for the full model's own tokens; ``layers_computed`` spreads each round's
     layers (draft layers + L for the verification) over the tokens it produced. ``acceptance_rate`` = accepted
     / drafted. Errors as ``generate_early_exit``, and ``ValueError`` for ``draft_tokens`` < 1."""
-    ids = check_generation_args(model, prompt, max_new_tokens, caller="speculative_generate")
+    ids, threshold, min_layer, stop = start_run(model, prompt, rule, max_new_tokens=max_new_tokens,
+                                                check_every=check_every, caller="speculative_generate")
     check_int(draft_tokens, "draft_tokens", low=1)
-    check_int(check_every, "check_every", low=1)
     L = model.n_layers
-    threshold, min_layer = check_rule(rule, L)
-    stop = eos_ids(model)
     with _PatchedLayers(model) as patched:
-        start = time.perf_counter()
-        cache, token = prefill(model, ids)
-        prefill_seconds = time.perf_counter() - start
+        cache, token, prefill_seconds = timed_prefill(model, ids)
         start = time.perf_counter()
         if hasattr(cache, "activate_past_recording"):  # sliding-window layers keep what a crop needs
             for layer in cache.layers:
