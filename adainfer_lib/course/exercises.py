@@ -475,7 +475,8 @@ def check_04_affordable_checks(evaluations, answer: float, task: str = "sentimen
     saved = float(row["layers_saved"]) * L
     reference = saved / cost
     spent = checks * cost
-    share = f"{spent / saved:.0%} of the saving goes to checks" if saved > 0 else "it saves nothing: every check is a loss"
+    share = (f"{spent / saved:.0%} of the saving goes to checks" if saved > 0
+             else "it saves nothing: every check is a loss")
     return _compare(answer, reference, what=what, tol=max(1e-3, 0.01 * abs(reference)), bounds=(0, np.inf),
                     mistakes=((row["layers_saved"] / cost, "layers_saved / check_cost: layers_saved is a fraction of "
                                                            f"the L = {L} layers"),
@@ -491,9 +492,9 @@ def check_04_affordable_checks(evaluations, answer: float, task: str = "sentimen
 
 
 def check_04_consistency_threshold(policies, train_traces, test_traces, answer: float, task: str = "sentiment",
-                                   method: str = "CRF · label features") -> Feedback:
-    """Exercise 04.2: ``method``'s threshold chosen on the train trace for ≥ 99% consistency instead of accuracy,
-    replayed on the test trace: its layers saved."""
+                                   method: str = "CRF · label features", max_loss: float = 0.01) -> Feedback:
+    """Exercise 04.2: ``method``'s threshold chosen on the train trace for at most ``max_loss`` consistency lost
+    instead of accuracy, replayed on the test trace: its layers saved."""
     from ..exits.features import feature_table
     from ..exits.tuning import simulate
 
@@ -503,15 +504,16 @@ def check_04_consistency_threshold(policies, train_traces, test_traces, answer: 
         return problem
     policy = policies[task][method]
     train, test = feature_table(train_traces[task]), feature_table(test_traces[task])
-    threshold, run, train_row = _replay(policy, train, test, max_loss=0.01, metric="consistency")
+    threshold, run, train_row = _replay(policy, train, test, max_loss=max_loss, metric="consistency")
     own = simulate(policy, test)
     return _compare(answer, run["layers_saved"], what=what, tol=1e-3, bounds=(0, 1),
                     mistakes=((own["layers_saved"], f"the saving at the policy's own threshold {policy.threshold:.2f}, "
                                                     "chosen for accuracy: tune it with metric=\"consistency\""),
                               (train_row["layers_saved"], "the saving on the train trace: replay on the test trace")),
-                    hint="ai.tune_threshold(policy, train table, metric=\"consistency\") with the default cv, then "
-                         "ai.simulate on the test table.",
-                    ok=f"threshold {threshold:.2f} for ≥ 99% consistency (accuracy criterion: {policy.threshold:.2f}): "
+                    hint=f"ai.tune_threshold(policy, train table, metric=\"consistency\", max_loss={max_loss:g}) "
+                         "with the default cv, then ai.simulate on the test table.",
+                    ok=f"threshold {threshold:.2f} for ≥ {1 - max_loss:.0%} consistency (accuracy criterion: "
+                       f"{policy.threshold:.2f}): "
                        f"{run['layers_saved']:.1%} of layers saved on {task} at consistency {run['consistency']:.3f} "
                        f"(accuracy criterion: {own['layers_saved']:.1%} at {own['consistency']:.3f}).")
 
@@ -673,7 +675,7 @@ def _threshold_verdict(answer, reference: float | None, *, what: str, mistakes: 
     if problem is not None:
         return problem
     if reference is None:
-        return Feedback(False, f"nothing is certified here: the Certification's `.threshold` is None (answer None).")
+        return Feedback(False, "nothing is certified here: the Certification's `.threshold` is None (answer None).")
     value = _as_number(answer)
     if abs(value - reference) <= 1e-6:
         return Feedback(True, ok)

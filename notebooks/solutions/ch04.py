@@ -17,9 +17,11 @@ def exercise_1(evaluations, task: str = "sentiment", method: str = "CRF · paper
 
 
 def exercise_2(policies, train_traces, test_traces, task: str = "sentiment",
-               method: str = "CRF · label features") -> float:
-    """Layers saved on test with the threshold chosen on train for ≥ 99% consistency instead of accuracy."""
-    tuned = ai.tune_threshold(policies[task][method], ai.feature_table(train_traces[task]), metric="consistency")
+               method: str = "CRF · label features", max_loss: float = 0.01) -> float:
+    """Layers saved on test with the threshold chosen on train for at most ``max_loss`` consistency lost instead
+    of accuracy."""
+    tuned = ai.tune_threshold(policies[task][method], ai.feature_table(train_traces[task]), metric="consistency",
+                              max_loss=max_loss)
     return ai.simulate(tuned, ai.feature_table(test_traces[task]))["layers_saved"]
 
 
@@ -48,8 +50,11 @@ WHY = {
        "the measured speedup vanishes although layers are skipped: compare the two and the ideal speedup with the "
        "measured one.",
     2: "Choosing by consistency asks the exit to keep the full model's answers, not only its accuracy: a threshold "
-       "chosen for ≤ 1 point of accuracy can change many answers whose errors cancel, so the consistency threshold "
-       "is usually higher and saves fewer layers — a replay on the test trace equals the real exit (section 1).",
+       "chosen for ≤ 1 point of accuracy can change answers whose errors cancel. At 1 point of consistency (full "
+       "mode) the criterion is the stricter one: on the default model its threshold was 0.97 (19.7% of the layers "
+       "saved, 99% consistency on n=100 test prompts) against the accuracy criterion's 0.93 (22.8%, 96%). Quick "
+       "mode allows 5 points, because 1 point of 40 train prompts is less than one prompt; there the consistency "
+       "criterion can be the looser one. A replay on the test trace equals the real exit (section 1).",
     3: "An exit before the oracle layer stops while the answer is still going to change; if its answer there is "
        "the full model's, that was luck. If even the earliest exit relative to its oracle layer comes after it, the "
        "policy never stops too early on this split: it is cautious, and the layers it leaves are the gap to the "
