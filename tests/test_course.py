@@ -10,15 +10,14 @@ import numpy as np
 import pytest
 
 from adainfer_lib import exercises
-
 from conftest import task_trace_from_predictions
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tools"))
 sys.path.insert(0, str(ROOT / "notebooks"))
 
-from solutions import ch01  # noqa: E402
 from readme_results import RESULTS, render, update_readme  # noqa: E402
+from solutions import ch01  # noqa: E402
 from sync_navigation import chapters, stale_chapters  # noqa: E402
 
 
@@ -112,9 +111,9 @@ def test_claims_record_and_fail_only_where_they_must():
 
 def test_reproduce_names_the_firm_claims_that_fail():
     import nbformat
+    from reproduce import failed_claims
 
     from adainfer_lib.course.claims import claim
-    from reproduce import failed_claims
 
     outputs = [nbformat.v4.new_output("display_data", data=c._repr_mimebundle_()) for c in (
         claim("ch99.holds", True, "{x} holds", show=False, x=1),

@@ -17,7 +17,6 @@ from adainfer_lib import exercises
 from adainfer_lib.data.calibration import fit_calibration
 from adainfer_lib.evaluation.evaluate import Evaluation
 from adainfer_lib.exits.features import synthetic_table
-
 from conftest import make_trace
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "notebooks"))
@@ -206,7 +205,8 @@ def synthetic_evaluation(tt, policies: dict, *, check_cost: float = 0.4) -> Eval
         checks = np.mean(e - policy.min_layer + 1) if policy is not None else np.nan
         accuracy, full = np.mean(predictions[name] == gold), np.mean(predictions["full"] == gold)
         rows.append({"task": tt.task_name, "method": name, "kind": "real early exit" if policy else "trace replay",
-                     "n": n, "accuracy_full": full, "accuracy": accuracy, "accuracy_change_pts": 100 * (accuracy - full),
+                     "n": n, "accuracy_full": full, "accuracy": accuracy,
+                     "accuracy_change_pts": 100 * (accuracy - full),
                      "consistency": np.mean(predictions[name] == predictions["full"]), "mean_exit_layer": depth,
                      "depth": depth / L, "layers_saved": 1 - depth / L, "ideal_speedup": L / depth,
                      "measured_speedup": L / (depth + (checks * check_cost if policy else 0)),
@@ -227,7 +227,8 @@ def world04():
              "CRF · label features": {"classifier": "crf", "features": LABEL}}
     policies = ai.fit_policies(train_tt, specs, max_loss=0.05)
     return {"policies": {"sentiment": policies}, "train_traces": {"sentiment": train_tt},
-            "test_traces": {"sentiment": test_tt}, "evaluations": {"sentiment": synthetic_evaluation(test_tt, policies)}}
+            "test_traces": {"sentiment": test_tt},
+            "evaluations": {"sentiment": synthetic_evaluation(test_tt, policies)}}
 
 
 def test_chapter_04_affordable_checks(world04):

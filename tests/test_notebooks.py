@@ -33,7 +33,8 @@ def test_executes_in_quick_mode(path, model, tmp_path):
     os.environ["ADAINFER_QUICK"] = "1"
     os.environ["ADAINFER_MODEL"] = model
     try:
-        NotebookClient(nb, timeout=1800, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}).execute()
+        NotebookClient(nb, timeout=1800, kernel_name="python3",
+                       resources={"metadata": {"path": str(path.parent)}}).execute()
     finally:
         os.environ.clear()
         os.environ.update(env_before)

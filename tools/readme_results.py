@@ -68,7 +68,8 @@ def layer_statistics(results: Path) -> str:
     side = pd.DataFrame({
         "demonstrations": protocols["demos"].map({"fixed": "one set (seed 0)", "per_query": "drawn per query"}),
         "n": protocols["n"], "accuracy at layer L": protocols["accuracy_full"].map("{:.3f}".format),
-        "best layer (accuracy)": [f"{b} ({a:.3f})" for b, a in zip(protocols["best_layer"], protocols["best_layer_accuracy"])],
+        "best layer (accuracy)": [f"{b} ({a:.3f})"
+                                  for b, a in zip(protocols["best_layer"], protocols["best_layer_accuracy"])],
         "oracle layers saved": protocols["oracle_layers_saved"].map(pct)})
     return (f"**Layer statistics (chapter 01)** — {provenance(t)}; mean ± sd over {t['seed'].nunique()} demonstration "
             "seeds (one demonstration set per seed, batch calibration fitted on the train split). The oracle exit is "
@@ -115,7 +116,8 @@ def early_exit(results: Path) -> str:
         "consistency": t["consistency"].map("{:.3f}".format),
         f"measured / ideal speedup (n timed {int(t['n_timed'].max())})": speed})
     return (f"**Real early exit (chapter 04)** — {provenance(t)}; policies fitted and their thresholds chosen "
-            "on the train split (≤ 1 point of accuracy lost); equal-budget baselines at the label-feature CRF's mean depth; speedups are "
+            "on the train split (≤ 1 point of accuracy lost); equal-budget baselines at the label-feature CRF's mean "
+            "depth; speedups are "
             "wall-clock at batch size 1 against the full model on the same prompts, interleaved:\n\n"
             + markdown_table(shown))
 
@@ -128,7 +130,8 @@ def chapter_times(results: Path) -> str:
     shown = pd.DataFrame({"model": t["model"], "chapter": t["chapter"],
                           "minutes (full mode)": t["minutes"].map("{:.1f}".format), "date": t["date"],
                           "machine": t["machine"]})
-    return "**Chapter run times** (`make reproduce`, full mode, traces cached by earlier chapters):\n\n" + markdown_table(shown)
+    return ("**Chapter run times** (`make reproduce`, full mode, traces cached by earlier chapters):\n\n"
+            + markdown_table(shown))
 
 
 def guaranteed_exits(results: Path) -> str:
@@ -153,7 +156,8 @@ def guaranteed_exits(results: Path) -> str:
 def findings(results: Path) -> str:
     """"What the numbers say": each sentence computed from the tables above (default model)."""
     seeds = pd.read_csv(results / "01_over_seeds.csv")
-    by_task = seeds.groupby("task", sort=False).agg(acc=("accuracy_full", "mean"), oracle=("oracle_layers_saved", "mean"),
+    by_task = seeds.groupby("task", sort=False).agg(acc=("accuracy_full", "mean"),
+                                                    oracle=("oracle_layers_saved", "mean"),
                                                     sd=("oracle_layers_saved", "std"), chance=("chance", "first"),
                                                     n=("n", "first"), k=("seed", "nunique"))
     protocols = pd.read_csv(results / "01_demonstration_protocols.csv").set_index("demos")
@@ -166,9 +170,11 @@ def findings(results: Path) -> str:
     s = by_task.loc["sentiment"]
     lines = [
         f"- *Not all layers are necessary, for some inputs*: on sentiment an oracle could skip {pct(s.oracle)} ± "
-        f"{pct(s.sd)} of the layers without changing a prediction (mean ± sd over {int(s.k)} seeds, n={int(s.n)} each); "
+        f"{pct(s.sd)} of the layers without changing a prediction (mean ± sd over {int(s.k)} seeds, "
+        f"n={int(s.n)} each); "
         + "; ".join(f"{t} {pct(r.oracle)}" for t, r in by_task.iterrows() if t != "sentiment")
-        + ". " + " ".join(f"{t} is {'near' if r.acc - r.chance < 0.1 else 'above'} chance ({r.acc:.3f} vs {r.chance:.2f})"
+        + ". " + " ".join(f"{t} is {'near' if r.acc - r.chance < 0.1 else 'above'} chance "
+                          f"({r.acc:.3f} vs {r.chance:.2f})"
                           + (", so its savings mean nothing." if r.acc - r.chance < 0.1 else ".")
                           for t, r in by_task.iterrows() if t == "mmlu"),
         f"- *One demonstration set per seed*: on the same {int(protocols.loc['fixed', 'n'])} sentiment reviews, "

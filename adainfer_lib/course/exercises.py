@@ -760,11 +760,13 @@ def check_07_agreement(result, reference, answer) -> Feedback:
     n = min(len(mine), len(full))
     anywhere = int(sum(a == b for a, b in zip(mine[:n], full[:n])))
     if value == right:
+        after = "the whole sequence" if mine == full else "after it the two texts go separate ways"
         return Feedback(True, f"{right} of the full model's {len(full)} tokens come before the first divergence"
-                              f" ({'the whole sequence' if mine == full else 'after it the two texts go separate ways'}).")
+                              f" ({after}).")
     if value == anywhere and anywhere != right:
         return Feedback(False, f"{value:g} counts equal tokens at every position, also after the first divergence; "
-                               "once the texts differ, later coincidences are not agreement: stop at the first difference.")
+                               "once the texts differ, later coincidences are not agreement: stop at the first "
+                               "difference.")
     return Feedback(False, f"{value:g} is not the number of leading tokens equal to the full model's: compare "
                            "result.tokens with reference.tokens position by position and stop at the first difference.")
 
@@ -786,7 +788,8 @@ def check_07_tokens_per_pass(result, answer) -> Feedback:
                               f"accepted, plus one token of the full model's own per pass): the full model ran "
                               f"{result.verify_passes} times instead of {result.n_tokens - 1}.")
     if abs(value - result.n_tokens / result.verify_passes) <= 1e-6:
-        return Feedback(False, "the first new token comes from the prompt's pass, not from a verification: leave it out.")
+        return Feedback(False, "the first new token comes from the prompt's pass, not from a verification: leave it "
+                               "out.")
     if abs(value - result.acceptance_rate) <= 1e-6:
         return Feedback(False, "that is the acceptance rate (accepted / drafted); each pass also yields the full "
                                "model's own token.")
