@@ -3,6 +3,7 @@
 Every replay in the suite — an exit rule's simulated exits, threshold sweeps, the oracle, the fixed and
 random baselines, Pareto curves, Learn-then-Test, the explorer — goes through these few functions:
 
+- ``layers_saved(exits, L)``: 1 − mean(exit)/L;
 - ``first_exit(stop_scores (n, L+1), threshold, min_layer) -> (n,)``: the stopping rule on whole
   trajectories (the first layer ``>= min_layer`` whose score is ``>= threshold``, else L; NaN never stops);
 - ``settled_mask(predictions (n, L+1)) -> (n, L+1)`` and ``oracle_exits(predictions) -> (n,)``: where the
@@ -33,6 +34,11 @@ def first_exit(stop_scores: np.ndarray, threshold: float, min_layer: int = 1) ->
     ok[:, : max(int(min_layer), 0)] = False
     ok[:, L] = True
     return ok.argmax(1)
+
+
+def layers_saved(exits: np.ndarray, n_layers: int) -> float:
+    """1 − mean(exit layer) / L: the share of layers a set of exits (n,) skips (the hardware-independent saving)."""
+    return float(1 - np.mean(exits) / n_layers)
 
 
 def settled_mask(predictions: np.ndarray) -> np.ndarray:
@@ -111,7 +117,7 @@ def metrics_at(decisions: Decisions, exits: np.ndarray) -> dict:
     L = decisions.n_layers
     accuracy = float((at_exit == decisions.gold).mean())
     full = float((decisions.final == decisions.gold).mean())
-    return {"layers_saved": float(1 - exits.mean() / L), "accuracy": accuracy,
+    return {"layers_saved": layers_saved(exits, L), "accuracy": accuracy,
             "consistency": float((at_exit == decisions.final).mean()), "full_accuracy": full,
             "accuracy_change_pts": 100 * (accuracy - full), "mean_exit_layer": float(exits.mean()),
             "n": int(len(exits)), "L": int(L)}

@@ -7,7 +7,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import pandas as pd
 
-from ..common.replay import oracle_exits
+from ..common.replay import layers_saved, oracle_exits
 from ..model.lens import LayerTrace, trace
 from ..model.loading import LensModel
 from .calibration import CALIBRATION_METHODS, DEFAULT_CALIBRATION, Calibration, fit_calibration
@@ -138,6 +138,6 @@ def calibration_report(tt: TaskTrace) -> "pd.DataFrame":
             "n": tt.n_examples,
             "accuracy_full": float((final == tt.gold).mean()),
             "most_frequent_label_share": float(np.bincount(final).max() / len(final)),
-            "oracle_layers_saved": float(1 - view.earliest_consistent_layer().mean() / tt.n_layers),
+            "oracle_layers_saved": layers_saved(view.earliest_consistent_layer(), tt.n_layers),
         })
     return pd.DataFrame(rows)

@@ -17,6 +17,7 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from ..common.replay import layers_saved
 from ..data.task_trace import TaskTrace, trace_task
 
 
@@ -28,7 +29,7 @@ def layer_statistics(tt: TaskTrace) -> dict:
     best = int(len(accuracy) - 1 - np.argmax(accuracy[::-1]))
     return {"n": tt.n_examples, "accuracy_full": float(accuracy[-1]), "best_layer": best,
             "best_layer_accuracy": float(accuracy[best]),
-            "oracle_layers_saved": float(1 - tt.earliest_consistent_layer().mean() / tt.n_layers),
+            "oracle_layers_saved": layers_saved(tt.earliest_consistent_layer(), tt.n_layers),
             "chance": 1 / len(tt.label_names)}
 
 

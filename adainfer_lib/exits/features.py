@@ -30,7 +30,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from ..common.replay import n_layers_of, settled_mask
+from ..common.replay import n_layers_of, oracle_exits, settled_mask
 from ..data.calibration import label_log_softmax
 
 #: Features an exit rule may use while the model runs: nothing that needs later layers (``kl_to_final``)
@@ -77,7 +77,7 @@ def _decision_columns(preds: np.ndarray, gold: np.ndarray) -> dict[str, np.ndarr
         "consistent": preds == preds[:, -1:],
         "correct": preds == np.asarray(gold)[:, None],
         "settled": settled,
-        "oracle_exit": np.repeat(settled.argmax(1)[:, None], layers, axis=1),
+        "oracle_exit": np.repeat(oracle_exits(preds)[:, None], layers, axis=1),
     }
 
 

@@ -51,7 +51,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from ..common.replay import first_exit
+from ..common.replay import first_exit, layers_saved, oracle_exits
 from .features import n_layers_of
 from .policy import ExitPolicy
 from .rules import ExitRule
@@ -241,9 +241,7 @@ class ExitReplay:
 
     def oracle_layers_saved(self) -> float:
         """The oracle's saving on these prompts: earliest layer from which the decision is final and stays."""
-        agrees = self.predictions == self.final[:, None]
-        stays = np.flip(np.logical_and.accumulate(np.flip(agrees, 1), 1), 1)
-        return float(1 - stays.argmax(1).mean() / self.n_layers)
+        return layers_saved(oracle_exits(np.column_stack([self.predictions[:, :-1], self.final])), self.n_layers)
 
     def take(self, idx) -> ExitReplay:
         """The replay restricted to prompt positions ``idx``."""
@@ -501,7 +499,7 @@ def guarantee_check(replay: ExitReplay, *, n_cal: int, n_draws: int = 200, delta
                 row = dict(threshold=float(replay.thresholds[j]), cal_risk=float(cal_risks[j]),
                            test_risk=float(losses[j, test].mean()) if len(test) else np.nan,
                            pool_risk=float(pool_risk[j]),
-                           test_layers_saved=float(1 - replay.exits[j, test].mean() / replay.n_layers)
+                           test_layers_saved=layers_saved(replay.exits[j, test], replay.n_layers)
                            if len(test) else np.nan, layers_saved=float(pool_saved[j]))
             rows.append({"draw": draw, "rule": name, "certified": name == "Learn-then-Test" and j is not None, **row})
         for name, at in fixed_at.items():

@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..common.replay import layers_saved
 from ..data.calibration import Calibration, label_log_softmax
 from ..model import parallel
 from ..model.inputs import Batch, _find_cache, label_token_ids, prepare_prompts
@@ -103,7 +104,7 @@ class ExitResult:
     @property
     def layers_saved(self) -> float:
         """1 - mean(exit layer) / L: the hardware-independent saving."""
-        return 1.0 - self.mean_exit_layer / self.n_layers
+        return layers_saved(self.exit_layers, self.n_layers)
 
     @property
     def ideal_speedup(self) -> float:

@@ -27,7 +27,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from ..common.replay import first_exit
+from ..common.replay import Decisions, first_exit, metrics_at, sweep
 from ..data.calibration import Calibration
 from ..data.task_trace import TaskTrace
 from ..exits.features import feature_table
@@ -247,6 +247,11 @@ class DatasetDecisions:
     def n_layers(self) -> int:
         return self.stop_proba.shape[1] - 1
 
+    @property
+    def replay(self) -> Decisions:
+        """The decisions as the replay kernel's ``Decisions``."""
+        return Decisions(self.preds, self.final, self.gold, np.arange(len(self.gold)))
+
 
 def stop_and_decisions(policy, table: pd.DataFrame) -> DatasetDecisions:
     """P(stop) of ``policy`` for every row of the feature table ``table`` (one ``stop_matrix`` call) and the
@@ -281,20 +286,10 @@ def exits_frame(decisions: DatasetDecisions, threshold: float, min_layer: int, l
 
 def threshold_sweep_frame(decisions: DatasetDecisions, min_layer: int,
                           thresholds: Sequence[float] = SWEEP_THRESHOLDS) -> pd.DataFrame:
-    """One row per threshold: ``threshold``, ``mean_exit_layer``, ``layers_saved`` (1 − mean exit / L),
-    ``accuracy`` (decision at the exit vs gold), ``consistency`` (vs the full model), ``full_accuracy``."""
-    L = decisions.n_layers
-    rows = np.arange(len(decisions.gold))
-    full_accuracy = float((decisions.final == decisions.gold).mean())
-    out = []
-    for t in thresholds:
-        exits = exits_at(decisions, float(t), min_layer)
-        at_exit = decisions.preds[rows, exits]
-        out.append({"threshold": float(t), "mean_exit_layer": float(exits.mean()),
-                    "layers_saved": float(1 - exits.mean() / L),
-                    "accuracy": float((at_exit == decisions.gold).mean()),
-                    "consistency": float((at_exit == decisions.final).mean()), "full_accuracy": full_accuracy})
-    return pd.DataFrame(out)
+    """One row per threshold: ``threshold``, then ``common.replay.metrics_at`` (``layers_saved`` = 1 − mean
+    exit / L, ``accuracy`` at the exit vs gold, ``consistency`` vs the full model, ``full_accuracy``,
+    ``mean_exit_layer``, ...)."""
+    return sweep(decisions.replay, decisions.stop_proba, [float(t) for t in thresholds], min_layer)
 
 
 def dataset_figure(decisions: DatasetDecisions, sweep: pd.DataFrame, *, threshold: float, min_layer: int,
@@ -334,16 +329,11 @@ def dataset_summary_html(decisions: DatasetDecisions, *, threshold: float, min_l
                          split: str = "test split") -> str:
     """One line for the split at this threshold: mean exit layer, layers saved, accuracy vs the full
     model's, consistency (class ``adainfer-dataset-summary``)."""
-    L = decisions.n_layers
-    exits = exits_at(decisions, threshold, min_layer)
-    at_exit = decisions.preds[np.arange(len(exits)), exits]
-    acc = float((at_exit == decisions.gold).mean())
-    full = float((decisions.final == decisions.gold).mean())
-    cons = float((at_exit == decisions.final).mean())
-    return (f'<div class="adainfer-dataset-summary">{html.escape(split)}, n={len(exits)}, threshold {threshold:.2f}, '
-            f"min layer {min_layer}: mean exit layer <b>{exits.mean():.1f} / {L}</b> · layers saved "
-            f"<b>{1 - exits.mean() / L:.0%}</b> · accuracy <b>{acc:.3f}</b> (full model {full:.3f}, "
-            f"{100 * (acc - full):+.1f} pt) · consistency {cons:.3f}</div>")
+    m = metrics_at(decisions.replay, exits_at(decisions, threshold, min_layer))
+    return (f'<div class="adainfer-dataset-summary">{html.escape(split)}, n={m["n"]}, threshold {threshold:.2f}, '
+            f"min layer {min_layer}: mean exit layer <b>{m['mean_exit_layer']:.1f} / {m['L']}</b> · layers saved "
+            f"<b>{m['layers_saved']:.0%}</b> · accuracy <b>{m['accuracy']:.3f}</b> (full model "
+            f"{m['full_accuracy']:.3f}, {m['accuracy_change_pts']:+.1f} pt) · consistency {m['consistency']:.3f}</div>")
 
 
 def certify_decisions(decisions: DatasetDecisions, min_layer: int, *, delta: float, epsilon: float,

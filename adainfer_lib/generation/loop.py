@@ -38,6 +38,7 @@ import pandas as pd
 import torch
 
 from ..common.checks import check_choice, check_int
+from ..common.replay import layers_saved
 from ..exits.rules import OnlineState
 from ..model.inputs import _accepts_logits_to_keep, check_prompts, tokenize_prompts
 from ..model.lens import lens_stats
@@ -100,12 +101,12 @@ class GenerationResult:
     @property
     def layers_saved(self) -> float:
         """1 - mean(exit layer) / L over the new tokens: where the tokens were decided."""
-        return 1.0 - float(np.mean(self.exit_layers)) / self.n_layers if self.n_tokens else 0.0
+        return layers_saved(self.exit_layers, self.n_layers) if self.n_tokens else 0.0
 
     @property
     def compute_saved(self) -> float:
         """1 - mean(decoder layers computed per token) / L: the layers that really did not run."""
-        return 1.0 - float(np.mean(self.layers_computed)) / self.n_layers if self.n_tokens else 0.0
+        return layers_saved(self.layers_computed, self.n_layers) if self.n_tokens else 0.0
 
     @property
     def ideal_speedup(self) -> float:
