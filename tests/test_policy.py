@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -296,6 +297,61 @@ def test_single_class_training_labels_are_refused(train):
 
 # ---------------------------------------------------------------------------------------------------
 # Metadata and persistence
+
+
+@pytest.mark.parametrize("classifier", CLASSIFIERS)
+def test_every_classifier_round_trips_without_pickle(classifier, fitted, test_table, tmp_path):
+    """A saved policy is a zip of JSON, arrays and a skops pipeline: loaded, it scores, exits and carries its
+    calibration exactly as before; nothing in the file is a pickle."""
+    import zipfile
+
+    policy = clone(fitted[classifier]).set_params(class_weight={0: 1.0, 1: 2.0} if classifier == "logistic" else None)
+    policy = policy.fit(synthetic_table(80, 10, seed=0))
+    path = policy.save(tmp_path / f"{classifier}.policy")
+    with zipfile.ZipFile(path) as archive:
+        assert set(archive.namelist()) <= {"config.json", "arrays.npz", "estimator.skops"}
+        assert not any(archive.read(n).startswith(b"\x80") for n in archive.namelist())  # no pickle stream
+    loaded = ExitPolicy.load(path)
+    np.testing.assert_array_equal(loaded.predict_proba(test_table), policy.predict_proba(test_table))
+    np.testing.assert_array_equal(loaded.exit_layers(test_table), policy.exit_layers(test_table))
+    np.testing.assert_array_equal(loaded.calibration.offsets, policy.calibration.offsets)
+    assert loaded.get_params() == policy.get_params() and loaded.metadata == policy.metadata
+
+
+def test_a_foreign_or_tampered_file_is_refused(fitted, tmp_path):
+    import functools
+    import operator
+    import pickle
+    import zipfile
+
+    import skops.io as sio
+
+    path = fitted["svm"].save(tmp_path / "svm.policy")
+    members = {n: zipfile.ZipFile(path).read(n) for n in zipfile.ZipFile(path).namelist()}
+
+    def rewrite(name: str, **changes) -> Path:
+        out = tmp_path / name
+        with zipfile.ZipFile(out, "w") as archive:
+            for member, data in {**members, **changes}.items():
+                archive.writestr(member, data)
+        return out
+
+    (tmp_path / "old.policy").write_bytes(pickle.dumps({"policy": "anything"}))
+    with pytest.raises(ValueError, match="not a saved ExitPolicy.*pickle files are not read"):
+        ExitPolicy.load(tmp_path / "old.policy")
+    foreign = sio.dumps(functools.partial(operator.add, 1))  # callables outside scikit-learn
+    with pytest.raises(ValueError, match="refusing to load it"):
+        ExitPolicy.load(rewrite("foreign.policy", **{"estimator.skops": foreign}))
+    config = json.loads(members["config.json"])
+    with pytest.raises(ValueError, match="is not an ExitPolicy file of format"):
+        ExitPolicy.load(rewrite("version.policy", **{"config.json": json.dumps({**config, "format_version": 99})}))
+    with pytest.raises(ValueError, match="not valid JSON"):
+        ExitPolicy.load(rewrite("json.policy", **{"config.json": b"{not json"}))
+    with pytest.raises(ValueError, match="incomplete or damaged"):
+        ExitPolicy.load(rewrite("damaged.policy", **{"config.json": json.dumps({k: v for k, v in config.items()
+                                                                                    if k != "params"})}))
+    with pytest.raises(ValueError, match="not a saved ExitPolicy"):
+        ExitPolicy.load(rewrite("extra.policy", **{"payload.pkl": b"x"}))
 
 
 def test_save_load_roundtrip_and_wrong_model_is_refused(fitted, train, test_table, tmp_path):

@@ -38,17 +38,27 @@ _MEMBERS = {"config.json", "arrays.npz", "estimator.skops"}
 
 
 def _jsonable_params(params: dict) -> dict:
+    """Constructor parameters as JSON: tuples and dicts (``class_weight`` with label keys) tagged so that
+    ``_params_from_json`` gives back exactly what ``get_params`` returned."""
     out = {}
     for key, value in params.items():
-        if isinstance(value, dict):  # class_weight {label: weight}: JSON keys are strings
+        if isinstance(value, tuple):
+            value = {"__tuple__": list(value)}
+        elif isinstance(value, dict):
             value = {"__dict_items__": [[k, v] for k, v in value.items()]}
         out[key] = value
     return out
 
 
 def _params_from_json(params: dict) -> dict:
-    return {k: (dict((a, b) for a, b in v["__dict_items__"]) if isinstance(v, dict) and "__dict_items__" in v else v)
-            for k, v in params.items()}
+    def decode(value):
+        if isinstance(value, dict) and "__tuple__" in value:
+            return tuple(value["__tuple__"])
+        if isinstance(value, dict) and "__dict_items__" in value:
+            return {k: v for k, v in value["__dict_items__"]}
+        return value
+
+    return {k: decode(v) for k, v in params.items()}
 
 
 def save_policy(policy, path: str | Path) -> Path:
