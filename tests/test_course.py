@@ -153,3 +153,29 @@ def test_solutions_answer_the_why_questions_in_words(chapter):
              if re.search(r"\b(why|explain|argue|what does that say)\b", m.group(2), re.I)}
     answered = {k for k, v in getattr(module, "WHY", {}).items() if isinstance(v, str) and len(v) > 80}
     assert asked <= answered, f"{chapter}: exercises {sorted(asked - answered)} ask why but WHY does not answer"
+
+
+def test_chapter_07_claims_follow_their_numbers():
+    """The generation chapter's sentences come from the study's numbers: collapse or not, cache or decisions,
+    and speculative decoding's identical output is a firm claim that fails when one output differs."""
+    import numpy as np
+    import pandas as pd
+
+    from adainfer_lib.course import claims
+
+    def study(skip_nll: float, skip_agree: float) -> pd.DataFrame:
+        row = {"n": 10, "nll_full": 1.2, "repetition": 0.3, "repetition_full": 0.1}
+        return pd.DataFrame([{**row, "method": "skip", "nll": skip_nll, "agree_tokens": skip_agree},
+                             {**row, "method": "recompute", "nll": 1.5, "agree_tokens": 5.0}])
+
+    collapse, decisions = claims.ch07_strategies(study(6.0, 4.8))
+    assert collapse.held and "collapses" in collapse.text and decisions.held and "not the cache" in decisions.text
+    collapse, decisions = claims.ch07_strategies(study(1.6, 1.0))
+    assert not collapse.held and "No collapse" in collapse.text and "The cache matters" in decisions.text
+    assert claims.ch07_settling(np.array([29, 30, 28]), 30, 24).held
+    assert "early enough" in claims.ch07_settling(np.array([3, 5, 30]), 30, 24).text
+    spec = pd.DataFrame({"method": ["speculative"] * 2, "full_match_rate": [1.0, 0.9], "measured_speedup": [0.5, 1.2],
+                         "acceptance_rate": [0.2, 0.9], "n": [4, 4]})
+    identical, slower = claims.ch07_speculative(spec)
+    assert identical.firm and identical.strict and not identical.held  # one output differed: the test would fail
+    assert not slower.held and "faster" in slower.text

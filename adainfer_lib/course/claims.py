@@ -681,3 +681,53 @@ def ch03_transfer(settings, transfer: pd.DataFrame, oracle: pd.DataFrame) -> lis
               "The paper's SVM fitted on sentiment saves {s:.1%} of the layers on topic ({c:.1%} consistency): it "
               "hardly ever exits, on either task — nothing to transfer.", basis=kind, s=float(svm.layers_saved),
               c=float(svm.consistency))])
+
+
+def ch07_settling(settle: np.ndarray, n_layers: int, min_layer: int) -> Claim:
+    """Chapter 07: where the generated tokens settle (``settle`` (tokens,), the earliest layer from which the
+    lens's top-1 is the full model's token and stays)."""
+    median, early = float(np.median(settle)), float(np.mean(settle <= min_layer))
+    return claim("ch07.settling.late", median >= 0.8 * n_layers,
+                 "Generated tokens settle late: half of them only at layer {m:.0f} of {L} or later, {e:.0%} by the "
+                 "first checked layer {k} (n={n} tokens).",
+                 "Generated tokens settle early enough to leave room: half of them by layer {m:.0f} of {L}, {e:.0%} "
+                 "by the first checked layer {k} (n={n} tokens).",
+                 m=median, L=n_layers, e=early, k=min_layer, n=len(settle))
+
+
+def ch07_strategies(summary: pd.DataFrame) -> list[Claim]:
+    """Chapter 07: does the naive per-token exit collapse (D-LLM: perplexity in the hundreds, NLL ≥ ln 100), and
+    how much of the damage the cache hole causes beyond the exit decisions (skip vs recompute)."""
+    by = summary.set_index("method")
+    skip, rec = by.loc["skip"], by.loc["recompute"]
+    n = int(skip.n)
+    return [
+        claim("ch07.collapse", float(skip.nll) >= np.log(100),
+              "The naive per-token exit (skip) collapses: the full model's NLL of its text is {s:.2f} nats/token "
+              "(perplexity {p:.0f}) against {f:.2f} for the full model's own text (n={n}), as D-LLM reported.",
+              "No collapse like D-LLM's (perplexity in the hundreds): the naive per-token exit (skip) raises the full "
+              "model's NLL of the text from {f:.2f} to {s:.2f} nats/token (perplexity {p:.1f}) and repeated bigrams "
+              "from {rf:.0%} to {rs:.0%} (n={n}).", s=float(skip.nll), p=float(np.exp(skip.nll)),
+              f=float(skip.nll_full), rf=float(skip.repetition_full), rs=float(skip.repetition), n=n),
+        claim("ch07.decisions_not_cache", abs(float(rec.agree_tokens) - float(skip.agree_tokens)) < 1.0,
+              "The exit decisions, not the cache, do the damage here: with an exact cache (recompute) the text "
+              "diverges after {r:.1f} tokens, with the hole (skip) after {s:.1f} (n={n}).",
+              "The cache matters: with an exact cache (recompute) the text diverges after {r:.1f} tokens, with the "
+              "hole (skip) after {s:.1f} (n={n}).", r=float(rec.agree_tokens), s=float(skip.agree_tokens), n=n),
+    ]
+
+
+def ch07_speculative(spec_summary: pd.DataFrame) -> list[Claim]:
+    """Chapter 07: self-speculative decoding keeps the full model's output (firm, at any n), and whether it is
+    faster on this machine."""
+    spec = spec_summary[spec_summary.method == "speculative"]
+    return [
+        claim("ch07.speculative.identical", bool((spec.full_match_rate == 1.0).all()),
+              "Self-speculative decoding gave exactly the full model's output on every prompt ({k} drafters, n={n}).",
+              strict=True, k=len(spec), n=int(spec.n.min())),
+        claim("ch07.speculative.slower", bool((spec.measured_speedup < 1.0).all()),
+              "It is slower than the full model here ({lo:.2f}–{hi:.2f}×, acceptance {a0:.0%}–{a1:.0%}, n={n}).",
+              "It is faster than the full model for some drafter here (up to {hi:.2f}×, acceptance {a0:.0%}–{a1:.0%}, "
+              "n={n}).", lo=float(spec.measured_speedup.min()), hi=float(spec.measured_speedup.max()),
+              a0=float(spec.acceptance_rate.min()), a1=float(spec.acceptance_rate.max()), n=int(spec.n.min())),
+    ]
