@@ -160,16 +160,15 @@ def _policy_method(s: _Setting, name: str, rule, table) -> Method:
     calibration = rule.calibration if rule.calibration is not None else s.task_trace.calibration
     res = s.exit_run(s.prompts, rule, calibration, batch_size=s.batch_size)
     simulated = first_exit(rule.stop_matrix(table), rule.threshold, rule.min_layer)
-    method = Method(name, "real early exit", res.exit_layers, res.predictions, lambda i: 0.0,
-                    extra={"trace_agreement": float(np.mean(simulated == res.exit_layers)), "result": res})
+    timed_results: list[ExitResult] = []
 
     def time_one(i: int) -> float:
-        timed = s.exit_run([s.prompts[i]], rule, calibration)
-        method.timed_results.append(timed)
-        return float(timed.seconds[0])
+        timed_results.append(s.exit_run([s.prompts[i]], rule, calibration))
+        return float(timed_results[-1].seconds[0])
 
-    method.time_one = time_one
-    return method
+    return Method(name, "real early exit", res.exit_layers, res.predictions, time_one,
+                  extra={"trace_agreement": float(np.mean(simulated == res.exit_layers)), "result": res},
+                  timed_results=timed_results)
 
 
 def _replayed_method(s: _Setting, name: str, exits: np.ndarray) -> Method:

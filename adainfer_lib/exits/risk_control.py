@@ -51,8 +51,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from ..common.replay import first_exit, layers_saved, oracle_exits
-from .features import n_layers_of
+from ..common.replay import Decisions, first_exit, layers_saved, oracle_exits
 from .policy import ExitPolicy
 from .rules import ExitRule
 
@@ -279,15 +278,12 @@ def replay_exits(rule, table: pd.DataFrame, thresholds: Sequence[float] | None =
     descending sequence for stop probabilities). No model runs: exits and decisions come from the trace.
     ValueError when the table lacks some example's layers."""
     P = rule_stop_matrix(rule, table)
-    first = table.drop_duplicates("example").sort_values("example")
-    L = n_layers_of(table)
-    preds = table.pivot(index="example", columns="layer", values="pred").sort_index().sort_index(axis=1).to_numpy()
-    if P.shape != preds.shape or preds.shape[1] != L + 1:
-        raise ValueError(f"the table must hold every layer 0..{L} of every example (stop matrix {P.shape}, "
-                         f"decisions {preds.shape})")
-    return replay_matrices(P, preds, first["final_pred"].to_numpy(), first["gold"].to_numpy(),
-                           min_layer=int(rule.min_layer), thresholds=thresholds,
-                           examples=first["example"].to_numpy(),
+    decisions = Decisions.from_table(table)
+    if P.shape != decisions.predictions.shape or np.isnan(decisions.predictions).any():
+        raise ValueError(f"the table must hold every layer 0..{decisions.n_layers} of every example (stop matrix "
+                         f"{P.shape}, decisions {decisions.predictions.shape})")
+    return replay_matrices(P, decisions.predictions.astype(int), decisions.final, decisions.gold,
+                           min_layer=int(rule.min_layer), thresholds=thresholds, examples=decisions.examples,
                            meta={k: table.attrs.get(k) for k in ("model", "task", "split")})
 
 

@@ -142,7 +142,7 @@ class _PlainRule:
         out.threshold = float(threshold)
         return out
 
-    def _layers_matrix(self, table: pd.DataFrame) -> np.ndarray:
+    def stop_matrix(self, table: pd.DataFrame) -> np.ndarray:
         """(n, L+1) of 1.0 where the rule's layer for the example is reached, else 0."""
         decisions = Decisions.from_table(table)
         layers = np.arange(decisions.n_layers + 1)[None, :]
@@ -177,9 +177,6 @@ class FixedExitPolicy(_PlainRule):
     def _exit_layer_per_example(self, n: int) -> np.ndarray:
         return np.full(n, self.layer)
 
-    def stop_matrix(self, table: pd.DataFrame) -> np.ndarray:
-        return self._layers_matrix(table)
-
 
 @dataclass
 class ScheduledExitPolicy(_PlainRule):
@@ -212,9 +209,6 @@ class ScheduledExitPolicy(_PlainRule):
     def _exit_layer_per_example(self, n: int) -> np.ndarray:
         check_exit_layers(self.layers, None, "ScheduledExitPolicy layers", n_examples=n)
         return np.asarray(self.layers)
-
-    def stop_matrix(self, table: pd.DataFrame) -> np.ndarray:
-        return self._layers_matrix(table)
 
 
 def label_feature_array(task_trace, name: str = "label_gap") -> np.ndarray:

@@ -85,11 +85,11 @@ _OOF_CACHE_SIZE = 64
 
 
 def _table_key(table: pd.DataFrame) -> str:
-    """A content key of a feature table (its values and provenance)."""
-    from ..common.cache import content_key
+    """A content key of a feature table: its columns and values (what out-of-fold stop probabilities depend on)."""
+    import hashlib
 
-    hashed = pd.util.hash_pandas_object(table, index=True).to_numpy()
-    return content_key(hashed.tobytes().hex(), list(table.columns), repr(sorted(table.attrs.items()))[:100000])
+    hashed = pd.util.hash_pandas_object(table, index=True).to_numpy().tobytes()
+    return hashlib.sha256(repr(list(table.columns)).encode() + hashed).hexdigest()
 
 
 def out_of_fold_stop_matrix(policy: ExitPolicy, table: pd.DataFrame, cv: int = 5, seed: int = 0) -> np.ndarray:

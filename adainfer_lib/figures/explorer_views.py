@@ -256,13 +256,9 @@ class DatasetDecisions:
 def stop_and_decisions(policy, table: pd.DataFrame) -> DatasetDecisions:
     """P(stop) of ``policy`` for every row of the feature table ``table`` (one ``stop_matrix`` call) and the
     decisions of the table's rows, as (n, L+1) matrices (examples in ascending id order)."""
-    P = policy.stop_matrix(table)
-    ordered = table.sort_values(["example", "layer"], kind="stable")
-    n = ordered["example"].nunique()
-    preds = ordered["pred"].to_numpy().reshape(n, -1)
-    first = ordered.drop_duplicates("example")
-    return DatasetDecisions(stop_proba=np.asarray(P, dtype=np.float64), preds=preds,
-                            gold=first["gold"].to_numpy(), final=first["final_pred"].to_numpy())
+    decisions = Decisions.from_table(table)
+    return DatasetDecisions(stop_proba=np.asarray(policy.stop_matrix(table), dtype=np.float64),
+                            preds=decisions.predictions.astype(int), gold=decisions.gold, final=decisions.final)
 
 
 def exits_at(decisions: DatasetDecisions, threshold: float, min_layer: int) -> np.ndarray:
