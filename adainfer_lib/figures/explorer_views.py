@@ -262,7 +262,7 @@ def stop_and_decisions(policy, table: pd.DataFrame) -> DatasetDecisions:
 
 
 def exits_at(decisions: DatasetDecisions, threshold: float, min_layer: int) -> np.ndarray:
-    """Exit layer per example (n,) under the stopping rule (``policy.first_exit``)."""
+    """Exit layer per example (n,) under the stopping rule (``common.replay.first_exit``)."""
     return first_exit(decisions.stop_proba, threshold, min_layer)
 
 

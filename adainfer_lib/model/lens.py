@@ -28,7 +28,7 @@ import torch
 from ..common.cache import atomic_write_bytes, content_key
 from ..common.paths import data_dir
 from . import parallel
-from .inputs import Batch, check_prompts, label_token_ids, length_sorted_batches, prepare_prompts  # noqa: F401  (re-exported)
+from .inputs import Batch, check_prompts, label_token_ids, prepare_prompts
 from .loading import LensModel
 
 log = logging.getLogger("adainfer_lib")
