@@ -40,7 +40,7 @@ import torch
 from ..common.checks import check_choice, check_int
 from ..common.replay import layers_saved
 from ..exits.rules import OnlineState
-from ..model.inputs import _accepts_logits_to_keep, check_prompts, tokenize_prompts
+from ..model.inputs import check_prompts, head_kwargs, tokenize_prompts
 from ..model.lens import lens_stats
 from ..model.loading import LensModel
 from .rules import GENERATION_FEATURES, check_rule
@@ -311,22 +311,18 @@ class _PatchedLayers:
         step.check_seconds += time.perf_counter() - start
 
 
-def _head_kwargs(model: LensModel, keep: int = 1) -> dict:
-    return {"logits_to_keep": keep} if _accepts_logits_to_keep(type(model.hf_model)) else {}
-
-
 def prefill(model: LensModel, ids: Sequence[int]):
     """The prompt through the full model: (its cache, the full model's next token)."""
     input_ids = torch.tensor([list(ids)], dtype=torch.long, device=model.device)
     out = model.hf_model(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), use_cache=True,
-                         **_head_kwargs(model))
+                         **head_kwargs(model))
     return out.cache, int(out.logits[0, -1].argmax())
 
 
 def full_step(model: LensModel, tokens: Sequence[int], cache) -> torch.Tensor:
     """``tokens`` (a few new positions) through the full model with ``cache`` (appended to): logits (q, vocab)."""
     input_ids = torch.tensor([list(tokens)], dtype=torch.long, device=model.device)
-    head = _head_kwargs(model, 0 if len(tokens) > 1 else 1)
+    head = head_kwargs(model, 0 if len(tokens) > 1 else 1)
     out = model.hf_model(input_ids=input_ids, cache=cache, use_cache=True, **head)
     return out.logits[0]
 
@@ -339,7 +335,7 @@ def exit_step(model: LensModel, patched: _PatchedLayers, token: int, cache, rule
     patched.step = step
     input_ids = torch.tensor([[token]], dtype=torch.long, device=model.device)
     try:
-        model.hf_model(input_ids=input_ids, cache=cache, use_cache=True, **_head_kwargs(model))
+        model.hf_model(input_ids=input_ids, cache=cache, use_cache=True, **head_kwargs(model))
     except _StopForward:
         pass
     finally:
@@ -447,7 +443,7 @@ def sequence_nll(model: LensModel, prompt_tokens: Sequence[int], new_tokens: Seq
     if not new_tokens:
         raise ValueError("sequence_nll() needs at least one new token")
     ids = torch.tensor([list(prompt_tokens) + new_tokens], dtype=torch.long, device=model.device)
-    kwargs = _head_kwargs(model, len(new_tokens) + 1)
+    kwargs = head_kwargs(model, len(new_tokens) + 1)
     logits = model.hf_model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False, **kwargs).logits[0]
     logits = logits[-(len(new_tokens) + 1):-1].float()
     logp = torch.log_softmax(logits, dim=-1)

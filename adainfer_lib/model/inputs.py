@@ -193,7 +193,7 @@ def prefix_kv(model, tokens: Sequence[int]) -> PrefixKV:
         return hit
     ids = torch.tensor([list(key[2])], dtype=torch.long, device=model.device)
     with torch.no_grad():
-        out = model.hf_model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True, **_head_kwargs(model))
+        out = model.hf_model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True, **head_kwargs(model))
     entry = PrefixKV(tokens=key[2], cache=out.cache)
     store[key] = entry
     while len(store) > _PREFIX_CACHE_SIZE:
@@ -201,9 +201,10 @@ def prefix_kv(model, tokens: Sequence[int]) -> PrefixKV:
     return entry
 
 
-def _head_kwargs(model) -> dict:
-    """Keep only one position's logits where the model supports it (the runner never reads them)."""
-    return {"logits_to_keep": 1} if _accepts_logits_to_keep(type(model.hf_model)) else {}
+def head_kwargs(model, keep: int = 1) -> dict:
+    """``logits_to_keep=keep`` where the model supports it (0 = every position): only the last ``keep``
+    positions go through the LM head. Default 1: the runner and the prefix cache never read them."""
+    return {"logits_to_keep": keep} if _accepts_logits_to_keep(type(model.hf_model)) else {}
 
 
 @lru_cache(maxsize=None)
@@ -241,7 +242,7 @@ class Batch:
     def forward_kwargs(self, model) -> dict:
         """Arguments of the model's forward pass (no cache written back: a fresh prefix copy per batch)."""
         kwargs = {"input_ids": self.input_ids, "attention_mask": self.attention_mask,
-                  "position_ids": self.position_ids, **_head_kwargs(model)}
+                  "position_ids": self.position_ids, **head_kwargs(model)}
         if self.prefix is None:
             kwargs["use_cache"] = False
         else:
