@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..common.replay import oracle_exits
 from ..model.loading import LensModel
 from .loop import GenerationResult, generate_early_exit, greedy_generate, sequence_nll
 from .speculative import speculative_generate
@@ -158,10 +159,7 @@ def token_settling(model: LensModel, result: GenerationResult, *, chunk: int = 2
         top_prob.append(stats["top_prob"])
     top1 = torch.cat(top1).reshape(layers, T).T.cpu().numpy()
     top_prob = torch.cat(top_prob).reshape(layers, T).T.cpu().numpy()
-    agrees = top1 == top1[:, -1:]
-    settled = np.flip(np.cumprod(np.flip(agrees, axis=1), axis=1), axis=1).astype(bool)
-    settle_layer = np.argmax(settled, axis=1)
-    return {"top1": top1, "top_prob": top_prob, "agrees": agrees, "settle_layer": settle_layer}
+    return {"top1": top1, "top_prob": top_prob, "agrees": top1 == top1[:, -1:], "settle_layer": oracle_exits(top1)}
 
 
 def review_openings(task, n: int, *, words: int = 8, split: str = "test") -> list[str]:
