@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..common.replay import layers_saved
 from ..data.task_trace import TaskTrace
 
 
@@ -68,7 +69,7 @@ def check_01_first_layer_reaching(tt: TaskTrace, answer: int, fraction: float = 
 def check_01_raw_oracle(tt: TaskTrace, oracle_layers_saved: float, accuracy_full: float) -> Feedback:
     """Exercise 01.2: the oracle's layers saved and the full model's accuracy under *raw* decisions."""
     raw = tt.with_calibration("raw")
-    saved = 1 - raw.earliest_consistent_layer().mean() / raw.n_layers
+    saved = layers_saved(raw.earliest_consistent_layer(), raw.n_layers)
     accuracy = float((raw.final_predictions() == raw.gold).mean())
     if not _close(accuracy_full, accuracy, 1e-3):
         return Feedback(False, f"the raw accuracy is off (got {accuracy_full!r}); use "
@@ -76,7 +77,7 @@ def check_01_raw_oracle(tt: TaskTrace, oracle_layers_saved: float, accuracy_full
     if not _close(oracle_layers_saved, saved, 1e-3):
         return Feedback(False, f"the oracle saving is off (got {oracle_layers_saved!r}); it is "
                                "1 - mean(earliest consistent layer) / L with raw decisions.")
-    own_saved = 1 - tt.earliest_consistent_layer().mean() / tt.n_layers
+    own_saved = layers_saved(tt.earliest_consistent_layer(), tt.n_layers)
     own_accuracy = float((tt.final_predictions() == tt.gold).mean())
     share = float(np.bincount(raw.final_predictions()).max() / raw.n_examples)
     acc_way = "less" if accuracy < own_accuracy - 1e-9 else "more" if accuracy > own_accuracy + 1e-9 else "as"
