@@ -1,14 +1,29 @@
 """adainfer_lib: the helper library behind the AdaInfer notebook suite. Each notebook imports only this package.
 
 The sub-packages follow the data flow, and this namespace re-exports their public API in the same order:
-``model`` (load a model, its logit lens, traces) → ``data`` (tasks, calibration, traced tasks) → ``exits``
-(features, exit rules, replay, the real early-exit runner, guaranteed exits) → ``evaluation`` (baselines,
-evaluation, seeds) → ``figures`` (plots, explorer) → ``course`` (set-up cell, exercise checkers).
-``common`` holds the shared paths, cache and argument checks."""
+``model`` (load a model, its logit lens, traces) → ``data`` (tasks, calibration, traced tasks) → ``features``
+(per-layer features, the feature table) → ``rules`` (exit rules, their fitting and threshold choice) →
+``runner`` (real early exit) → ``certification`` (guaranteed exits) → ``generation`` (exits while generating)
+→ ``evaluation`` (baselines, evaluation, seeds) → ``figures`` (plots, explorer) → ``course`` (set-up cell,
+exercise checkers). ``common`` holds the shared paths, cache, argument checks and the replay kernel."""
 
 __version__ = "0.2.0"
 
+from .certification import (
+                    Certification,
+                    ExitReplay,
+                    certify_threshold,
+                    guarantee_check,
+                    learn_then_test,
+                    max_certifiable_risk,
+                    min_calibration_size,
+                    price_of_guarantee,
+                    replay_exits,
+                    violation_summary,
+)
+from .certification import ltt as risk_control
 from .common import paths
+from .common.replay import Decisions
 from .course import NotebookSettings, claims, exercises, setup_notebook
 from .data import (
                     CALIBRATION_METHODS,
@@ -38,51 +53,17 @@ from .evaluation import (
                     suggest_min_layer,
                     time_interleaved,
 )
-from .exits import (
+from .features import (
                     ONLINE_FEATURES,
-                    Certification,
-                    Decisions,
-                    ExitPolicy,
-                    ExitReplay,
-                    ExitResult,
-                    ExitRule,
-                    FeatureThresholdRule,
-                    FixedExitPolicy,
-                    FullResult,
-                    GapThresholdPolicy,
-                    ModelMismatchError,
-                    OnlineState,
-                    PolicyModelMismatchError,
-                    ScheduledExitPolicy,
-                    certify_threshold,
-                    choose_threshold,
-                    compare_policies,
-                    count_layer_rows,
                     feature_auc,
                     feature_correlations,
                     feature_table,
-                    guarantee_check,
                     label_features,
-                    learn_then_test,
                     lens_check_cost,
-                    max_certifiable_risk,
-                    min_calibration_size,
-                    oracle_exit_layers,
                     per_layer_auc,
                     permutation_importance_table,
-                    price_of_guarantee,
-                    replay_exits,
-                    risk_control,
-                    run_early_exit,
-                    run_full,
-                    simulate,
-                    simulate_exits,
                     split_by_example,
-                    threshold_sweep,
-                    tune_threshold,
-                    violation_summary,
 )
-from .exits import runner as early_exit
 from .figures import (
                     ExitExplorer,
                     load_saved_policies,
@@ -120,6 +101,25 @@ from .model import (
                     supported_model_types,
                     trace,
 )
+from .model.identity import ModelMismatchError, PolicyModelMismatchError
+from .rules import (
+                    ExitPolicy,
+                    ExitRule,
+                    FeatureThresholdRule,
+                    FixedExitPolicy,
+                    GapThresholdPolicy,
+                    OnlineState,
+                    ScheduledExitPolicy,
+                    choose_threshold,
+                    compare_policies,
+                    oracle_exit_layers,
+                    simulate,
+                    simulate_exits,
+                    threshold_sweep,
+                    tune_threshold,
+)
+from .runner import ExitResult, FullResult, count_layer_rows, run_early_exit, run_full
+from .runner import early_exit as early_exit
 
 __all__ = [
     # model and lens

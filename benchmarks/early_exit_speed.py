@@ -64,7 +64,7 @@ def main() -> None:
     import adainfer_lib as ai
     from adainfer_lib import time_interleaved
     from adainfer_lib.data.tasks import load_task
-    from adainfer_lib.exits.runner import run_early_exit, run_full
+    from adainfer_lib.runner.early_exit import run_early_exit, run_full
 
     torch.set_grad_enabled(False)
     if args.threads:

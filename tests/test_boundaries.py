@@ -20,17 +20,18 @@ from adainfer_lib import fit_policies, pareto_curves, run_evaluation, shortgpt_c
 from adainfer_lib.common.checks import check_exit_layers, check_int, check_number, check_threshold
 from adainfer_lib.data.calibration import Calibration
 from adainfer_lib.data.task_trace import TaskTrace
-from adainfer_lib.exits.features import feature_table, synthetic_table
-from adainfer_lib.exits.identity import (
+from adainfer_lib.features.table import feature_table, synthetic_table
+from adainfer_lib.model.identity import (
     ModelMismatchError,
     PolicyModelMismatchError,
     check_rule_model,
     check_trace_model,
 )
-from adainfer_lib.exits.policy import ExitPolicy
-from adainfer_lib.exits.rules import FixedExitPolicy, GapThresholdPolicy, ScheduledExitPolicy
-from adainfer_lib.exits.runner import run_early_exit
-from adainfer_lib.exits.tuning import (
+from adainfer_lib.model.loading import LensModel
+from adainfer_lib.model.registry import RegistryPathError, get_submodule
+from adainfer_lib.rules.plain import FixedExitPolicy, GapThresholdPolicy, ScheduledExitPolicy
+from adainfer_lib.rules.policy import ExitPolicy
+from adainfer_lib.rules.tuning import (
     choose_threshold,
     compare_policies,
     simulate,
@@ -38,8 +39,7 @@ from adainfer_lib.exits.tuning import (
     threshold_sweep,
     tune_threshold,
 )
-from adainfer_lib.model.loading import LensModel
-from adainfer_lib.model.registry import RegistryPathError, get_submodule
+from adainfer_lib.runner.early_exit import run_early_exit
 from conftest import TINY_TYPES, make_tiny_model, make_trace, task_trace_from_predictions, tiny_config
 
 PROMPTS = ["The capital of France is", "Review: a moving film.\nSentiment:", "1, 2, 3, 4,", "Hi"]

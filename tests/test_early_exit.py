@@ -13,10 +13,16 @@ import pytest
 import torch
 
 from adainfer_lib.data.calibration import Calibration, fit_calibration
-from adainfer_lib.exits.identity import ModelIdentity
-from adainfer_lib.exits.rules import FixedExitPolicy, ScheduledExitPolicy
-from adainfer_lib.exits.runner import ONLINE_FEATURE_NAMES, ExitResult, measure_check_cost, run_early_exit, run_full
+from adainfer_lib.model.identity import ModelIdentity
 from adainfer_lib.model.lens import last_states, trace
+from adainfer_lib.rules.plain import FixedExitPolicy, ScheduledExitPolicy
+from adainfer_lib.runner.early_exit import (
+    ONLINE_FEATURE_NAMES,
+    ExitResult,
+    measure_check_cost,
+    run_early_exit,
+    run_full,
+)
 
 PROMPTS = [
     "The capital of France is",
@@ -307,7 +313,7 @@ def test_default_model_early_exit_equivalence(default_model):
 
 
 def test_count_layer_rows(llama):
-    from adainfer_lib.exits.runner import count_layer_rows
+    from adainfer_lib.runner.early_exit import count_layer_rows
 
     with count_layer_rows(llama) as rows:
         run_early_exit(llama, PROMPTS, ScheduledExitPolicy(np.array([1, 1, 2, 3, 3])), label_words=WORDS,

@@ -29,9 +29,9 @@ from adainfer_lib.evaluation.baselines import (
     random_exit_layers,
     run_dropped,
 )
-from adainfer_lib.exits.rules import GapThresholdPolicy, label_feature_array
-from adainfer_lib.exits.runner import run_early_exit, run_full
 from adainfer_lib.model.lens import trace
+from adainfer_lib.rules.plain import GapThresholdPolicy, label_feature_array
+from adainfer_lib.runner.early_exit import run_early_exit, run_full
 from conftest import encode_batch as encode
 
 WORDS = [" negative", " positive"]
@@ -290,7 +290,7 @@ def test_default_model_on_sentiment(default_model):
 
 def test_fit_policies_on_the_train_trace(llama):
     from adainfer_lib import fit_policies, suggest_min_layer
-    from adainfer_lib.exits.features import feature_table
+    from adainfer_lib.features.table import feature_table
 
     tt = toy_trace(llama, ToyTask())
     first = suggest_min_layer(tt)

@@ -16,7 +16,7 @@ import adainfer_lib as ai
 from adainfer_lib import exercises
 from adainfer_lib.data.calibration import fit_calibration
 from adainfer_lib.evaluation.evaluate import Evaluation
-from adainfer_lib.exits.features import synthetic_table
+from adainfer_lib.features.table import synthetic_table
 from conftest import make_trace
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "notebooks"))

@@ -7,18 +7,15 @@ import pandas as pd
 
 from adainfer_lib.data.calibration import Calibration
 from adainfer_lib.data.task_trace import TaskTrace
-from adainfer_lib.exits.features import (
-    FEATURE_COLUMNS,
-    ONLINE_FEATURES,
+from adainfer_lib.features.online import FEATURE_COLUMNS, ONLINE_FEATURES, label_features
+from adainfer_lib.features.study import (
     feature_correlations,
-    feature_table,
     group_folds,
-    label_features,
     per_layer_auc,
     permutation_importance_table,
     split_by_example,
-    synthetic_table,
 )
+from adainfer_lib.features.table import feature_table, synthetic_table
 from adainfer_lib.model.lens import LayerTrace
 
 COLUMNS = ["example", "layer", "layer_frac", "top_prob", "gap", "entropy", "kl_to_final", "cos_prev",
@@ -121,7 +118,7 @@ def test_feature_correlations_drop_all_nan_features():
 
 
 def test_permutation_importance_ranks_an_informative_feature_above_noise():
-    from adainfer_lib.exits.policy import ExitPolicy
+    from adainfer_lib.rules.policy import ExitPolicy
 
     table = synthetic_table(80, 10, seed=3)
     table["entropy"] = np.random.default_rng(0).random(len(table))  # pure noise

@@ -9,8 +9,6 @@ import numpy as np
 import pytest
 import torch
 
-from adainfer_lib.exits.rules import FixedExitPolicy
-from adainfer_lib.exits.runner import run_early_exit, run_full
 from adainfer_lib.model.inputs import (
     MIN_PREFIX_TOKENS,
     check_prompts,
@@ -19,6 +17,8 @@ from adainfer_lib.model.inputs import (
     shared_prefix_length,
 )
 from adainfer_lib.model.lens import last_states, trace
+from adainfer_lib.rules.plain import FixedExitPolicy
+from adainfer_lib.runner.early_exit import run_early_exit, run_full
 
 PREFIX = ("Review: a fine film\nSentiment: positive\n\nReview: dull and far too long\nSentiment: negative\n\n"
           "Review: moving\nSentiment: positive\n\n")

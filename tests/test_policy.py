@@ -17,11 +17,12 @@ from sklearn.model_selection import GroupKFold, cross_val_score
 from sklearn.pipeline import Pipeline
 
 from adainfer_lib.common.replay import first_exit
-from adainfer_lib.exits.features import ONLINE_FEATURES, synthetic_table
-from adainfer_lib.exits.identity import PolicyModelMismatchError
-from adainfer_lib.exits.policy import ExitPolicy
-from adainfer_lib.exits.rules import OnlineState
-from adainfer_lib.exits.tuning import (
+from adainfer_lib.features.online import ONLINE_FEATURES
+from adainfer_lib.features.table import synthetic_table
+from adainfer_lib.model.identity import PolicyModelMismatchError
+from adainfer_lib.rules.interface import OnlineState
+from adainfer_lib.rules.policy import ExitPolicy
+from adainfer_lib.rules.tuning import (
     choose_threshold,
     compare_policies,
     oracle_exit_layers,
@@ -390,7 +391,7 @@ def test_for_task_swaps_calibration_but_keeps_the_classifier(fitted, test_table)
 def _tiny_tables(model, prompts, words, seed=0):
     from adainfer_lib.data.calibration import fit_calibration
     from adainfer_lib.data.task_trace import TaskTrace
-    from adainfer_lib.exits.features import feature_table
+    from adainfer_lib.features.table import feature_table
     from adainfer_lib.model.lens import trace
 
     tr = trace(model, prompts, label_words=words, full_vocab=True, progress=False)
@@ -402,7 +403,7 @@ def _tiny_tables(model, prompts, words, seed=0):
 
 @pytest.mark.parametrize("classifier", ["crf", "logistic"])
 def test_runner_stop_probabilities_equal_the_replay_on_a_tiny_model(classifier, default_tokenizer):
-    from adainfer_lib.exits.runner import run_early_exit
+    from adainfer_lib.runner.early_exit import run_early_exit
     from conftest import make_tiny_model
 
     model = make_tiny_model("llama", default_tokenizer)
@@ -429,8 +430,8 @@ def test_real_model_policy_matches_the_early_exit_runner(default_model, tmp_path
     """Fit on a tiny real sentiment trace; the real runner's stop probabilities equal the trace's."""
     from adainfer_lib.data.task_trace import trace_task
     from adainfer_lib.data.tasks import load_task
-    from adainfer_lib.exits.features import feature_table
-    from adainfer_lib.exits.runner import run_early_exit
+    from adainfer_lib.features.table import feature_table
+    from adainfer_lib.runner.early_exit import run_early_exit
 
     task = load_task("sentiment", n=16, n_train=16, shots=2, seed=0)
     train = feature_table(trace_task(default_model, task, split="train", progress=False))

@@ -1,4 +1,4 @@
-"""Learn-then-Test (``adainfer_lib.exits.risk_control``): p-values against hand-computed binomial and
+"""Learn-then-Test (``adainfer_lib.certification``): p-values against hand-computed binomial and
 Hoeffding–Bentkus cases, fixed-sequence testing, "nothing certified → never exits early", the guarantee by
 simulation, every exit rule, and the certified policy through the real early-exit runner on a tiny model."""
 
@@ -12,9 +12,9 @@ import pytest
 import adainfer_lib as ai
 from adainfer_lib import risk_control as rc
 from adainfer_lib.common.replay import first_exit
-from adainfer_lib.exits.features import synthetic_table
-from adainfer_lib.exits.policy import CLASSIFIERS
-from adainfer_lib.exits.rules import GapThresholdPolicy
+from adainfer_lib.features.table import synthetic_table
+from adainfer_lib.rules.plain import GapThresholdPolicy
+from adainfer_lib.rules.policy import CLASSIFIERS
 
 
 def binom_cdf(k: int, n: int, p: float) -> float:

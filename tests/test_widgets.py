@@ -18,12 +18,12 @@ from adainfer_lib import trace_task
 from adainfer_lib.common.replay import first_exit
 from adainfer_lib.data import sources
 from adainfer_lib.data.tasks import load_task
-from adainfer_lib.exits.features import feature_table
-from adainfer_lib.exits.policy import ExitPolicy
+from adainfer_lib.features.table import feature_table
 from adainfer_lib.figures import explorer_state
 from adainfer_lib.figures import explorer_views as views
 from adainfer_lib.figures.explorer_state import ExplorerState
 from adainfer_lib.figures.widgets import ExitExplorer, load_saved_policies
+from adainfer_lib.rules.policy import ExitPolicy
 from conftest import make_tiny_model
 
 EXIT_RE = re.compile(r"exit layer: (\d+) / (\d+)")

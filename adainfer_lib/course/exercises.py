@@ -163,7 +163,7 @@ def _compare(answer: object, reference: float, *, what: str, ok: str, tol: float
 
 def _pooled_auc(table, feature: str, label: str = "settled") -> float:
     """Pooled AUC of one ``feature`` for ``label`` over the decision layers 1 <= layer < L (``feature_auc``)."""
-    from ..exits.features import feature_auc
+    from ..features.study import feature_auc
 
     return float(feature_auc(table, [feature], label=label)["auc"].iloc[0])
 
@@ -173,7 +173,8 @@ def _layer_auc_stats(table, feature: str, label: str) -> dict[str, float]:
     and the AUC over all rows (layers 0..L)."""
     from sklearn.metrics import roc_auc_score
 
-    from ..exits.features import n_layers_of, per_layer_auc
+    from ..common.replay import n_layers_of
+    from ..features.study import per_layer_auc
 
     L = n_layers_of(table)
     per_layer = per_layer_auc(table, feature, label=label)
@@ -216,7 +217,7 @@ def check_02_correct_auc(table, answer: float) -> Feedback:
 
 def check_02_raw_calibration_auc(tt: TaskTrace, answer: float) -> Feedback:
     """Exercise 02.2: the pooled AUC of ``label_gap`` for ``settled`` when decisions are *raw*."""
-    from ..exits.features import feature_table
+    from ..features.table import feature_table
 
     what = "the pooled AUC of label_gap for `settled` with raw decisions"
     problem = _not_a_number(answer, what)
@@ -315,7 +316,7 @@ def check_02_label_gap_change(table, label_gap_change, beats_cos_prev: bool) -> 
 def _replay(policy, train, test, **criterion) -> tuple[float, dict, dict]:
     """(threshold chosen on ``train`` by ``choose_threshold(**criterion)``, the replay on ``test`` with its 95%
     bootstrap interval, the train sweep's chosen row)."""
-    from ..exits.tuning import choose_threshold, simulate
+    from ..rules.tuning import choose_threshold, simulate
 
     threshold, sweep = choose_threshold(policy, train, **criterion)
     return threshold, simulate(policy, test, threshold, ci=0.95), sweep[sweep["chosen"]].iloc[0].to_dict()
@@ -367,7 +368,7 @@ def check_03_min_layer(train, test, policies, answer: dict, policy: str = "CRF �
 
     from sklearn.base import clone
 
-    from ..exits.features import n_layers_of
+    from ..common.replay import n_layers_of
 
     L = n_layers_of(train)
     if answer is Ellipsis or not isinstance(answer, Mapping) or not answer:
@@ -417,7 +418,7 @@ def check_03_beats_baseline(train, test, policies, answer, baseline: str = "SVM 
     on test than ``baseline`` chosen the same way, at a test consistency at most 1 point lower."""
     from sklearn.base import clone
 
-    from ..exits.policy import ExitPolicy
+    from ..rules.policy import ExitPolicy
 
     if not isinstance(answer, ExitPolicy):
         return Feedback(False, "answer an ai.ExitPolicy(...) (fitted on train, or not fitted: the checker fits it); "
@@ -496,8 +497,8 @@ def check_04_consistency_threshold(policies, train_traces, test_traces, answer: 
                                    method: str = "CRF · label features", max_loss: float = 0.01) -> Feedback:
     """Exercise 04.2: ``method``'s threshold chosen on the train trace for at most ``max_loss`` consistency lost
     instead of accuracy, replayed on the test trace: its layers saved."""
-    from ..exits.features import feature_table
-    from ..exits.tuning import simulate
+    from ..features.table import feature_table
+    from ..rules.tuning import simulate
 
     what = f"the layers saved on the {task} test split, a fraction of L"
     problem = _not_a_number(answer, what)
@@ -637,7 +638,7 @@ def check_06_min_calibration(answer: int, delta: float = 0.02, epsilon: float = 
     certified at ``delta``, ``epsilon`` (both p-values are (1 − δ)^n there)."""
     import math
 
-    from ..exits.risk_control import min_calibration_size
+    from ..certification.ltt import min_calibration_size
 
     what = "the smallest calibration size, a number of prompts"
     problem = _not_a_number(answer, what)
@@ -696,7 +697,7 @@ def _rank(cert, threshold: float | None) -> int:
 
 def check_06_accuracy_drop(policy, calibration, answer, *, delta: float = 0.02, epsilon: float = 0.05) -> Feedback:
     """Exercise 06.2: the threshold Learn-then-Test certifies for ``risk="accuracy_drop"`` on ``calibration``."""
-    from ..exits.risk_control import certify_threshold
+    from ..certification.ltt import certify_threshold
 
     _, drop = certify_threshold(policy, calibration, delta=delta, epsilon=epsilon, risk="accuracy_drop")
     _, dis = certify_threshold(policy, calibration, delta=delta, epsilon=epsilon)
@@ -720,7 +721,7 @@ def check_06_accuracy_drop(policy, calibration, answer, *, delta: float = 0.02, 
 
 def check_06_bonferroni(policy, calibration, answer, *, delta: float = 0.02, epsilon: float = 0.05) -> Feedback:
     """Exercise 06.3: the threshold Learn-then-Test deploys with ``procedure="bonferroni"`` on ``calibration``."""
-    from ..exits.risk_control import certify_threshold
+    from ..certification.ltt import certify_threshold
 
     _, bonf = certify_threshold(policy, calibration, delta=delta, epsilon=epsilon, procedure="bonferroni")
     _, fst = certify_threshold(policy, calibration, delta=delta, epsilon=epsilon)

@@ -4,7 +4,7 @@
   (``common.replay.oracle_exits``): an upper bound that needs the full run to know.
 - **fixed**: every example exits at the same layer (the AdaInfer policy's mean depth, rounded).
 - **random**: exit layers drawn at random (seeded) with the same mean depth.
-- **label gap threshold**: ``exits.rules.GapThresholdPolicy`` (the bare rule AdaInfer's classifier has to beat).
+- **label gap threshold**: ``rules.GapThresholdPolicy`` (the bare rule AdaInfer's classifier has to beat).
 - **ShortGPT layer dropping** (Men et al. 2024): static pruning by Block Influence
   ``BI_i = 1 - mean_t cos(h_in_t, h_out_t)`` of layer ``i`` over the tokens of train prompts; the ``k``
   least influential layers are really removed from the model (``dropped_layers``) and it runs dense.
@@ -21,10 +21,10 @@ import torch
 from torch import nn
 
 from ..data.calibration import Calibration, label_log_softmax
-from ..exits.runner import FullResult, run_full
 from ..model.inputs import prepare_prompts
 from ..model.loading import LensModel
 from ..model.registry import get_submodule
+from ..runner.early_exit import FullResult, run_full
 
 # ---------------------------------------------------------------------------------------------------
 # Exit layers decided without a classifier

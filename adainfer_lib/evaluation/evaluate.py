@@ -29,10 +29,11 @@ import pandas as pd
 
 from ..common.checks import check_int
 from ..common.replay import first_exit, oracle_exits
-from ..exits.identity import check_rule_model, check_trace_model
-from ..exits.rules import ExitRule, FixedExitPolicy
-from ..exits.runner import ExitResult, run_early_exit, run_full
+from ..model.identity import check_rule_model, check_trace_model
 from ..model.loading import LensModel
+from ..rules.interface import ExitRule
+from ..rules.plain import FixedExitPolicy
+from ..runner.early_exit import ExitResult, run_early_exit, run_full
 from .baselines import PrunedModel, block_influence, fixed_exit_layer, layers_to_drop, random_exit_layers
 
 DEFAULT_BASELINES = ("oracle", "fixed", "random", "shortgpt")
@@ -305,7 +306,7 @@ def run_evaluation(
     ``repeats``, ``batch_size``, ``n_influence`` >= 1, ``n_calibration`` >= 0).
     """
     from ..data.task_trace import trace_task
-    from ..exits.features import feature_table
+    from ..features.table import feature_table
 
     _check_evaluation(model, task, policies, task_trace=task_trace, baselines=baselines, match=match,
                       n_timing=n_timing, repeats=repeats, batch_size=batch_size, n_influence=n_influence,

@@ -33,9 +33,9 @@ def fit_policies(train_trace, specs: Mapping[str, dict] | None = None, *, min_la
     ``min_layer="auto"``: ``suggest_min_layer(train_trace)``; a spec's own ``min_layer`` wins.
     ``ValueError`` for ``min_layer`` neither "auto" nor an integer in 0..L, for a spec that is not a dict of
     ``ExitPolicy`` parameters, and for ``max_loss`` / ``cv`` as in ``choose_threshold``."""
-    from ..exits.features import feature_table
-    from ..exits.policy import ExitPolicy
-    from ..exits.tuning import tune_threshold
+    from ..features.table import feature_table
+    from ..rules.policy import ExitPolicy
+    from ..rules.tuning import tune_threshold
 
     if min_layer != "auto":
         check_int(min_layer, "min_layer", low=0, high=train_trace.n_layers,

@@ -10,9 +10,9 @@ import pandas as pd
 
 from ..common.checks import check_choice, check_int, check_threshold
 from ..common.replay import Decisions, first_exit, metrics_at, oracle_exits
-from ..exits.identity import check_trace_model
-from ..exits.rules import label_feature_array
+from ..model.identity import check_trace_model
 from ..model.loading import LensModel
+from ..rules.plain import label_feature_array
 from .baselines import PrunedModel, block_influence, layers_to_drop, random_exit_layers
 from .evaluate import PARETO_METHODS, check_rules
 
@@ -59,7 +59,7 @@ def pareto_curves(
     rows = []
     for name, policy in (policies or {}).items():
         if table is None:
-            from ..exits.features import feature_table
+            from ..features.table import feature_table
 
             table = feature_table(tt)
         stop = policy.stop_matrix(table)

@@ -59,8 +59,8 @@ def policies_over_seeds(model, make_task: Callable[..., object], seeds: Sequence
     on the seed's train table, choose its threshold on train (``compare_policies``, at most ``max_loss``
     lost in ``metric``) and evaluate it on the seed's test table. One row per (seed, policy), the oracle
     included; the columns of ``compare_policies`` plus ``seed`` and ``task``."""
-    from ..exits.features import feature_table
-    from ..exits.tuning import compare_policies
+    from ..features.table import feature_table
+    from ..rules.tuning import compare_policies
 
     frames = []
     for seed in seeds:

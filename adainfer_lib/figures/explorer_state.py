@@ -31,10 +31,10 @@ from ..common.checks import check_int
 from ..common.paths import data_dir
 from ..common.replay import first_exit
 from ..data.calibration import Calibration
-from ..exits.features import feature_table
-from ..exits.identity import PolicyModelMismatchError, check_rule_model, check_trace_model
-from ..exits.policy import ExitPolicy
+from ..features.table import feature_table
+from ..model.identity import PolicyModelMismatchError, check_rule_model, check_trace_model
 from ..model.lens import LayerTrace, trace
+from ..rules.policy import ExitPolicy
 from . import explorer_views as views
 
 SNIPPET_CHARS = 70

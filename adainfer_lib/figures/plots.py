@@ -8,7 +8,7 @@ import pandas as pd
 
 from ..common.replay import first_exit
 from ..data.task_trace import TaskTrace
-from ..exits.features import label_features
+from ..features.online import label_features
 from ..model.lens import LayerTrace
 
 

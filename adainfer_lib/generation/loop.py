@@ -39,10 +39,10 @@ import torch
 
 from ..common.checks import check_choice, check_int
 from ..common.replay import layers_saved
-from ..exits.rules import OnlineState
 from ..model.inputs import check_prompts, head_kwargs, tokenize_prompts
 from ..model.lens import lens_stats
 from ..model.loading import LensModel
+from ..rules.interface import OnlineState
 from .rules import GENERATION_FEATURES, check_rule
 
 CACHE_STRATEGIES = ("skip", "propagate", "recompute")

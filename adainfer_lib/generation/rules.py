@@ -2,7 +2,7 @@
 
 Generation has no label words, so a rule here works on full-vocabulary features of the logit lens at the new
 token's position (``GENERATION_FEATURES``: the paper's ``top_prob`` and ``gap``, plus ``entropy``,
-``cos_prev``, ``layer`` and ``layer_frac``). A rule is any ``exits.rules.ExitRule`` on these features — a
+``cos_prev``, ``layer`` and ``layer_frac``). A rule is any ``rules.ExitRule`` on these features — a
 fitted ``ExitPolicy`` too; ``TopProbRule`` is the one that needs no fitting (a ``FeatureThresholdRule`` on
 ``top_prob`` or ``gap``): its stop probability is the feature itself.
 """
@@ -12,7 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..common.checks import check_int
-from ..exits.rules import ExitRule, FeatureThresholdRule
+from ..rules.interface import ExitRule
+from ..rules.plain import FeatureThresholdRule
 
 #: Features the generation loop computes at every checked layer (arrays of shape (1,): batch size 1).
 GENERATION_FEATURES = ("layer", "layer_frac", "top_prob", "gap", "entropy", "cos_prev")
@@ -46,7 +47,7 @@ def check_rule(rule, n_layers: int) -> tuple[float, int]:
     rule, ``ValueError`` for a rule that needs label-word features (generation has none) or whose
     ``min_layer`` is not in 1..L."""
     if not isinstance(rule, ExitRule):
-        raise TypeError(f"{type(rule).__name__} is not an exit rule (exits.rules.ExitRule). For a plain threshold on "
+        raise TypeError(f"{type(rule).__name__} is not an exit rule (rules.ExitRule). For a plain threshold on "
                         "the top-1 probability use ai.TopProbRule(threshold, min_layer).")
     features = getattr(rule, "resolved_features", None)
     if features is not None:

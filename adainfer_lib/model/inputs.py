@@ -1,6 +1,6 @@
 """Where prompts and label words enter a forward pass: checks, tokens, batches and the prompt-prefix KV cache.
 
-Every path that runs the model on prompts (``lens.trace``, ``exits.runner.run_early_exit`` / ``run_full``, the
+Every path that runs the model on prompts (``lens.trace``, ``runner.run_early_exit`` / ``run_full``, the
 explorer, the check-cost measurement) goes through this module, so that each of these holds once:
 
 - **prompts are checked where they enter** (``check_prompts``): a list of non-empty strings — a bare string

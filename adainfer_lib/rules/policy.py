@@ -50,10 +50,10 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from ..common.checks import THRESHOLD_RANGE, check_choice, check_int, check_min_layer, check_number, check_threshold
 from ..common.replay import first_exit, n_layers_of, pivot_layers
 from ..data.calibration import Calibration
+from ..features.online import FULL_VOCAB_FEATURES, LABEL_SCHEMES, ONLINE_FEATURES, UNIT_INTERVAL_FEATURES
+from ..model.identity import ModelIdentity, PolicyModelMismatchError, check_rule_model, identity_of, refuse_other_model
 from .crf import CRFScorer
-from .features import FULL_VOCAB_FEATURES, LABEL_SCHEMES, ONLINE_FEATURES, UNIT_INTERVAL_FEATURES
-from .identity import ModelIdentity, PolicyModelMismatchError, check_rule_model, identity_of, refuse_other_model
-from .rules import OnlineState
+from .interface import OnlineState
 from .scorers import FeatureScorer, SklearnScorer
 
 POLICY_FORMAT_VERSION = 2

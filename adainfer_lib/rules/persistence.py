@@ -26,8 +26,8 @@ import numpy as np
 
 from ..common.cache import atomic_write_bytes, atomic_write_text
 from ..data.calibration import Calibration
+from ..model.identity import PolicyModelMismatchError, check_rule_model
 from .crf import CRFScorer
-from .identity import PolicyModelMismatchError, check_rule_model
 from .scorers import FeatureScorer, SklearnScorer
 
 FORMAT = "adainfer-exit-policy"

@@ -35,13 +35,13 @@ import torch
 
 from ..common.replay import layers_saved
 from ..data.calibration import Calibration, label_log_softmax
+from ..features.online import label_features
 from ..model import parallel
+from ..model.identity import check_rule_model
 from ..model.inputs import Batch, _find_cache, label_token_ids, prepare_prompts
 from ..model.lens import lens_stats
 from ..model.loading import LensModel
-from .features import label_features
-from .identity import check_rule_model
-from .rules import ExitRule, OnlineState
+from ..rules.interface import ExitRule, OnlineState
 
 #: Features ``run_early_exit`` computes at every checked layer (full-vocabulary ones are NaN unless the
 #: policy needs the full vocabulary, or ``full_vocab=True``).

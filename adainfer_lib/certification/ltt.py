@@ -52,8 +52,8 @@ import numpy as np
 import pandas as pd
 
 from ..common.replay import Decisions, first_exit, layers_saved, oracle_exits
-from .policy import ExitPolicy
-from .rules import ExitRule
+from ..rules.interface import ExitRule
+from ..rules.policy import ExitPolicy
 
 RISKS = ("disagreement", "accuracy_drop")
 P_VALUE_METHODS = ("binomial", "hoeffding_bentkus")

@@ -17,7 +17,7 @@ from sklearn.base import clone
 
 from ..common.checks import check_choice, check_exit_layers, check_int, check_number, check_threshold
 from ..common.replay import Decisions, metrics_at, oracle_exits, pivot_layers, sweep
-from .identity import check_rule_model
+from ..model.identity import check_rule_model
 from .policy import DEFAULT_THRESHOLDS, ExitPolicy
 
 
