@@ -88,3 +88,85 @@ def test_public_names_exist(package):
 def test_top_level_names_are_not_shadowed_by_modules():
     """``ai.evaluate`` is the function, ``ai.trace`` the function: no sub-module takes their name."""
     assert callable(ai.evaluate) and callable(ai.trace) and callable(ai.trace_task)
+
+
+def _module_name(path: Path, root: Path) -> str:
+    parts = path.relative_to(root).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _module_imports(path: Path, root: Path, modules: set[str]) -> set[str]:
+    """The library modules ``path`` imports, at any depth in the file (lazy imports inside functions count:
+    they close a circle as surely as top-level ones). ``from package import name`` counts the sub-module
+    ``package.name`` when there is one, else the package."""
+    here = _module_name(path, root)
+    package = here if path.name == "__init__.py" else here.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                target = ".".join([*base, *([node.module] if node.module else [])])
+            else:
+                target = node.module or ""
+            for alias in node.names:
+                sub = f"{target}.{alias.name}"
+                found.add(sub if sub in modules else target)
+        elif isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+    return {m for m in found if m in modules and m != here}
+
+
+def import_cycles(files: list[Path], root: Path = ROOT) -> list[list[str]]:
+    """Circles of imports between library modules (Tarjan's strongly connected components of the import
+    graph). Package ``__init__`` files are left out: they only re-export their modules, and the layering test
+    above already orders the packages."""
+    modules = {_module_name(p, root) for p in files}
+    graph = {_module_name(p, root): _module_imports(p, root, modules) for p in files if p.name != "__init__.py"}
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    cycles = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        for nxt in graph.get(node, ()):
+            if nxt not in graph:
+                continue
+            if nxt not in index:
+                visit(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                cycles.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return cycles
+
+
+def test_no_import_cycles_between_modules():
+    """Inside a package too: two modules that import each other (even lazily, inside a function) are one
+    module's job split in two, or a private detail reached across a module boundary."""
+    assert import_cycles(library_files()) == []
+
+
+def test_import_cycle_finder_sees_a_lazy_circle(tmp_path):
+    pkg = tmp_path / "adainfer_lib" / "pkg"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text("from .a import f\n")
+    (pkg / "a.py").write_text("from .b import g\n\ndef f():\n    return g()\n")
+    (pkg / "b.py").write_text("def g():\n    from .a import f\n    return f\n")
+    (pkg / "c.py").write_text("from . import a\n")
+    files = sorted((tmp_path / "adainfer_lib").rglob("*.py"))
+    assert import_cycles(files, tmp_path) == [["adainfer_lib.pkg.a", "adainfer_lib.pkg.b"]]

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from sklearn.base import clone
+from sklearn.exceptions import NotFittedError
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import GroupKFold, cross_val_score
 from sklearn.pipeline import Pipeline
@@ -317,6 +318,10 @@ def test_every_classifier_round_trips_without_pickle(classifier, fitted, test_ta
     np.testing.assert_array_equal(loaded.exit_layers(test_table), policy.exit_layers(test_table))
     np.testing.assert_array_equal(loaded.calibration.offsets, policy.calibration.offsets)
     assert loaded.get_params() == policy.get_params() and loaded.metadata == policy.metadata
+    rebuilt = ExitPolicy.from_state(policy.state())  # the plain state persistence writes, without a file
+    np.testing.assert_array_equal(rebuilt.predict_proba(test_table), policy.predict_proba(test_table))
+    with pytest.raises(NotFittedError):
+        ExitPolicy(classifier).state()
 
 
 def test_a_foreign_or_tampered_file_is_refused(fitted, tmp_path):

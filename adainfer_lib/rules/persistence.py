@@ -1,6 +1,8 @@
 """Saving and loading fitted exit policies without pickle.
 
-A saved ``ExitPolicy`` is one zip file (suffix ``.policy`` by convention) holding
+A fitted ``ExitPolicy`` travels as a ``PolicyState`` (``ExitPolicy.state()`` / ``ExitPolicy.from_state``): plain
+data this module writes and reads, so it never needs the policy class. A saved policy is one zip file (suffix
+``.policy`` by convention) holding
 
 - ``config.json``: the format tag and version, the constructor parameters, the fitted features, L, the
   provenance (``ExitPolicy.metadata``), the calibration (method + offsets) and the scorer's kind and config;
@@ -20,6 +22,7 @@ from __future__ import annotations
 import io
 import json
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -61,14 +64,27 @@ def _params_from_json(params: dict) -> dict:
     return {k: decode(v) for k, v in params.items()}
 
 
-def save_policy(policy, path: str | Path) -> Path:
-    """Write the fitted ``policy`` to ``path`` (atomically) and a readable ``<path>.json`` sidecar. Returns the
-    path. ``NotFittedError`` for an unfitted policy."""
+@dataclass(frozen=True)
+class PolicyState:
+    """A fitted ``ExitPolicy`` as plain data: its constructor ``params`` (``get_params()``), the fitted
+    ``features`` and ``n_layers`` (L), the provenance ``metadata``, its ``calibration`` (or None) and the
+    ``scorer`` (``FeatureScorer``, ``SklearnScorer`` or ``CRFScorer``)."""
+
+    params: dict
+    features: tuple[str, ...]
+    n_layers: int
+    metadata: dict
+    calibration: Calibration | None
+    scorer: FeatureScorer | SklearnScorer | CRFScorer
+
+
+def save_state(state: PolicyState, path: str | Path) -> Path:
+    """Write a fitted policy's ``state`` to ``path`` (atomically) and a readable ``<path>.json`` sidecar of
+    its provenance. Returns the path."""
     import skops.io as sio
 
-    policy._check_fitted()
     path = Path(path)
-    scorer = policy.scorer_
+    scorer = state.scorer
     arrays: dict[str, np.ndarray] = {}
     members: dict[str, bytes] = {}
     scorer_config: dict = {"kind": scorer.kind}
@@ -77,9 +93,9 @@ def save_policy(policy, path: str | Path) -> Path:
         scorer_config.update(scorer.config())
     elif isinstance(scorer, SklearnScorer):
         members["estimator.skops"] = sio.dumps(scorer.estimator)
-    cal = policy.calibration
-    config = {"format": FORMAT, "format_version": FORMAT_VERSION, "params": _jsonable_params(policy.get_params()),
-              "features_": list(policy.features_), "n_layers_": int(policy.n_layers_), "metadata": policy.metadata,
+    cal = state.calibration
+    config = {"format": FORMAT, "format_version": FORMAT_VERSION, "params": _jsonable_params(state.params),
+              "features_": list(state.features), "n_layers_": int(state.n_layers), "metadata": state.metadata,
               "calibration": None if cal is None else cal.to_dict(), "scorer": scorer_config}
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
@@ -90,7 +106,7 @@ def save_policy(policy, path: str | Path) -> Path:
         for name, data in members.items():
             archive.writestr(name, data)
     atomic_write_bytes(path, out.getvalue())
-    atomic_write_text(path.with_name(path.name + ".json"), json.dumps(policy.metadata, indent=2, default=str))
+    atomic_write_text(path.with_name(path.name + ".json"), json.dumps(state.metadata, indent=2, default=str))
     return path
 
 
@@ -145,33 +161,33 @@ def _scorer(path: Path, config: dict, members: dict[str, bytes]):
     raise ValueError(f"{path}: unknown scorer kind {kind!r}")
 
 
-def load_policy(path: str | Path, model=None):
-    """Read a policy written by ``save_policy``. With ``model`` (a ``LensModel`` or its ``cache_id``), refuse a
-    policy fitted on another model (``PolicyModelMismatchError`` naming the file). ``ValueError`` for a file
-    that is not a saved policy of this format (a pickle, a damaged or tampered zip, foreign types)."""
-    from .policy import ExitPolicy
-
+def load_state(path: str | Path) -> PolicyState:
+    """Read the ``PolicyState`` written by ``save_state``. ``ValueError`` for a file that is not a saved policy
+    of this format (a pickle, a damaged or tampered zip, foreign types)."""
     path = Path(path)
     members = _read_members(path)
     config = _read_config(path, members)
     try:
-        policy = ExitPolicy(**_params_from_json(config["params"]))
-        policy.features_ = tuple(config["features_"])
-        policy.classes_ = np.array([0, 1])
-        policy.n_layers_ = int(config["n_layers_"])
-        policy.metadata_ = dict(config["metadata"])
-        policy.calibration_ = Calibration.from_dict(config["calibration"]) if config["calibration"] else None
-        policy.scorer_ = _scorer(path, config, members)
+        return PolicyState(params=_params_from_json(config["params"]), features=tuple(config["features_"]),
+                           n_layers=int(config["n_layers_"]), metadata=dict(config["metadata"]),
+                           calibration=Calibration.from_dict(config["calibration"]) if config["calibration"] else None,
+                           scorer=_scorer(path, config, members))
     except (KeyError, TypeError) as err:
         raise ValueError(f"{path}: the saved policy is incomplete or damaged ({type(err).__name__}: {err})") from None
-    if model is not None:
-        if policy.metadata.get("model_cache_id") is None:
-            import warnings
 
-            warnings.warn(f"{path}: the policy records no model (fitted on a table without attrs); "
-                          "cannot check it matches", stacklevel=2)
-        try:
-            check_rule_model(policy, model)
-        except PolicyModelMismatchError as err:
-            raise PolicyModelMismatchError(f"{path}: {err}") from None
-    return policy
+
+def check_loaded_model(rule, path: str | Path, model=None) -> None:
+    """With ``model`` (a ``LensModel`` or its ``cache_id``), refuse a ``rule`` read from ``path`` that was
+    fitted on another model (``PolicyModelMismatchError`` naming the file); a warning when the rule records
+    no model."""
+    if model is None:
+        return
+    if rule.fitted_for.model_id is None:
+        import warnings
+
+        warnings.warn(f"{path}: the policy records no model (fitted on a table without attrs); "
+                      "cannot check it matches", stacklevel=3)
+    try:
+        check_rule_model(rule, model)
+    except PolicyModelMismatchError as err:
+        raise PolicyModelMismatchError(f"{path}: {err}") from None

@@ -54,6 +54,7 @@ from ..features.online import FULL_VOCAB_FEATURES, LABEL_SCHEMES, ONLINE_FEATURE
 from ..model.identity import ModelIdentity, PolicyModelMismatchError, check_rule_model, identity_of, refuse_other_model
 from .crf import CRFScorer
 from .interface import OnlineState
+from .persistence import PolicyState, check_loaded_model, load_state, save_state
 from .scorers import FeatureScorer, SklearnScorer
 
 POLICY_FORMAT_VERSION = 2
@@ -179,6 +180,21 @@ def fit_metadata(policy, X: pd.DataFrame, part: pd.DataFrame, labels: np.ndarray
             "n_train_examples": int(part["example"].nunique()), "n_train_rows": int(len(part)),
             "train_positive_rate": float(labels.mean()), "adainfer_version": __version__,
             "sklearn_version": sklearn.__version__}
+
+
+def fit_scorer(policy, matrix: np.ndarray, part: pd.DataFrame, labels: np.ndarray):
+    """The scorer ``policy`` fits on the decision rows ``part`` (feature ``matrix``, 0/1 ``labels``): a
+    ``FeatureScorer`` (threshold), ``CRFScorer`` (its sklearn-crfsuite model kept as ``policy.crf_``) or
+    ``SklearnScorer`` (SVM, logistic)."""
+    examples = part["example"].to_numpy()
+    if policy.classifier == "threshold":
+        return FeatureScorer()
+    if policy.classifier == "crf":
+        scorer, policy.crf_ = CRFScorer.fit(
+            matrix, examples, part["layer"].to_numpy(), labels, features=policy.features_, bins=policy.crf_bins,
+            c1=policy.c1, c2=policy.c2, max_iterations=policy.max_iterations, **policy._classifier_extras())
+        return scorer
+    return SklearnScorer.fit(policy, matrix, examples, labels, policy._classifier_extras())
 
 
 def check_policy_params(policy) -> tuple[str, ...]:
@@ -350,16 +366,7 @@ class ExitPolicy(ClassifierMixin, BaseEstimator):
                                      both_classes=self.classifier != "threshold")
         self.classes_ = np.array([0, 1])
         self.n_layers_ = n_layers_of(X)
-        matrix = self._matrix(part)
-        examples = part["example"].to_numpy()
-        if self.classifier == "threshold":
-            self.scorer_ = FeatureScorer()
-        elif self.classifier == "crf":
-            self.scorer_, self.crf_ = CRFScorer.fit(
-                matrix, examples, part["layer"].to_numpy(), labels, features=self.features_, bins=self.crf_bins,
-                c1=self.c1, c2=self.c2, max_iterations=self.max_iterations, **self._classifier_extras())
-        else:
-            self.scorer_ = SklearnScorer.fit(self, matrix, examples, labels, self._classifier_extras())
+        self.scorer_ = fit_scorer(self, self._matrix(part), part, labels)
         self.calibration_ = _table_calibration(X)
         self.metadata_ = fit_metadata(self, X, part, labels)
         return self
@@ -447,18 +454,30 @@ class ExitPolicy(ClassifierMixin, BaseEstimator):
         self._check_fitted()
         return moved_to_task(self, table)
 
-    def save(self, path: str | Path) -> Path:
-        """Save the fitted policy without pickle (``persistence.save_policy``): one zip file with a JSON
-        config, the arrays, and the scikit-learn pipeline in skops format; a readable ``<path>.json`` beside."""
-        from .persistence import save_policy
+    def state(self) -> PolicyState:
+        """The fitted policy as plain data (``persistence.PolicyState``); ``NotFittedError`` before ``fit``."""
+        self._check_fitted()
+        return PolicyState(self.get_params(), tuple(self.features_), int(self.n_layers_), dict(self.metadata),
+                           self.calibration, self.scorer_)
 
-        return save_policy(self, path)
+    @classmethod
+    def from_state(cls, state: PolicyState) -> ExitPolicy:
+        """The fitted policy ``state`` describes (the inverse of ``state()``)."""
+        policy = cls(**state.params)
+        policy.features_, policy.classes_, policy.n_layers_ = tuple(state.features), np.array([0, 1]), state.n_layers
+        policy.metadata_, policy.calibration_, policy.scorer_ = dict(state.metadata), state.calibration, state.scorer
+        return policy
+
+    def save(self, path: str | Path) -> Path:
+        """Save the fitted policy without pickle (``persistence.save_state`` of ``state()``: one zip file, a readable
+        ``<path>.json`` beside). ``NotFittedError`` before ``fit``."""
+        return save_state(self.state(), path)
 
     @classmethod
     def load(cls, path: str | Path, model=None) -> ExitPolicy:
-        """Read a saved policy (``persistence.load_policy``: a tampered or foreign file is refused with a
+        """Read a saved policy (``persistence.load_state``: a tampered or foreign file is refused with a
         ``ValueError``). With ``model`` (a ``LensModel`` or its ``cache_id``), refuse a policy fitted on another
-        model: its features and calibration would not match."""
-        from .persistence import load_policy
-
-        return load_policy(path, model=model)
+        model: its features and calibration would not match (``PolicyModelMismatchError`` naming the file)."""
+        policy = cls.from_state(load_state(path))
+        check_loaded_model(policy, path, model)
+        return policy
