@@ -9,6 +9,7 @@ exercise checkers). ``common`` holds the shared paths, cache, argument checks an
 
 __version__ = "0.2.0"
 
+from . import certification as risk_control
 from .certification import (
                     Certification,
                     ExitReplay,
@@ -21,7 +22,6 @@ from .certification import (
                     replay_exits,
                     violation_summary,
 )
-from .certification import ltt as risk_control
 from .common import paths
 from .common.replay import Decisions
 from .course import NotebookSettings, claims, exercises, setup_notebook

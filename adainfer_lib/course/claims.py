@@ -520,7 +520,7 @@ def _price_ok(price: pd.DataFrame) -> tuple[bool, bool]:
 def ch06_price(settings, price: pd.DataFrame, epsilon: float) -> list[Claim]:
     """Chapter 06's price of the guarantee: looser δ and more calibration prompts save more; below
     ``min_calibration_size`` nothing is certified (at any n)."""
-    from ..certification.ltt import min_calibration_size
+    from ..certification import min_calibration_size
 
     by_delta, by_n = _price_ok(price)
     path = results_folder(settings) / "06_price_of_guarantee.csv"

@@ -638,7 +638,7 @@ def check_06_min_calibration(answer: int, delta: float = 0.02, epsilon: float = 
     certified at ``delta``, ``epsilon`` (both p-values are (1 − δ)^n there)."""
     import math
 
-    from ..certification.ltt import min_calibration_size
+    from ..certification import min_calibration_size
 
     what = "the smallest calibration size, a number of prompts"
     problem = _not_a_number(answer, what)
@@ -697,7 +697,7 @@ def _rank(cert, threshold: float | None) -> int:
 
 def check_06_accuracy_drop(policy, calibration, answer, *, delta: float = 0.02, epsilon: float = 0.05) -> Feedback:
     """Exercise 06.2: the threshold Learn-then-Test certifies for ``risk="accuracy_drop"`` on ``calibration``."""
-    from ..certification.ltt import certify_threshold
+    from ..certification import certify_threshold
 
     _, drop = certify_threshold(policy, calibration, delta=delta, epsilon=epsilon, risk="accuracy_drop")
     _, dis = certify_threshold(policy, calibration, delta=delta, epsilon=epsilon)
@@ -721,7 +721,7 @@ def check_06_accuracy_drop(policy, calibration, answer, *, delta: float = 0.02, 
 
 def check_06_bonferroni(policy, calibration, answer, *, delta: float = 0.02, epsilon: float = 0.05) -> Feedback:
     """Exercise 06.3: the threshold Learn-then-Test deploys with ``procedure="bonferroni"`` on ``calibration``."""
-    from ..certification.ltt import certify_threshold
+    from ..certification import certify_threshold
 
     _, bonf = certify_threshold(policy, calibration, delta=delta, epsilon=epsilon, procedure="bonferroni")
     _, fst = certify_threshold(policy, calibration, delta=delta, epsilon=epsilon)

@@ -337,7 +337,7 @@ def certify_decisions(decisions: DatasetDecisions, min_layer: int, *, delta: flo
     """Learn-then-Test (``risk_control.learn_then_test``, disagreement, fixed sequence) of the stopping rule at
     ``min_layer`` with the split behind ``decisions`` as the calibration set; candidates: the slider's
     ``thresholds``, tested from 1.00 down. Returns a ``risk_control.Certification``."""
-    from ..certification.ltt import learn_then_test, replay_matrices
+    from ..certification import learn_then_test, replay_matrices
 
     replay = replay_matrices(decisions.stop_proba, decisions.preds, decisions.final, decisions.gold,
                              min_layer=min_layer, thresholds=sorted(thresholds, reverse=True))

@@ -99,7 +99,7 @@ class ExitExplorer:
     def __init__(self, model, policy, task, *, policies: Mapping[str, object] | None = None,
                  dataset_trace=None, top_k: int = 5, max_examples: int = 200, cache_size: int = 64,
                  delta: float = 0.02, epsilon: float = 0.05):
-        from ..certification.ltt import check_level
+        from ..certification import check_level
 
         self.state = ExplorerState(model, policy, task, policies=policies, dataset_trace=dataset_trace, top_k=top_k,
                                    max_examples=max_examples, cache_size=cache_size)
