@@ -142,6 +142,35 @@ def test_learn_then_test_deploys_the_last_certified_before_the_first_failure():
     assert bonf.threshold == 0.4
 
 
+def test_a_calibration_subset_counts_the_prompts_it_selects():
+    """20 of 400 prompts, however they are named — a boolean mask, positions, a slice, a replay's ``take`` —
+    are n = 20 calibration prompts: with no loss at all, 20 are too few to certify δ = 2% at ε = 5% (149 are
+    needed), while the whole pool certifies the most aggressive threshold."""
+    n, L = 400, 6
+    stop = np.ones((n, L + 1))  # every candidate exits at layer 1, where the decision already is the final one
+    preds = np.zeros((n, L + 1), int)
+    replay = rc.replay_matrices(stop, preds, preds[:, -1], preds[:, -1], min_layer=1, thresholds=[0.9, 0.5, 0.0])
+    assert rc.learn_then_test(replay).threshold == 0.0  # n = 400: certified
+    mask = np.zeros(n, bool)
+    mask[::20] = True
+    positions = np.flatnonzero(mask)
+    for subset in (mask, positions, list(positions), slice(0, n, 20)):
+        cert = rc.learn_then_test(replay, subset)
+        assert cert.n == 20 and cert.threshold is None, type(subset)
+    taken = replay.take(mask)
+    assert taken.n == 20 and rc.learn_then_test(taken).threshold is None
+    np.testing.assert_array_equal(taken.examples, positions)
+    np.testing.assert_array_equal(replay.risk("disagreement", mask), replay.risk("disagreement", positions))
+    for bad, match in [(mask[:-1], "mask of length 399"), (np.array([3, 400]), "outside 0..399"),
+                       (np.array([-1, 2]), "outside 0..399"), (np.array([5, 5, 6]), "more than once"),
+                       (np.zeros(n, bool), "selects none"), (np.array([0.5, 1.0]), "integer positions"),
+                       (np.ones((2, 2), int), "1-D")]:
+        with pytest.raises(ValueError, match=match):
+            rc.learn_then_test(replay, bad)
+        with pytest.raises(ValueError, match=match):
+            replay.take(bad)
+
+
 # ---------------------------------------------------------------------------------------------------
 # Nothing certified → never exits early
 

@@ -17,7 +17,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from ..common.checks import check_choice
+from ..common.checks import check_choice, check_subset
 from ..common.replay import Decisions, first_exit, layers_saved, oracle_exits
 from ..rules.interface import ExitRule
 
@@ -75,15 +75,20 @@ class ExitReplay:
         """The (k, n) 0/1 losses of ``risk`` (``RISKS``)."""
         return getattr(self, check_choice(risk, "risk", RISKS))
 
+    def positions(self, subset=None) -> np.ndarray:
+        """The prompt positions (m,) a subset names — None (all n), a boolean mask of length n, a slice, or
+        positions in 0..n-1 — so that every way of naming it counts the m prompts selected
+        (``common.checks.check_subset``: ``ValueError`` for a mask of another length, positions out of range or
+        repeated, an empty subset)."""
+        return check_subset(subset, self.n, "the calibration subset")
+
     def risk(self, risk: str = "disagreement", idx=None) -> np.ndarray:
-        """Empirical risk (k,) per candidate, over all prompts or the positions ``idx``."""
-        losses = self.losses(risk)
-        return (losses if idx is None else losses[:, idx]).mean(1)
+        """Empirical risk (k,) per candidate, over all prompts or the subset ``idx`` (see ``positions``)."""
+        return self.losses(risk)[:, self.positions(idx)].mean(1)
 
     def layers_saved(self, idx=None) -> np.ndarray:
-        """1 − mean(exit layer)/L (k,) per candidate, over all prompts or the positions ``idx``."""
-        exits = self.exits if idx is None else self.exits[:, idx]
-        return 1.0 - exits.mean(1) / self.n_layers
+        """1 − mean(exit layer)/L (k,) per candidate, over all prompts or the subset ``idx`` (see ``positions``)."""
+        return 1.0 - self.exits[:, self.positions(idx)].mean(1) / self.n_layers
 
     def at(self, threshold: float) -> dict[str, np.ndarray]:
         """Exit layers and losses (each (n,)) at any ``threshold`` (``NEVER_EXIT`` = inf: every prompt runs to L)."""
@@ -97,8 +102,8 @@ class ExitReplay:
         return layers_saved(oracle_exits(np.column_stack([self.predictions[:, :-1], self.final])), self.n_layers)
 
     def take(self, idx) -> ExitReplay:
-        """The replay restricted to prompt positions ``idx``."""
-        idx = np.asarray(idx)
+        """The replay restricted to the subset ``idx`` of its prompts (see ``positions``)."""
+        idx = self.positions(idx)
         return ExitReplay(self.thresholds, self.stop_proba[idx], self.predictions[idx], self.final[idx],
                           self.gold[idx], self.examples[idx], self.exits[:, idx], self.disagreement[:, idx],
                           self.accuracy_drop[:, idx], self.min_layer, self.n_layers, dict(self.meta))

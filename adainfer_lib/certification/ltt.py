@@ -123,13 +123,16 @@ class Certification:
 def learn_then_test(replay: ExitReplay, idx=None, *, delta: float = 0.02, epsilon: float = 0.05,
                     risk: str = "disagreement", method: str = "binomial",
                     procedure: str = "fixed_sequence") -> Certification:
-    """Learn-then-Test on a replay (all prompts, or the calibration positions ``idx``): p-values of H₀: risk > δ
-    for every candidate, then ``procedure`` ("fixed_sequence" in the replay's order, or "bonferroni").
-    Returns a ``Certification``; ValueError on bad levels or names."""
+    """Learn-then-Test on a replay (all prompts, or the calibration subset ``idx``: a boolean mask, a slice or
+    positions, counted by the prompts it selects — ``ExitReplay.positions``): p-values of H₀: risk > δ for every
+    candidate, then ``procedure`` ("fixed_sequence" in the replay's order, or "bonferroni"). Returns a
+    ``Certification``; ValueError on bad levels or names, or a bad subset (a mask of another length, positions
+    out of range or repeated, an empty subset)."""
     delta, epsilon = check_level(delta, "delta"), check_level(epsilon, "epsilon")
     check_choice(risk, "risk", RISKS)
     check_choice(procedure, "procedure", PROCEDURES)
-    n = replay.n if idx is None else len(np.asarray(idx))
+    idx = replay.positions(idx)
+    n = len(idx)
     risks = replay.risk(risk, idx)
     p = p_values(risks, n, delta, method)
     if procedure == "fixed_sequence":

@@ -110,3 +110,36 @@ def check_min_layer(value, n_layers: int | None = None) -> int:
         return check_int(value, "min_layer", low=0, allowed="an integer >= 0 (0 = the embeddings)")
     return check_int(value, "min_layer", low=0, high=n_layers,
                      allowed=f"an integer in 0..{n_layers} (the model has L={n_layers} layers)")
+
+
+def check_subset(subset, n: int, name: str = "subset") -> np.ndarray:
+    """The positions (k,) of a subset of ``n`` items, however it is named: None (all ``n``), a boolean mask of
+    length ``n``, a ``slice``, or integer positions in ``0..n-1``, each at most once (in the order given).
+    ``ValueError`` naming ``name`` for a mask of another length, positions out of range, repeated or not
+    integers, a nested array, or an empty subset — a subset is counted by the items it selects, never by the
+    length of the mask that selects them."""
+    if subset is None:
+        return np.arange(n)
+    if isinstance(subset, slice):
+        positions = np.arange(n)[subset]
+    else:
+        arr = np.asarray(subset)
+        if arr.ndim != 1:
+            raise ValueError(f"{name} must be a boolean mask, a slice or 1-D integer positions, got shape {arr.shape}")
+        if arr.dtype == bool:
+            if len(arr) != n:
+                raise ValueError(f"{name} is a boolean mask of length {len(arr)}, but there are {n} items: a mask "
+                                 "needs one entry per item")
+            positions = np.flatnonzero(arr)
+        elif arr.size and arr.dtype.kind not in "iu":
+            raise ValueError(f"{name} must be a boolean mask, a slice or integer positions, not {arr.dtype} values")
+        else:
+            positions = arr.astype(int)
+            bad = positions[(positions < 0) | (positions >= n)]
+            if bad.size:
+                raise ValueError(f"{name} has positions outside 0..{n - 1}: {sorted(set(bad.tolist()))[:5]}")
+            if len(np.unique(positions)) != len(positions):
+                raise ValueError(f"{name} names some positions more than once: each item counts once")
+    if len(positions) == 0:
+        raise ValueError(f"{name} selects none of the {n} items")
+    return positions
