@@ -12,18 +12,9 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from ..common.replay import layers_saved
+from ..common.replay import layers_saved, most_saved_within
 from .exit_replay import ExitReplay
 from .ltt import NEVER_EXIT, learn_then_test
-
-
-def _empirical_choice(risks: np.ndarray, saved: np.ndarray, max_risk: float) -> int | None:
-    """Chapter 03's rule on one calibration draw: the candidate saving the most layers with empirical risk
-    <= ``max_risk`` (ties: the more conservative, i.e. earlier, candidate); None if there is none."""
-    ok = np.flatnonzero(risks <= max_risk + 1e-12)
-    if not ok.size:
-        return None
-    return int(ok[np.argmax(saved[ok])])  # argmax takes the first (most conservative) of equal savings
 
 
 def guarantee_check(replay: ExitReplay, *, n_cal: int, n_draws: int = 200, delta: float = 0.02,
@@ -34,7 +25,7 @@ def guarantee_check(replay: ExitReplay, *, n_cal: int, n_draws: int = 200, delta
     other ``n - n_cal`` test); in each, certify with Learn-then-Test on calibration and measure the risk on test.
     Beside it, rules without a guarantee: ``fixed`` (name → a threshold chosen elsewhere, e.g. on the train
     split) and ``empirical`` (name → max risk: the candidate saving the most layers whose *calibration* risk is
-    at most that — chapter 03's "≥ 99% consistency" is ``0.01``).
+    at most that, ``common.replay.most_saved_within`` — chapter 03's "≥ 99% consistency" is ``0.01``).
 
     One row per draw × rule: draw, rule, threshold (``NEVER_EXIT`` = inf: never exits early), certified
     (Learn-then-Test found one), cal_risk, test_risk, pool_risk (over all n prompts), violated (test_risk >
@@ -59,7 +50,7 @@ def guarantee_check(replay: ExitReplay, *, n_cal: int, n_draws: int = 200, delta
                                procedure=procedure)
         chosen = {"Learn-then-Test": cert.index}
         for name, max_risk in (empirical or {}).items():
-            chosen[name] = _empirical_choice(cal_risks, cal_saved, max_risk)
+            chosen[name] = most_saved_within(cal_saved, cal_risks, max_risk, threshold=replay.thresholds)
         for name, j in chosen.items():
             if j is None:  # never exits early
                 row = dict(threshold=NEVER_EXIT, cal_risk=0.0, test_risk=0.0 if len(test) else np.nan, pool_risk=0.0,

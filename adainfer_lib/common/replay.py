@@ -10,7 +10,9 @@ random baselines, Pareto curves, Learn-then-Test, the explorer — goes through 
   decision equals the final one and stays so, and the earliest such layer (the oracle exit);
 - ``Decisions``: ``predictions`` (n, L+1), the full model's ``final`` (n,), ``gold`` (n,), built from a
   feature table or a ``TaskTrace``; ``metrics_at(decisions, exits)`` gives layers saved, accuracy,
-  consistency and the accuracy change at given exits, and ``sweep`` one row of them per threshold.
+  consistency and the accuracy change at given exits, and ``sweep`` one row of them per threshold;
+- ``most_saved_within(layers_saved, loss, max_loss)``: "the most layers saved within a budget", the one rule
+  (and ``BUDGET_TOLERANCE`` the one tolerance) behind every threshold choice and "best within 1 point".
 
 Layers are numbered 0 (embeddings) to L; arrays have L + 1 columns.
 """
@@ -22,6 +24,37 @@ from typing import Sequence
 
 import numpy as np
 import pandas as pd
+
+#: The one tolerance of every budget comparison ("loses at most ``max_loss``"), on fractions: room for the
+#: floating error of means of 0/1 outcomes, far below the 1/n that one example moves them.
+BUDGET_TOLERANCE = 1e-9
+
+
+def most_saved_within(layers_saved, loss, max_loss: float, *, threshold=None) -> int | None:
+    """The candidate that saves the most layers within a budget: the one rule behind ``choose_threshold``,
+    ``best_within`` ("best within 1 point"), chapter 03's empirical rule in ``guarantee_check`` and
+    ``GapThresholdPolicy.fit``.
+
+    ``layers_saved`` and ``loss`` (k,) per candidate — ``loss`` is what the budget limits, as a fraction (the
+    accuracy drop vs the full model, 1 − consistency, an empirical risk) — and ``threshold`` (k,) the knob,
+    where higher is more conservative (a stop threshold, a fixed exit layer). Returns the position of the
+    candidate with the most layers saved among those with ``loss <= max_loss + BUDGET_TOLERANCE``, or None when
+    none meets the budget (a NaN loss never does). **Ties** go to the lower loss (the better quality at the same
+    saving), then to the higher ``threshold`` (the more conservative knob: the same replayed exits with more
+    margin on new inputs), then to the earlier candidate. With one monotone knob, equal savings mean equal exits,
+    so the tie only decides which of several equivalent thresholds is reported."""
+    saved = np.asarray(layers_saved, dtype=np.float64).reshape(-1)
+    loss = np.asarray(loss, dtype=np.float64).reshape(-1)
+    knob = np.zeros_like(saved) if threshold is None else np.asarray(threshold, dtype=np.float64).reshape(-1)
+    if not saved.shape == loss.shape == knob.shape:
+        raise ValueError(f"layers_saved {saved.shape}, loss {loss.shape} and threshold {knob.shape} must be one "
+                         "value per candidate")
+    with np.errstate(invalid="ignore"):
+        ok = np.flatnonzero(loss <= float(max_loss) + BUDGET_TOLERANCE)
+    if not ok.size:
+        return None
+    order = np.lexsort((ok, -knob[ok], loss[ok], -saved[ok]))  # the last key sorts first
+    return int(ok[order[0]])
 
 
 def first_exit(stop_scores: np.ndarray, threshold: float, min_layer: int = 1) -> np.ndarray:

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from ..common.checks import check_choice, check_int, check_threshold
-from ..common.replay import Decisions, first_exit, metrics_at, oracle_exits
+from ..common.replay import Decisions, first_exit, metrics_at, most_saved_within, oracle_exits
 from ..model.identity import check_trace_model
 from ..model.loading import LensModel
 from ..rules.plain import label_feature_array
@@ -88,14 +88,24 @@ def pareto_front(curve: pd.DataFrame) -> pd.DataFrame:
     return curve.loc[keep].sort_values("layers_saved")
 
 
-def best_within(curves: pd.DataFrame, max_drop_pts: float = 1.0) -> pd.DataFrame:
-    """Per method (and per task, when ``curves`` has a ``task`` column), the point with the most layers saved
-    whose accuracy is at most ``max_drop_pts`` points below the full model's (methods with no such point are
-    left out)."""
-    keys = ["task", "method"] if "task" in curves.columns else ["method"]
-    ok = curves[curves.accuracy_change_pts >= -max_drop_pts]
-    best = ok.sort_values("layers_saved").groupby(keys, sort=False).tail(1)
-    return best.sort_values([*keys[:-1], "layers_saved"], ascending=[True] * (len(keys) - 1) + [False])
+def best_within(curves: pd.DataFrame, max_drop_pts: float = 1.0, *, by: Sequence[str] | None = None) -> pd.DataFrame:
+    """Per group ``by`` (default: per method, and per task when ``curves`` has a ``task`` column; ``by=["task"]``:
+    the best method per task), the point with the most layers saved whose accuracy is at most ``max_drop_pts``
+    points below the full model's: ``common.replay.most_saved_within`` on each group (ties: the smaller accuracy
+    drop, then the higher knob ``param`` when the rows have one — the more conservative threshold or exit
+    layer). Groups with no such point are left out. ``curves``: rows with ``layers_saved`` and
+    ``accuracy_change_pts`` (``pareto_curves``, an ``Evaluation.table``). Sorted by the groups other than
+    ``method``, then layers saved (descending)."""
+    keys = list(by) if by is not None else (["task", "method"] if "task" in curves.columns else ["method"])
+    picked = []
+    for _, group in curves.groupby(keys, sort=False):
+        knob = group["param"] if "param" in group.columns else None
+        best = most_saved_within(group["layers_saved"], -group["accuracy_change_pts"] / 100, max_drop_pts / 100,
+                                 threshold=knob)
+        if best is not None:
+            picked.append(group.index[best])
+    order = [k for k in keys if k != "method"]
+    return curves.loc[picked].sort_values([*order, "layers_saved"], ascending=[True] * len(order) + [False])
 
 
 def shortgpt_curve(model: LensModel, task, ks: Sequence[int], *, n: int | None = None, n_influence: int = 50,

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from ..common.checks import check_choice, check_exit_layers, check_min_layer, check_threshold
-from ..common.replay import Decisions, first_exit, pivot_layers
+from ..common.replay import Decisions, first_exit, metrics_at, most_saved_within, pivot_layers
 from ..data.calibration import Calibration
 from ..features.online import FULL_VOCAB_FEATURES, label_features
 from ..model.identity import ModelIdentity
@@ -204,18 +204,18 @@ class GapThresholdPolicy(FeatureThresholdRule):
             thresholds: Sequence[float] = tuple(np.round(np.arange(0.05, 1.0, 0.05), 2))) -> GapThresholdPolicy:
         """Grid search on ``task_trace`` (a trace of the *train* split) over ``thresholds`` x ``min_layers``
         (default 1..L-1): the pair that saves the most layers while its accuracy stays within ``max_drop``
-        of the full model's (ties: the more accurate). A larger ``min_layer`` also skips the checks below it."""
+        of the full model's (``common.replay.most_saved_within``; ties: the more accurate, then the higher
+        threshold, then the larger ``min_layer``, which also skips the checks below it). The never-exit rule
+        (threshold 1.01) is a candidate too, so a grid where nothing saves a layer within ``max_drop`` gives a
+        rule that never exits early."""
         gaps = label_feature_array(task_trace)
         decisions = Decisions.from_task_trace(task_trace)
-        L = task_trace.n_layers
-        full = float(np.mean(decisions.final == decisions.gold))
-        best = (0.0, full, max(thresholds), 1)  # (layers saved, accuracy, threshold, min_layer)
-        for m in (range(1, L) if min_layers is None else min_layers):
-            for t in sorted(thresholds):
-                exits = first_exit(gaps, t, m)
-                acc = float(np.mean(decisions.at(exits) == decisions.gold))
-                saved = 1 - float(np.mean(exits)) / L
-                if acc >= full - max_drop - 1e-12 and (saved, acc) > best[:2]:
-                    best = (saved, acc, t, m)
-        return cls(threshold=float(best[2]), min_layer=int(best[3]), calibration=task_trace.calibration,
+        layers = sorted(range(1, task_trace.n_layers) if min_layers is None else min_layers, reverse=True)
+        grid = [(t, m) for m in layers for t in sorted(thresholds, reverse=True)] + [(1.01, max(layers, default=1))]
+        metrics = [metrics_at(decisions, first_exit(gaps, t, m)) for t, m in grid]
+        best = most_saved_within([r["layers_saved"] for r in metrics],
+                                 [r["full_accuracy"] - r["accuracy"] for r in metrics], max_drop,
+                                 threshold=[t for t, _ in grid])
+        threshold, min_layer = grid[best]
+        return cls(threshold=float(threshold), min_layer=int(min_layer), calibration=task_trace.calibration,
                    label_words=list(task_trace.trace.label_words))

@@ -16,7 +16,7 @@ import pandas as pd
 from sklearn.base import clone
 
 from ..common.checks import check_choice, check_exit_layers, check_int, check_number, check_threshold
-from ..common.replay import Decisions, metrics_at, oracle_exits, pivot_layers, sweep
+from ..common.replay import Decisions, metrics_at, most_saved_within, oracle_exits, pivot_layers, sweep
 from ..model.identity import check_rule_model
 from .policy import DEFAULT_THRESHOLDS, ExitPolicy
 
@@ -126,10 +126,12 @@ def choose_threshold(policy: ExitPolicy, train_table: pd.DataFrame, *, max_loss:
     ``metric`` ("accuracy" vs the full model's accuracy, or "consistency" vs 1) on the TRAIN table — never
     tune on test. With ``cv``, stop probabilities are out-of-fold (``out_of_fold_stop_matrix``; a fitted
     classifier is over-confident on its own training rows); ``cv=None`` uses the fitted policy in-sample.
-    Ties go to the higher (more cautious) threshold. Returns (threshold, the train sweep).
+    The choice is ``common.replay.most_saved_within`` (ties: the higher accuracy, then the higher, more cautious
+    threshold). Returns (threshold, the train sweep, its ``chosen`` row marked).
 
-    ``ValueError`` for ``max_loss`` outside [0, 1], an unknown ``metric``, a bad threshold grid or ``cv`` not
-    None / an integer >= 2; ``PolicyModelMismatchError`` when ``train_table`` is of another model or task."""
+    ``ValueError`` for ``max_loss`` outside [0, 1], an unknown ``metric``, a bad threshold grid, ``cv`` not
+    None / an integer >= 2, or a grid where no threshold meets ``max_loss`` (the default grid always has one:
+    1.01 never exits early); ``PolicyModelMismatchError`` when ``train_table`` is of another model or task."""
     if not isinstance(policy, ExitPolicy):
         raise TypeError(f"choose_threshold takes an ExitPolicy, not {type(policy).__name__}")
     check_number(max_loss, "max_loss", low=0.0, high=1.0, allowed="a number in [0, 1] (0.01 = 1 point)")
@@ -142,13 +144,13 @@ def choose_threshold(policy: ExitPolicy, train_table: pd.DataFrame, *, max_loss:
     else:
         P = policy.stop_matrix(train_table)
     table = sweep(Decisions.from_table(train_table), P, thresholds, policy.min_layer)
-    if metric == "accuracy":
-        ok = table["accuracy"] >= table["full_accuracy"] - max_loss - 1e-12
-    else:
-        ok = table["consistency"] >= 1 - max_loss - 1e-12
-    best = table[ok].sort_values(["layers_saved", "threshold"], ascending=[False, False]).iloc[0]
-    table["chosen"] = table["threshold"] == best["threshold"]
-    return float(best["threshold"]), table
+    loss = table["full_accuracy"] - table["accuracy"] if metric == "accuracy" else 1 - table["consistency"]
+    best = most_saved_within(table["layers_saved"], loss, max_loss, threshold=table["threshold"])
+    if best is None:
+        raise ValueError(f"no threshold meets max_loss={max_loss:g} of {metric} on the train table (the least loss "
+                         f"in the grid is {loss.min():.4f}): allow a larger loss, or add a higher threshold")
+    table["chosen"] = np.arange(len(table)) == best
+    return float(table["threshold"].iloc[best]), table
 
 
 def tune_threshold(policy: ExitPolicy, train_table: pd.DataFrame, **kwargs) -> ExitPolicy:
