@@ -23,7 +23,7 @@ from .certification import (
                     violation_summary,
 )
 from .common import paths
-from .common.replay import Decisions
+from .common.replay import Decisions, metrics_at
 from .course import NotebookSettings, claims, exercises, setup_notebook
 from .data import (
                     CALIBRATION_METHODS,
@@ -132,7 +132,7 @@ __all__ = [
     "ONLINE_FEATURES", "label_features", "feature_table", "feature_auc", "per_layer_auc", "feature_correlations",
     "permutation_importance_table", "split_by_example", "lens_check_cost", "ExitRule", "FeatureThresholdRule",
         "OnlineState", "ExitPolicy", "GapThresholdPolicy", "ModelMismatchError",
-    "PolicyModelMismatchError", "Decisions", "simulate",
+    "PolicyModelMismatchError", "Decisions", "metrics_at", "simulate",
     "simulate_exits", "oracle_exit_layers", "threshold_sweep", "choose_threshold", "tune_threshold",
     "compare_policies", "FixedExitPolicy", "ScheduledExitPolicy", "ExitResult", "FullResult", "run_early_exit",
     "run_full", "count_layer_rows", "Certification", "ExitReplay", "replay_exits", "learn_then_test",

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from adainfer_lib import risk_control as rc
-from adainfer_lib.common.replay import BUDGET_TOLERANCE, most_saved_within
+from adainfer_lib.common.replay import BUDGET_TOLERANCE, Decisions, most_saved_within
 from adainfer_lib.evaluation.pareto import best_within
 from adainfer_lib.rules.plain import GapThresholdPolicy
 from adainfer_lib.rules.policy import ExitPolicy
@@ -73,7 +73,7 @@ def test_guarantee_checks_empirical_rule_is_the_kernel():
     stop = rng.random((n, L + 1))
     preds = (rng.random((n, L + 1)) < 0.3).astype(int)
     preds[:, -1] = 0
-    replay = rc.replay_matrices(stop, preds, preds[:, -1], preds[:, -1], min_layer=1)
+    replay = rc.replay_decisions(stop, Decisions(preds, preds[:, -1], preds[:, -1], np.arange(n)), min_layer=1)
     draws = rc.guarantee_check(replay, n_cal=n, empirical={"plug-in": 0.05})
     row = draws[draws.rule == "plug-in"].iloc[0]
     j = most_saved_within(replay.layers_saved(), replay.risk("disagreement"), 0.05, threshold=replay.thresholds)
@@ -96,3 +96,27 @@ def test_gap_rule_fit_never_exits_when_no_exit_keeps_the_accuracy():
     rule = GapThresholdPolicy.fit(task_trace_from_predictions(preds, gold), max_drop=0.0, thresholds=[0.1, 0.2, 0.5],
                                   min_layers=[1, 2])
     assert (rule.threshold, rule.min_layer) == (0.2, 1)
+
+
+def test_an_exit_replay_holds_the_kernels_decisions_and_agrees_with_metrics_at():
+    from adainfer_lib.common.replay import metrics_at
+    from adainfer_lib.features.table import synthetic_table
+
+    table = synthetic_table(50, 8, seed=4)
+    policy = ExitPolicy("threshold", features=("label_gap",)).fit(table)
+    replay = rc.replay_exits(policy, table, thresholds=[0.9, 0.6, 0.3])
+    decisions = Decisions.from_table(table)
+    np.testing.assert_array_equal(replay.decisions.predictions, decisions.predictions)
+    for j, t in enumerate(replay.thresholds):
+        m = metrics_at(replay.decisions, replay.exits[j])
+        assert 1 - replay.risk("disagreement")[j] == pytest.approx(m["consistency"])
+        assert replay.layers_saved()[j] == pytest.approx(m["layers_saved"])
+        assert m == metrics_at(decisions, policy.exit_layers(table, t))
+    part = replay.take(slice(0, 20))
+    np.testing.assert_array_equal(part.decisions.gold, decisions.gold[:20])
+    # a real run's own decisions at its exits replace the replayed ones
+    exits = np.full(decisions.n, 3)
+    flipped = 1 - decisions.at(exits)
+    real = metrics_at(decisions, exits, predictions=flipped)
+    assert real["consistency"] == pytest.approx(1 - metrics_at(decisions, exits)["consistency"])
+    assert real["ideal_speedup"] == pytest.approx(8 / 3) and real["mean_exit_layer"] == 3

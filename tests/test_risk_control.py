@@ -11,7 +11,7 @@ import pytest
 
 import adainfer_lib as ai
 from adainfer_lib import risk_control as rc
-from adainfer_lib.common.replay import first_exit
+from adainfer_lib.common.replay import Decisions, first_exit
 from adainfer_lib.features.table import synthetic_table
 from adainfer_lib.rules.plain import GapThresholdPolicy
 from adainfer_lib.rules.policy import CLASSIFIERS
@@ -111,8 +111,8 @@ def _replay(disagreement, thresholds=None, exits=None, accuracy_drop=None, L: in
     exits = np.full((k, n), L) if exits is None else np.asarray(exits)
     drop = d if accuracy_drop is None else np.asarray(accuracy_drop, dtype=bool)
     zeros = np.zeros((n, L + 1))
-    return rc.ExitReplay(thresholds, zeros, zeros.astype(int), np.zeros(n, int), np.zeros(n, int), np.arange(n), exits,
-                         d, drop, 1, L)
+    decisions = Decisions(zeros.astype(int), np.zeros(n, int), np.zeros(n, int), np.arange(n))
+    return rc.ExitReplay(thresholds, zeros, decisions, exits, d, drop, 1)
 
 
 def test_learn_then_test_deploys_the_last_certified_before_the_first_failure():
@@ -149,7 +149,8 @@ def test_a_calibration_subset_counts_the_prompts_it_selects():
     n, L = 400, 6
     stop = np.ones((n, L + 1))  # every candidate exits at layer 1, where the decision already is the final one
     preds = np.zeros((n, L + 1), int)
-    replay = rc.replay_matrices(stop, preds, preds[:, -1], preds[:, -1], min_layer=1, thresholds=[0.9, 0.5, 0.0])
+    decisions = Decisions(preds, preds[:, -1], preds[:, -1], np.arange(n))
+    replay = rc.replay_decisions(stop, decisions, min_layer=1, thresholds=[0.9, 0.5, 0.0])
     assert rc.learn_then_test(replay).threshold == 0.0  # n = 400: certified
     mask = np.zeros(n, bool)
     mask[::20] = True
@@ -159,7 +160,9 @@ def test_a_calibration_subset_counts_the_prompts_it_selects():
         assert cert.n == 20 and cert.threshold is None, type(subset)
     taken = replay.take(mask)
     assert taken.n == 20 and rc.learn_then_test(taken).threshold is None
-    np.testing.assert_array_equal(taken.examples, positions)
+    np.testing.assert_array_equal(taken.decisions.examples, positions)
+    np.testing.assert_array_equal(taken.stop_proba, stop[positions])
+    np.testing.assert_array_equal(taken.exits, replay.exits[:, positions])
     np.testing.assert_array_equal(replay.risk("disagreement", mask), replay.risk("disagreement", positions))
     for bad, match in [(mask[:-1], "mask of length 399"), (np.array([3, 400]), "outside 0..399"),
                        (np.array([-1, 2]), "outside 0..399"), (np.array([5, 5, 6]), "more than once"),

@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 
 from adainfer_lib import trace_task
-from adainfer_lib.common.replay import first_exit
+from adainfer_lib.common.replay import Decisions, first_exit
 from adainfer_lib.data import sources
 from adainfer_lib.data.tasks import load_task
 from adainfer_lib.features.table import feature_table
@@ -119,7 +119,7 @@ def test_threshold_sweep_and_dataset_figure():
     rng = np.random.default_rng(0)
     P = rng.random((40, 13))
     preds = rng.integers(0, 2, (40, 13))
-    d = views.DatasetDecisions(P, preds, rng.integers(0, 2, 40), preds[:, -1])
+    d = views.DatasetDecisions(P, Decisions(preds, preds[:, -1], rng.integers(0, 2, 40), np.arange(40)))
     sweep = views.threshold_sweep_frame(d, min_layer=3)
     assert len(sweep) == len(views.SWEEP_THRESHOLDS)
     assert {"threshold", "mean_exit_layer", "layers_saved", "accuracy", "consistency", "full_accuracy"} <= set(sweep)
@@ -302,7 +302,7 @@ def test_decisions_use_the_policys_calibration(tiny, task, traces):
     raw_policy = ExitPolicy("threshold", threshold=0.4).fit(feature_table(train.with_calibration("raw")))
     explorer = ExitExplorer(tiny, raw_policy, task, dataset_trace=test)
     decisions, _ = explorer.state.dataset_decisions(explorer.policy_choice.value, explorer.min_layer.value)
-    np.testing.assert_array_equal(decisions.preds, test.with_calibration("raw").predictions())
+    np.testing.assert_array_equal(decisions.decisions.predictions, test.with_calibration("raw").predictions())
     np.testing.assert_array_equal(explorer.table["pred"], test.with_calibration("raw").predictions()[0])
 
 

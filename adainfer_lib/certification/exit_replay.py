@@ -48,28 +48,28 @@ def default_candidates(stop_proba: np.ndarray, min_layer: int = 1) -> np.ndarray
 class ExitReplay:
     """An exit rule replayed on n traced prompts at k candidate thresholds (conservative → aggressive).
 
-    - ``thresholds`` (k,); ``stop_proba`` (n, L+1) and ``predictions`` (n, L+1) (label id per layer);
-      ``final`` (n,) the full model's prediction; ``gold`` (n,); ``examples`` (n,) their ids;
-    - ``exits`` (k, n) exit layer per candidate and prompt; ``disagreement`` and ``accuracy_drop`` (k, n)
-      the 0/1 losses; ``min_layer``, ``n_layers`` (L).
+    - ``decisions``: the prompts' ``common.replay.Decisions`` (label id per layer (n, L+1), the full model's
+      ``final`` (n,), ``gold`` (n,), example ids); ``stop_proba`` (n, L+1) the rule's stop probabilities;
+    - ``thresholds`` (k,); ``exits`` (k, n) exit layer per candidate and prompt; ``disagreement`` and
+      ``accuracy_drop`` (k, n) the 0/1 losses; ``min_layer``.
     """
 
     thresholds: np.ndarray
     stop_proba: np.ndarray
-    predictions: np.ndarray
-    final: np.ndarray
-    gold: np.ndarray
-    examples: np.ndarray
+    decisions: Decisions
     exits: np.ndarray
     disagreement: np.ndarray
     accuracy_drop: np.ndarray
     min_layer: int
-    n_layers: int
     meta: dict = field(default_factory=dict)
 
     @property
     def n(self) -> int:
-        return len(self.final)
+        return self.decisions.n
+
+    @property
+    def n_layers(self) -> int:
+        return self.decisions.n_layers
 
     def losses(self, risk: str = "disagreement") -> np.ndarray:
         """The (k, n) 0/1 losses of ``risk`` (``RISKS``)."""
@@ -87,48 +87,51 @@ class ExitReplay:
         return self.losses(risk)[:, self.positions(idx)].mean(1)
 
     def layers_saved(self, idx=None) -> np.ndarray:
-        """1 − mean(exit layer)/L (k,) per candidate, over all prompts or the subset ``idx`` (see ``positions``)."""
-        return 1.0 - self.exits[:, self.positions(idx)].mean(1) / self.n_layers
+        """``common.replay.layers_saved`` (k,) per candidate, over all prompts or the subset ``idx`` (see
+        ``positions``)."""
+        return layers_saved(self.exits[:, self.positions(idx)], self.n_layers, axis=1)
 
     def at(self, threshold: float) -> dict[str, np.ndarray]:
         """Exit layers and losses (each (n,)) at any ``threshold`` (``NEVER_EXIT`` = inf: every prompt runs to L)."""
         exits = first_exit(self.stop_proba, threshold, self.min_layer)
-        pred = self.predictions[np.arange(self.n), exits]
-        return {"exits": exits, "disagreement": pred != self.final,
-                "accuracy_drop": (pred != self.gold) & (self.final == self.gold)}
+        disagreement, drop = _losses(self.decisions, exits)
+        return {"exits": exits, "disagreement": disagreement, "accuracy_drop": drop}
 
     def oracle_layers_saved(self) -> float:
         """The oracle's saving on these prompts: earliest layer from which the decision is final and stays."""
-        return layers_saved(oracle_exits(np.column_stack([self.predictions[:, :-1], self.final])), self.n_layers)
+        return layers_saved(oracle_exits(self.decisions.predictions), self.n_layers)
 
     def take(self, idx) -> ExitReplay:
         """The replay restricted to the subset ``idx`` of its prompts (see ``positions``)."""
         idx = self.positions(idx)
-        return ExitReplay(self.thresholds, self.stop_proba[idx], self.predictions[idx], self.final[idx],
-                          self.gold[idx], self.examples[idx], self.exits[:, idx], self.disagreement[:, idx],
-                          self.accuracy_drop[:, idx], self.min_layer, self.n_layers, dict(self.meta))
+        return ExitReplay(self.thresholds, self.stop_proba[idx], self.decisions.take(idx), self.exits[:, idx],
+                          self.disagreement[:, idx], self.accuracy_drop[:, idx], self.min_layer, dict(self.meta))
 
 
-def replay_matrices(stop_proba: np.ndarray, predictions: np.ndarray, final: np.ndarray, gold: np.ndarray, *,
-                    min_layer: int, thresholds: Sequence[float] | None = None, examples: np.ndarray | None = None,
-                    meta: dict | None = None) -> ExitReplay:
-    """``ExitReplay`` from matrices: ``stop_proba`` and ``predictions`` (n, L+1), ``final`` and ``gold`` (n,),
-    the stopping rule's ``min_layer`` and the candidates (default ``default_candidates``), conservative first."""
-    P, preds = np.asarray(stop_proba, dtype=np.float64), np.asarray(predictions)
-    final, gold = np.asarray(final), np.asarray(gold)
-    if P.ndim != 2 or P.shape != preds.shape or final.shape != (len(P),) or gold.shape != (len(P),):
-        raise ValueError(f"stop_proba {P.shape} and predictions {preds.shape} must be (n, L+1), final {final.shape} "
-                         f"and gold {gold.shape} (n,)")
+def _losses(decisions: Decisions, exits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The 0/1 losses at ``exits`` ((n,) or (k, n)): disagreement with the full model, and accuracy drop (wrong
+    at the exit where the full model is right)."""
+    at_exit = decisions.at(exits)
+    return at_exit != decisions.final, (at_exit != decisions.gold) & (decisions.final == decisions.gold)
+
+
+def replay_decisions(stop_proba: np.ndarray, decisions: Decisions, *, min_layer: int,
+                     thresholds: Sequence[float] | None = None, meta: dict | None = None) -> ExitReplay:
+    """``ExitReplay`` of the stop probabilities ``stop_proba`` (n, L+1) on ``decisions`` (every layer of every
+    prompt), the stopping rule's ``min_layer`` and the candidates (default ``default_candidates``), conservative
+    first. ``ValueError`` for shapes that do not match, decisions missing a layer, or an empty or non-finite
+    candidate list."""
+    P = np.asarray(stop_proba, dtype=np.float64)
+    if P.ndim != 2 or P.shape != decisions.predictions.shape:
+        raise ValueError(f"stop_proba {P.shape} must be (n, L+1) like the decisions {decisions.predictions.shape}")
+    if np.isnan(np.asarray(decisions.predictions, dtype=np.float64)).any():
+        raise ValueError(f"the decisions must hold every layer 0..{decisions.n_layers} of every example")
     cands = default_candidates(P, min_layer) if thresholds is None else np.asarray(thresholds, dtype=np.float64)
     if cands.ndim != 1 or cands.size == 0 or not np.isfinite(cands).all():
         raise ValueError("thresholds must be a non-empty sequence of finite numbers")
     exits = np.stack([first_exit(P, t, min_layer) for t in cands])
-    at_exit = preds[np.arange(len(P))[None, :], exits]
-    disagreement = at_exit != final[None]
-    drop = (at_exit != gold[None]) & (final == gold)[None]
-    examples = np.arange(len(P)) if examples is None else np.asarray(examples)
-    return ExitReplay(cands, P, preds, final, gold, examples, exits, disagreement, drop, int(min_layer),
-                      P.shape[1] - 1, dict(meta or {}))
+    disagreement, drop = _losses(decisions, exits)
+    return ExitReplay(cands, P, decisions, exits, disagreement, drop, int(min_layer), dict(meta or {}))
 
 
 def replay_exits(rule, table: pd.DataFrame, thresholds: Sequence[float] | None = None) -> ExitReplay:
@@ -141,7 +144,5 @@ def replay_exits(rule, table: pd.DataFrame, thresholds: Sequence[float] | None =
     if P.shape != decisions.predictions.shape or np.isnan(decisions.predictions).any():
         raise ValueError(f"the table must hold every layer 0..{decisions.n_layers} of every example (stop matrix "
                          f"{P.shape}, decisions {decisions.predictions.shape})")
-    return replay_matrices(P, decisions.predictions.astype(int), decisions.final, decisions.gold,
-                           min_layer=int(rule.min_layer), thresholds=thresholds, examples=decisions.examples,
-                           meta={k: table.attrs.get(k) for k in ("model", "task", "split")})
-
+    return replay_decisions(P, decisions, min_layer=int(rule.min_layer), thresholds=thresholds,
+                            meta={k: table.attrs.get(k) for k in ("model", "task", "split")})

@@ -63,13 +63,13 @@ def guarantee_check(replay: ExitReplay, *, n_cal: int, n_draws: int = 200, delta
                            if len(test) else np.nan, layers_saved=float(pool_saved[j]))
             rows.append({"draw": draw, "rule": name, "certified": name == "Learn-then-Test" and j is not None, **row})
         for name, at in fixed_at.items():
-            loss, saved = at[risk], 1 - at["exits"] / replay.n_layers
+            loss, exits, L = at[risk], at["exits"], replay.n_layers
             rows.append({"draw": draw, "rule": name, "certified": False, "threshold": float(fixed[name]),
                          "cal_risk": float(loss[cal].mean()),
                          "test_risk": float(loss[test].mean()) if len(test) else np.nan,
                          "pool_risk": float(loss.mean()),
-                         "test_layers_saved": float(saved[test].mean()) if len(test) else np.nan,
-                         "layers_saved": float(saved.mean())})
+                         "test_layers_saved": layers_saved(exits[test], L) if len(test) else np.nan,
+                         "layers_saved": layers_saved(exits, L)})
     out = pd.DataFrame(rows)
     out["violated"] = np.where(out["test_risk"].notna(), out["test_risk"] > delta + 1e-12, np.nan)
     out["pool_violated"] = out["pool_risk"] > delta + 1e-12

@@ -10,7 +10,8 @@ random baselines, Pareto curves, Learn-then-Test, the explorer — goes through 
   decision equals the final one and stays so, and the earliest such layer (the oracle exit);
 - ``Decisions``: ``predictions`` (n, L+1), the full model's ``final`` (n,), ``gold`` (n,), built from a
   feature table or a ``TaskTrace``; ``metrics_at(decisions, exits)`` gives layers saved, accuracy,
-  consistency and the accuracy change at given exits, and ``sweep`` one row of them per threshold;
+  consistency, the accuracy change and the ideal speedup at given exits (replayed, or a real run's decisions),
+  and ``sweep`` one row of them per threshold;
 - ``most_saved_within(layers_saved, loss, max_loss)``: "the most layers saved within a budget", the one rule
   (and ``BUDGET_TOLERANCE`` the one tolerance) behind every threshold choice and "best within 1 point".
 
@@ -69,9 +70,11 @@ def first_exit(stop_scores: np.ndarray, threshold: float, min_layer: int = 1) ->
     return ok.argmax(1)
 
 
-def layers_saved(exits: np.ndarray, n_layers: int) -> float:
-    """1 − mean(exit layer) / L: the share of layers a set of exits (n,) skips (the hardware-independent saving)."""
-    return float(1 - np.mean(exits) / n_layers)
+def layers_saved(exits: np.ndarray, n_layers: int, *, axis: int | None = None):
+    """1 − mean(exit layer) / L: the share of layers a set of exits (n,) skips (the hardware-independent saving).
+    A float; with ``axis``, an array of savings along the other axes (e.g. (k,) for exits (k, n) and axis=1)."""
+    saved = 1 - np.mean(exits, axis=axis) / n_layers
+    return float(saved) if axis is None else saved
 
 
 def settled_mask(predictions: np.ndarray) -> np.ndarray:
@@ -121,14 +124,21 @@ class Decisions:
         return self.predictions.shape[1] - 1
 
     def at(self, exits: np.ndarray) -> np.ndarray:
-        """The decision (n,) at each example's exit layer."""
+        """The decision at each example's exit layer: (n,) for exits (n,), (k, n) for k sets of exits (k, n)."""
         return self.predictions[np.arange(self.n), np.asarray(exits)]
+
+    def take(self, idx) -> Decisions:
+        """The decisions of the examples at positions ``idx`` (an index array, mask or slice)."""
+        return Decisions(self.predictions[idx], self.final[idx], self.gold[idx], self.examples[idx])
 
     @classmethod
     def from_table(cls, table: pd.DataFrame) -> Decisions:
         """From a feature table (rows example × layer; columns ``example``, ``layer``, ``pred``, ``final_pred``,
-        ``gold``). Layers missing from the table are NaN in ``predictions`` (``metrics_at`` refuses exits there)."""
+        ``gold``). Layers missing from the table are NaN in ``predictions`` (``metrics_at`` refuses exits there);
+        with every layer present the predictions are label ids (integers)."""
         predictions = pivot_layers(table, table["pred"].to_numpy(dtype=np.float64))
+        if not np.isnan(predictions).any():
+            predictions = predictions.astype(int)
         first = table.drop_duplicates("example").sort_values("example")
         return cls(predictions, first["final_pred"].to_numpy(), first["gold"].to_numpy(), first["example"].to_numpy())
 
@@ -139,21 +149,25 @@ class Decisions:
         return cls(preds, preds[:, -1], np.asarray(task_trace.gold), np.arange(len(preds)))
 
 
-def metrics_at(decisions: Decisions, exits: np.ndarray) -> dict:
-    """Replay given exit layers (n,): ``layers_saved`` = 1 − mean(exit)/L, ``accuracy`` (decision at the exit vs
-    gold), ``consistency`` (vs the full model), ``full_accuracy``, ``accuracy_change_pts`` (100 × difference),
-    ``mean_exit_layer``, ``n``, ``L``. ``ValueError`` when an exit falls on a layer the decisions lack."""
+def metrics_at(decisions: Decisions, exits: np.ndarray, *, predictions: np.ndarray | None = None) -> dict:
+    """The one metrics function: exit layers (n,) replayed on ``decisions`` — ``layers_saved`` = 1 − mean(exit)/L,
+    ``accuracy`` (decision at the exit vs gold), ``consistency`` (vs the full model's ``final``),
+    ``full_accuracy``, ``accuracy_change_pts`` (100 × difference), ``mean_exit_layer``, ``ideal_speedup``
+    (L / mean exit layer: the speedup if time were proportional to the layers run; inf for exits at layer 0),
+    ``n``, ``L``. ``predictions`` (n,): the decisions a real run made at its exits (default: the replay,
+    ``decisions.at(exits)``). ``ValueError`` when an exit falls on a layer the decisions lack."""
     exits = np.asarray(exits)
-    at_exit = decisions.at(exits)
+    at_exit = decisions.at(exits) if predictions is None else np.asarray(predictions)
     if np.isnan(np.asarray(at_exit, dtype=np.float64)).any():
         raise ValueError("some exit layers have no row in the table")
     L = decisions.n_layers
     accuracy = float((at_exit == decisions.gold).mean())
     full = float((decisions.final == decisions.gold).mean())
+    depth = float(exits.mean())
     return {"layers_saved": layers_saved(exits, L), "accuracy": accuracy,
             "consistency": float((at_exit == decisions.final).mean()), "full_accuracy": full,
-            "accuracy_change_pts": 100 * (accuracy - full), "mean_exit_layer": float(exits.mean()),
-            "n": int(len(exits)), "L": int(L)}
+            "accuracy_change_pts": 100 * (accuracy - full), "mean_exit_layer": depth,
+            "ideal_speedup": L / depth if depth > 0 else np.inf, "n": int(len(exits)), "L": int(L)}
 
 
 def sweep(decisions: Decisions, stop_scores: np.ndarray, thresholds: Sequence[float], min_layer: int) -> pd.DataFrame:

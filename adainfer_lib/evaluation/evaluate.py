@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from ..common.checks import check_int
-from ..common.replay import first_exit, oracle_exits
+from ..common.replay import Decisions, first_exit, metrics_at, oracle_exits
 from ..model.identity import check_rule_model, check_trace_model
 from ..model.loading import LensModel
 from ..rules.interface import ExitRule
@@ -253,21 +253,21 @@ def _check_cost(method: Method, mean_full_seconds: float, n_layers: int, n_runs:
             "checks_per_example": checks / len(runs)}
 
 
-def _table_row(method: Method, *, task: str, gold: np.ndarray, full: Method, mean_s: pd.Series, timed: list[int],
-               n_layers: int) -> dict:
-    L, n = n_layers, len(gold)
-    depth = float(np.mean(method.exits))
-    acc, acc_full = float(np.mean(method.predictions == gold)), float(np.mean(full.predictions == gold))
+def _table_row(method: Method, *, task: str, decisions: Decisions, mean_s: pd.Series, timed: list[int]) -> dict:
+    """One method's row: its metrics (``common.replay.metrics_at`` of its exits and the predictions it made, vs
+    the full model's ``decisions.final``), measured speedup over the timed prompts and the runner's extras."""
+    m = metrics_at(decisions, method.exits, predictions=method.predictions)
+    L = m["L"]
     measured = float(mean_s["full"] / mean_s[method.name]) if method.name in mean_s and "full" in mean_s else np.nan
     timed_depth = float(np.mean(method.exits[timed])) if timed else np.nan
     ideal_timed = L / timed_depth if timed and timed_depth > 0 else np.nan
     return {
-        "task": task, "method": method.name, "kind": method.kind, "n": n, "accuracy_full": acc_full,
-        "accuracy": acc, "accuracy_change_pts": 100 * (acc - acc_full),
-        "consistency": float(np.mean(method.predictions == full.predictions)), "mean_exit_layer": depth,
-        "depth": depth / L, "layers_saved": 1 - depth / L, "ideal_speedup": L / depth if depth > 0 else np.inf,
-        "measured_speedup": measured, "ideal_speedup_timed": ideal_timed, "speedup_ratio": measured / ideal_timed,
-        "n_timed": len(timed), "ms_per_example": 1000 * float(mean_s.get(method.name, np.nan)),
+        "task": task, "method": method.name, "kind": method.kind, "n": m["n"], "accuracy_full": m["full_accuracy"],
+        "accuracy": m["accuracy"], "accuracy_change_pts": m["accuracy_change_pts"], "consistency": m["consistency"],
+        "mean_exit_layer": m["mean_exit_layer"], "depth": m["mean_exit_layer"] / L, "layers_saved": m["layers_saved"],
+        "ideal_speedup": m["ideal_speedup"], "measured_speedup": measured, "ideal_speedup_timed": ideal_timed,
+        "speedup_ratio": measured / ideal_timed, "n_timed": len(timed),
+        "ms_per_example": 1000 * float(mean_s.get(method.name, np.nan)),
         **{k: method.extra.get(k, np.nan if k != "dropped" else "") for k in
            ("check_cost", "checks_per_example", "trace_agreement", "dropped")},
     }
@@ -332,8 +332,8 @@ def run_evaluation(
     for method in methods[1:len(policies) + 1]:
         method.extra.update(_check_cost(method, mean_s.get("full", np.nan), L, len(timed) * repeats))
     gold = np.asarray(tt.gold)
-    rows = [_table_row(m, task=task.name, gold=gold, full=methods[0], mean_s=mean_s, timed=timed, n_layers=L)
-            for m in methods]
+    decisions = Decisions(tt.predictions(), methods[0].predictions, gold, np.arange(n))
+    rows = [_table_row(m, task=task.name, decisions=decisions, mean_s=mean_s, timed=timed) for m in methods]
     meta = {"model": model.name, "weights": model.weights_note, "task": task.name, "n": n, "n_layers": L,
             "match": match, "n_timing": len(timed), "repeats": repeats, "batch_size": batch_size}
     out = pd.DataFrame(rows)

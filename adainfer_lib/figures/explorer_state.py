@@ -234,5 +234,5 @@ class ExplorerState:
     def dataset_exits(self, name: str, threshold: float, min_layer: int) -> pd.DataFrame:
         """Each test example at this threshold and minimum layer (``explorer_views.exits_frame``)."""
         decisions = self.dataset_decisions(name, min_layer)[0]
-        texts = [snippet(t) for t in self.texts] if len(self.texts) == len(decisions.gold) else None
+        texts = [snippet(t) for t in self.texts] if len(self.texts) == decisions.decisions.n else None
         return views.exits_frame(decisions, threshold, min_layer, self.task.label_names, texts)

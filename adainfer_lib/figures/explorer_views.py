@@ -236,29 +236,21 @@ def message_html(text: str, *, kind: str = "error") -> str:
 @dataclass(frozen=True)
 class DatasetDecisions:
     """What a threshold move needs, computed once per policy: ``stop_proba`` (n, L+1) from the policy's
-    classifier, the calibrated decisions ``preds`` (n, L+1), ``gold`` (n,) and the full model's ``final`` (n,)."""
+    classifier and the split's ``decisions`` (``common.replay.Decisions``: calibrated label ids per layer, gold
+    labels, the full model's)."""
 
     stop_proba: np.ndarray
-    preds: np.ndarray
-    gold: np.ndarray
-    final: np.ndarray
+    decisions: Decisions
 
     @property
     def n_layers(self) -> int:
-        return self.stop_proba.shape[1] - 1
-
-    @property
-    def replay(self) -> Decisions:
-        """The decisions as the replay kernel's ``Decisions``."""
-        return Decisions(self.preds, self.final, self.gold, np.arange(len(self.gold)))
+        return self.decisions.n_layers
 
 
 def stop_and_decisions(policy, table: pd.DataFrame) -> DatasetDecisions:
     """P(stop) of ``policy`` for every row of the feature table ``table`` (one ``stop_matrix`` call) and the
     decisions of the table's rows, as (n, L+1) matrices (examples in ascending id order)."""
-    decisions = Decisions.from_table(table)
-    return DatasetDecisions(stop_proba=np.asarray(policy.stop_matrix(table), dtype=np.float64),
-                            preds=decisions.predictions.astype(int), gold=decisions.gold, final=decisions.final)
+    return DatasetDecisions(np.asarray(policy.stop_matrix(table), dtype=np.float64), Decisions.from_table(table))
 
 
 def exits_at(decisions: DatasetDecisions, threshold: float, min_layer: int) -> np.ndarray:
@@ -271,10 +263,9 @@ def exits_frame(decisions: DatasetDecisions, threshold: float, min_layer: int, l
     """One row per example at this threshold and minimum layer: ``exit_layer``, ``gold``, ``at_exit`` (the
     decision at the exit), ``full_model`` (the decision at layer L), and ``text`` when ``texts`` are given."""
     exits = exits_at(decisions, threshold, min_layer)
-    names = np.asarray(list(label_names), dtype=object)
-    frame = pd.DataFrame({"exit_layer": exits, "gold": names[decisions.gold],
-                          "at_exit": names[decisions.preds[np.arange(len(exits)), exits]],
-                          "full_model": names[decisions.final]})
+    names, split = np.asarray(list(label_names), dtype=object), decisions.decisions
+    frame = pd.DataFrame({"exit_layer": exits, "gold": names[split.gold], "at_exit": names[split.at(exits)],
+                          "full_model": names[split.final]})
     if texts is not None:
         frame.insert(0, "text", list(texts))
     return frame
@@ -285,7 +276,7 @@ def threshold_sweep_frame(decisions: DatasetDecisions, min_layer: int,
     """One row per threshold: ``threshold``, then ``common.replay.metrics_at`` (``layers_saved`` = 1 − mean
     exit / L, ``accuracy`` at the exit vs gold, ``consistency`` vs the full model, ``full_accuracy``,
     ``mean_exit_layer``, ...)."""
-    return sweep(decisions.replay, decisions.stop_proba, [float(t) for t in thresholds], min_layer)
+    return sweep(decisions.decisions, decisions.stop_proba, [float(t) for t in thresholds], min_layer)
 
 
 def dataset_figure(decisions: DatasetDecisions, sweep: pd.DataFrame, *, threshold: float, min_layer: int,
@@ -325,7 +316,7 @@ def dataset_summary_html(decisions: DatasetDecisions, *, threshold: float, min_l
                          split: str = "test split") -> str:
     """One line for the split at this threshold: mean exit layer, layers saved, accuracy vs the full
     model's, consistency (class ``adainfer-dataset-summary``)."""
-    m = metrics_at(decisions.replay, exits_at(decisions, threshold, min_layer))
+    m = metrics_at(decisions.decisions, exits_at(decisions, threshold, min_layer))
     return (f'<div class="adainfer-dataset-summary">{html.escape(split)}, n={m["n"]}, threshold {threshold:.2f}, '
             f"min layer {min_layer}: mean exit layer <b>{m['mean_exit_layer']:.1f} / {m['L']}</b> · layers saved "
             f"<b>{m['layers_saved']:.0%}</b> · accuracy <b>{m['accuracy']:.3f}</b> (full model "
@@ -337,10 +328,10 @@ def certify_decisions(decisions: DatasetDecisions, min_layer: int, *, delta: flo
     """Learn-then-Test (``risk_control.learn_then_test``, disagreement, fixed sequence) of the stopping rule at
     ``min_layer`` with the split behind ``decisions`` as the calibration set; candidates: the slider's
     ``thresholds``, tested from 1.00 down. Returns a ``risk_control.Certification``."""
-    from ..certification import learn_then_test, replay_matrices
+    from ..certification import learn_then_test, replay_decisions
 
-    replay = replay_matrices(decisions.stop_proba, decisions.preds, decisions.final, decisions.gold,
-                             min_layer=min_layer, thresholds=sorted(thresholds, reverse=True))
+    replay = replay_decisions(decisions.stop_proba, decisions.decisions, min_layer=min_layer,
+                              thresholds=sorted(thresholds, reverse=True))
     return learn_then_test(replay, delta=delta, epsilon=epsilon)
 
 

@@ -305,7 +305,7 @@ class ExitExplorer:
         self.certification = self.state.certify(name, min_layer, float(self.delta.value), float(self.epsilon.value))
         split = f"{self.dataset_trace.split} split"
         self.certificate.value = views.certification_html(self.certification, threshold, split=split)
-        title = figure_title(f"early exit with {name}", self.model.name, self.task.name, len(decisions.gold))
+        title = figure_title(f"early exit with {name}", self.model.name, self.task.name, decisions.decisions.n)
         fig = views.dataset_figure(decisions, sweep, threshold=threshold, min_layer=min_layer, title=title,
                                    certified=self.certification.threshold)
         self.dataset_plot.value = views.figure_png(fig)
