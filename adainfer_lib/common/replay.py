@@ -8,6 +8,7 @@ random baselines, Pareto curves, Learn-then-Test, the explorer — goes through 
   trajectories (the first layer ``>= min_layer`` whose score is ``>= threshold``, else L; NaN never stops);
 - ``settled_mask(predictions (n, L+1)) -> (n, L+1)`` and ``oracle_exits(predictions) -> (n,)``: where the
   decision equals the final one and stays so, and the earliest such layer (the oracle exit);
+- ``best_layer(accuracy_by_layer)``: the most accurate layer (ties: the later one);
 - ``Decisions``: ``predictions`` (n, L+1), the full model's ``final`` (n,), ``gold`` (n,), built from a
   feature table or a ``TaskTrace``; ``metrics_at(decisions, exits)`` gives layers saved, accuracy,
   consistency, the accuracy change and the ideal speedup at given exits (replayed, or a real run's decisions),
@@ -88,6 +89,17 @@ def oracle_exits(predictions: np.ndarray) -> np.ndarray:
     """The oracle exit (n,): the earliest layer from which the decision equals the final one and stays (it
     needs the full run to know; the upper bound every exit rule is measured against)."""
     return settled_mask(predictions).argmax(1)
+
+
+def best_layer(accuracy_by_layer) -> int:
+    """The most accurate layer of a per-layer accuracy curve (L+1,) — the one rule for "the best layer". Ties
+    go to the **later** layer: an earlier layer is the best only when it is strictly more accurate than every
+    layer after it, so "an intermediate layer beats layer L" is never said of a tie. NaN layers never win."""
+    accuracy = np.asarray(accuracy_by_layer, dtype=np.float64).reshape(-1)
+    if not np.isfinite(accuracy).any():
+        raise ValueError("best_layer needs at least one finite accuracy")
+    flipped = np.where(np.isfinite(accuracy), accuracy, -np.inf)[::-1]
+    return int(len(accuracy) - 1 - np.argmax(flipped))
 
 
 def n_layers_of(table: pd.DataFrame) -> int:

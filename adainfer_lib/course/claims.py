@@ -573,8 +573,7 @@ LABEL_POLICIES = ("threshold · label_gap", "CRF · label features", "logistic �
 
 def ch03_best_layer(tt) -> Claim:
     """Chapter 03: is the final layer the most accurate one (else an early exit can even raise accuracy)?"""
-    acc = tt.accuracy_by_layer()
-    best = int(np.argmax(acc))
+    acc, best = tt.accuracy_by_layer(), tt.best_layer()
     return claim("ch03.best_layer", best < tt.n_layers and acc[best] > acc[-1],
                  "Here layer {best} is the most accurate ({a:.3f} vs {f:.3f} at layer {L}, n={n}): an exit there would "
                  "raise accuracy, and an accuracy criterion allows exits that change predictions.",

@@ -7,7 +7,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import pandas as pd
 
-from ..common.replay import layers_saved, oracle_exits
+from ..common.replay import best_layer, layers_saved, oracle_exits
 from ..model.lens import LayerTrace, trace
 from ..model.loading import LensModel
 from .calibration import CALIBRATION_METHODS, DEFAULT_CALIBRATION, Calibration, fit_calibration
@@ -81,6 +81,10 @@ class TaskTrace:
     def accuracy_by_layer(self) -> np.ndarray:
         """Share of examples whose layer-l prediction is the gold label (L+1,)."""
         return (self.predictions() == self.gold[:, None]).mean(0)
+
+    def best_layer(self) -> int:
+        """The most accurate layer (``common.replay.best_layer``: ties go to the later layer)."""
+        return best_layer(self.accuracy_by_layer())
 
     def consistency_by_layer(self) -> np.ndarray:
         """Share of examples whose layer-l prediction equals the full model's (L+1,)."""

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from typing import Callable, Mapping, Sequence
 
-import numpy as np
 import pandas as pd
 
 from ..common.replay import layers_saved
@@ -23,10 +22,10 @@ from ..data.task_trace import TaskTrace, trace_task
 
 def layer_statistics(tt: TaskTrace) -> dict:
     """Headline statistics of one traced task: ``n``, ``accuracy_full`` (layer L), ``best_layer`` and
-    ``best_layer_accuracy`` (the most accurate layer, the last one on ties), ``oracle_layers_saved``
-    (1 - mean earliest consistent layer / L) and ``chance`` (1 / number of labels)."""
+    ``best_layer_accuracy`` (the most accurate layer, ``TaskTrace.best_layer``: the later one on ties),
+    ``oracle_layers_saved`` (1 - mean earliest consistent layer / L) and ``chance`` (1 / number of labels)."""
     accuracy = tt.accuracy_by_layer()
-    best = int(len(accuracy) - 1 - np.argmax(accuracy[::-1]))
+    best = tt.best_layer()
     return {"n": tt.n_examples, "accuracy_full": float(accuracy[-1]), "best_layer": best,
             "best_layer_accuracy": float(accuracy[best]),
             "oracle_layers_saved": layers_saved(tt.earliest_consistent_layer(), tt.n_layers),
