@@ -32,9 +32,7 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 def fit_policy(model, task, classifier: str, features: list[str] | None, min_layer: int | str, max_loss: float):
     """A policy fitted (and its threshold tuned) on the train split only."""
-    from adainfer_lib import fit_policies
-    from adainfer_lib.data.task_trace import trace_task
-    from adainfer_lib.evaluation.baselines import GapThresholdPolicy
+    from adainfer_lib import GapThresholdPolicy, fit_policies, trace_task
 
     train = trace_task(model, task, split="train", full_vocab=True, progress=False)
     if classifier == "gap":
@@ -62,9 +60,7 @@ def main() -> None:
     import torch
 
     import adainfer_lib as ai
-    from adainfer_lib import time_interleaved
-    from adainfer_lib.data.tasks import load_task
-    from adainfer_lib.runner.early_exit import run_early_exit, run_full
+    from adainfer_lib import load_task, run_early_exit, run_full, time_interleaved
 
     torch.set_grad_enabled(False)
     if args.threads:
