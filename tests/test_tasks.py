@@ -90,6 +90,24 @@ def test_n_too_large(prepared):
         load_task("topic", n=2000)
 
 
+@pytest.mark.parametrize("n_train, shots, says", [
+    (None, 4, "n_train=500, the default, train examples and shots=4 demonstrations drawn first"),
+    (100, 4, "n_train=100 train examples and shots=4 demonstrations drawn first"),
+    (100, 0, "n_train=100 train examples drawn first"),
+])
+def test_n_too_large_names_the_arguments_given(prepared, n_train, shots, says):
+    """The error reports the n_train the caller gave (or that it is the default) and the demonstrations apart,
+    not their sum as an n_train nobody passed, and the source's size."""
+    rows = sources.source_info("sentiment")["rows"]
+    drawn = (500 if n_train is None else n_train) + shots
+    with pytest.raises(ValueError) as error:
+        load_task("sentiment", n=99999, n_train=n_train, shots=shots)
+    message = str(error.value)
+    assert f"only {rows - drawn} examples" in message and f"{rows} rows" in message and says in message
+    if shots:
+        assert f"n_train={drawn}" not in message
+
+
 def test_balanced_quota():
     rng = np.random.default_rng(0)
     assert balanced_quota([10, 10], 4, rng).tolist() == [2, 2]

@@ -115,19 +115,22 @@ def balanced_quota(capacity: Sequence[int], k: int, rng: np.random.Generator) ->
 
 
 def _split(labels: np.ndarray, n_labels: int, n: int | None, n_train: int, seed: int,
-           shared: bool) -> tuple[np.ndarray, np.ndarray]:
+           shared: bool, train_note: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(test, train) row indices, balanced across labels where possible.
 
     With a ``shared`` pool, train is taken first from the back of each label's seeded permutation
     and test from the front of what is left, so the train split does not depend on ``n``.
     Without one (hub: separate train/test pools) both are drawn from their own pool here.
+    ``train_note`` says in the errors what the ``n_train`` rows drawn for train are (default ``n_train=...``):
+    the caller's arguments, not this function's.
     """
     perm = _rng(seed, "perm")
     per_label = [perm.permutation(np.flatnonzero(labels == c)) for c in range(n_labels)]
     cap = np.array([len(p) for p in per_label])
+    train_note = train_note or f"n_train={n_train}"
     if shared:
         if n_train >= cap.sum():
-            raise ValueError(f"n_train={n_train} leaves no test examples (the source has {cap.sum()} rows)")
+            raise ValueError(f"{train_note} leaves no test examples (the source has {cap.sum()} rows)")
         q_train = balanced_quota(cap, n_train, _rng(seed, "train"))
         train = np.concatenate([p[len(p) - q:] for p, q in zip(per_label, q_train)])
         cap = cap - q_train
@@ -136,8 +139,9 @@ def _split(labels: np.ndarray, n_labels: int, n: int | None, n_train: int, seed:
     if n is None:
         q_test = cap
     elif n > cap.sum():
-        raise ValueError(f"n={n} but only {cap.sum()} examples are available"
-                         + (f" after n_train={n_train}: lower n or n_train" if shared else ""))
+        raise ValueError(f"n={n} but only {cap.sum()} examples are available for the test split"
+                         + (f" (the source has {len(labels)} rows; {train_note}): lower n or n_train" if shared
+                            else f" (its pool has {len(labels)} rows): lower n"))
     else:
         q_test = balanced_quota(cap, n, _rng(seed, "test"))
     test = np.concatenate([p[:q] for p, q in zip(per_label, q_test)])
@@ -331,7 +335,8 @@ def load_task(name: str, *, n: int | None = None, shots: int = 4, seed: int = 0,
     check_int(shots, "shots", low=0)
     check_int(seed, "seed", low=0)
     spec = TASKS[name]
-    n_train = DEFAULT_N_TRAIN if n_train is None else n_train
+    n_train_default = n_train is None
+    n_train = DEFAULT_N_TRAIN if n_train_default else n_train
     n_draw = n_train + (shots if demos == "fixed" else 0)  # the fixed demonstrations come out of the train side
     if source == "offline":
         if not spec.offline:
@@ -339,7 +344,10 @@ def load_task(name: str, *, n: int | None = None, shots: int = 4, seed: int = 0,
         pool = sources.load_source(name)
         label_names = list(sources.SOURCES[name].label_names)
         data_version = sources.source_info(name)["sha256"]
-        test_idx, train_idx = _split(np.asarray(pool["label"]), len(label_names), n, n_draw, seed, shared=True)
+        note = (f"n_train={n_train}" + (", the default," if n_train_default else "") + " train examples"
+                + (f" and shots={shots} demonstrations" if demos == "fixed" and shots else "") + " drawn first")
+        test_idx, train_idx = _split(np.asarray(pool["label"]), len(label_names), n, n_draw, seed, shared=True,
+                                     train_note=note)
         test, train = _subset(pool, test_idx), _subset(pool, train_idx)
     else:
         train_pool, test_pool = sources.load_hub_source(name)
