@@ -6,6 +6,7 @@ import os
 import random
 from dataclasses import dataclass
 
+from ..common.hub import offline_by_default
 from ..model.loading import DEFAULT_MODEL
 
 # Shots per task in the chapters. MMLU prompts are long (4-shot: 614 tokens on average, up to 1,700), so on
@@ -91,7 +92,7 @@ def setup_notebook(model: str = DEFAULT_MODEL, *, seed: int = 0) -> NotebookSett
     torch.manual_seed(seed)
     torch.set_grad_enabled(False)
     sns.set_theme(context="notebook", style="whitegrid", palette="colorblind", rc={"figure.dpi": 100})
-    os.environ.setdefault("HF_HUB_OFFLINE", "0" if os.environ.get("ADAINFER_ONLINE") else "1")
+    offline_by_default()
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     from transformers.utils import logging as hf_logging
