@@ -54,6 +54,31 @@ def test_local_folder_of_unsupported_architecture_is_refused_before_loading(tmp_
         load_model(str(tmp_path))
 
 
+@pytest.mark.parametrize("kind", ["alias", "unknown", "empty", "bert folder", "empty folder", "tiny folder"])
+def test_check_model_name_reads_no_weights(tmp_path, monkeypatch, default_tokenizer, kind):
+    """What the command line checks before loading anything: the same verdicts as ``load_model``."""
+    from transformers import BertConfig
+
+    from adainfer_lib.model import loading
+    from conftest import tiny_config
+
+    monkeypatch.setattr(loading, "_load_pretrained", lambda *a, **k: pytest.fail("weights were loaded"))
+    if kind == "bert folder":
+        BertConfig(vocab_size=100, hidden_size=16, num_hidden_layers=1, num_attention_heads=2).save_pretrained(
+            tmp_path)
+    if kind == "tiny folder":
+        tiny_config("llama", vocab_size=len(default_tokenizer)).save_pretrained(tmp_path)
+    name = {"alias": "smollm2-135m", "unknown": "no-such-org/no-such-model-xyz", "empty": " "}.get(kind,
+                                                                                                  str(tmp_path))
+    error = {"unknown": ModelNotFoundError, "empty": ModelNotFoundError, "bert folder": UnsupportedArchitectureError,
+             "empty folder": ModelNotFoundError}.get(kind)
+    if error is None:
+        assert loading.check_model_name(name) is None
+    else:
+        with pytest.raises(error, match="registry" if kind == "bert folder" else "(?i)model"):
+            loading.check_model_name(name)
+
+
 def test_local_folder_loads(tmp_path, tiny_model):
     tiny_model.hf_model.save_pretrained(tmp_path)
     tiny_model.tokenizer.save_pretrained(tmp_path)

@@ -378,11 +378,38 @@ def load_model(name: str = DEFAULT_MODEL, *, dtype: torch.dtype = torch.float32,
     except UnsupportedArchitectureError:
         raise
     except (OSError, ValueError) as err:
-        why = "HF_HUB_OFFLINE is set" if os.environ.get("HF_HUB_OFFLINE") == "1" else "hub unreachable or unknown name"
-        raise ModelNotFoundError(
-            f"Cannot load model {name!r}: it is not an offline alias (known: {', '.join(OFFLINE_MODELS)}), "
-            f"not a local folder, and loading it from the Hugging Face hub failed "
-            f"({why}): "
-            f"{str(err).splitlines()[0] if str(err) else type(err).__name__}"
-        ) from err
+        raise ModelNotFoundError(_not_found(name, err)) from err
     return LensModel(name, model, tokenizer, spec)
+
+
+def _not_found(name: str, err: Exception) -> str:
+    """Why ``name`` (neither an offline alias nor a local folder) could not be had from the hub."""
+    from huggingface_hub import is_offline_mode
+
+    why = "HF_HUB_OFFLINE is set" if is_offline_mode() else "hub unreachable or unknown name"
+    return (f"Cannot load model {name!r}: it is not an offline alias (known: {', '.join(OFFLINE_MODELS)}), "
+            f"not a local folder, and loading it from the Hugging Face hub failed ({why}): "
+            f"{str(err).splitlines()[0] if str(err) else type(err).__name__}")
+
+
+def check_model_name(name: str) -> None:
+    """Fail fast, before any weights are read, when ``load_model(name)`` cannot succeed.
+
+    An offline alias passes (``load_model`` prepares it); a local folder or a hub name must have a config
+    (``AutoConfig``: one small file) of a supported family. ``ModelNotFoundError`` for an empty name or one
+    that resolves to nothing, ``UnsupportedArchitectureError`` for a family the registry lacks."""
+    from transformers import AutoConfig
+
+    if not isinstance(name, str) or not name.strip():
+        raise ModelNotFoundError("Model name must be a non-empty string, e.g. 'smollm2-135m'.")
+    if name in OFFLINE_MODELS:
+        return
+    local = Path(name).expanduser()
+    try:
+        config = AutoConfig.from_pretrained(str(local) if local.is_dir() else name)
+    except (OSError, ValueError) as err:
+        if local.is_dir():
+            raise ModelNotFoundError(f"Cannot load model {name!r}: the folder has no readable model config "
+                                     f"({str(err).splitlines()[0] if str(err) else type(err).__name__})") from err
+        raise ModelNotFoundError(_not_found(name, err)) from err
+    spec_for(config.model_type)
