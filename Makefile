@@ -4,6 +4,9 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.adainfer-installed
+# Jupyter refuses to start as root (containers, Colab) unless told --allow-root: added only for root.
+USER_ID ?= $(shell id -u)
+JUPYTER_FLAGS := $(if $(filter 0,$(USER_ID)),--allow-root)
 
 .PHONY: lab test install prepare reproduce benchmark clean-cache
 
@@ -19,7 +22,7 @@ prepare: install
 	$(PY) -m adainfer_lib.data.prepare --models smollm2-135m gemma3-270m
 
 lab: prepare
-	$(VENV)/bin/jupyter lab notebooks/
+	$(VENV)/bin/jupyter lab $(JUPYTER_FLAGS) notebooks/
 
 test: prepare
 	$(PY) -m pytest
