@@ -2,9 +2,11 @@
 # Install Debian's Chromium for the browser tests (tests/browser_harness.py).
 # Idempotent: does nothing when /usr/bin/chromium already exists.
 # Never downloads a browser through Playwright (`playwright install` is not used).
+# CHROMIUM (default /usr/bin/chromium, where the browser tests look) names the browser checked for; the tests of
+# this script (tests/test_entry_points.py) point it elsewhere.
 set -euo pipefail
 
-CHROMIUM=/usr/bin/chromium
+CHROMIUM="${CHROMIUM:-/usr/bin/chromium}"
 
 if [ -x "$CHROMIUM" ]; then
     echo "install_browser: $CHROMIUM present ($("$CHROMIUM" --version 2>/dev/null || echo 'version unknown'))"

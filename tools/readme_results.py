@@ -260,10 +260,10 @@ def update_readme(*, check: bool = False) -> bool:
     return updated != text
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--check", action="store_true", help="report only; exit 1 if the README is stale")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     stale = update_readme(check=args.check)
     if args.check and stale:
         print("README results are stale: run `python tools/readme_results.py`")

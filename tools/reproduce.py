@@ -5,7 +5,8 @@ an HTML rendering under ``build/reproduce/``, and record its wall-clock time in
 ``results/chapter_times.csv``. The chapters themselves save their tables and figures to ``results/``
 (``NotebookSettings.save_result``). Usage: ``python tools/reproduce.py [01 04 ...]`` (default: all);
 ``--model gemma3-270m`` runs the chapters on another model (``ADAINFER_MODEL``): its tables and times go to
-``results/<model>/``.
+``results/<model>/``. ``--list`` prints what would run (each chapter, the model, where the results go) and
+executes nothing: the quick check that the arguments (``make reproduce``'s among them) are valid.
 
 A chapter whose **firm checked claim** does not hold on its full-mode numbers (``adainfer_lib.course.claims``:
 the prose states something the numbers contradict) fails the run: the other chapters still run, and the script
@@ -58,22 +59,36 @@ def execute(path: Path) -> tuple[float, list[str]]:
     return seconds, failed_claims(nb)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("chapters", nargs="*", help="chapter numbers to run (default: all)")
     parser.add_argument("--model", default=None, help="run on this model instead of each chapter's default")
     parser.add_argument("--no-readme", action="store_true", help="do not regenerate the README's results")
-    args = parser.parse_args()
+    parser.add_argument("--list", action="store_true", help="print what would run and exit (executes nothing)")
+    args = parser.parse_args(argv)
     results = RESULTS
     if args.model:
-        os.environ["ADAINFER_MODEL"] = args.model
-        from adainfer_lib.model.loading import DEFAULT_MODEL
+        from adainfer_lib.model.loading import DEFAULT_MODEL, check_model_name
 
+        try:
+            check_model_name(args.model)
+        except ValueError as err:  # ModelNotFoundError, UnsupportedArchitectureError
+            parser.error(f"--model: {err}")
+        os.environ["ADAINFER_MODEL"] = args.model
         if args.model != DEFAULT_MODEL:
             results = RESULTS / args.model
     paths = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    unknown = sorted(set(args.chapters) - {p.name[:2] for p in paths})
+    if unknown:
+        parser.error(f"no chapter {', '.join(unknown)} in notebooks/ (chapters: "
+                     f"{', '.join(p.name[:2] for p in paths)})")
     if args.chapters:
         paths = [p for p in paths if p.name[:2] in args.chapters]
+    if args.list:
+        print(f"model {args.model or 'the default'}; results to {results}; "
+              f"executed notebooks to {OUT}; README results {'kept' if args.no_readme else 'regenerated'}")
+        print("\n".join(f"would run {p.name} (full mode)" for p in paths))
+        return
     results.mkdir(parents=True, exist_ok=True)
     times_path = results / "chapter_times.csv"
     times = (pd.read_csv(times_path) if times_path.exists()

@@ -62,10 +62,10 @@ def stale_chapters(folder: Path = NOTEBOOKS, *, fix: bool = False) -> list[str]:
     return stale
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--check", action="store_true", help="report stale navigation lines, change nothing")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     stale = stale_chapters(fix=not args.check)
     verb = "stale" if args.check else "updated"
     print(f"{verb}: {', '.join(stale)}" if stale else "navigation lines are in sync")
