@@ -108,6 +108,24 @@ def test_save_load_roundtrip_and_corrupt_cache_rebuilt(tiny_model, tmp_path, mon
     assert trace_cache_path(tiny_model, PROMPTS, words, 3, True) != path
 
 
+def test_trace_cache_after_an_edit_in_place(default_tokenizer, tmp_path, monkeypatch):
+    """Issue 22: after one decoder layer's MLP weight was scaled in place, the trace cache on disk answered for
+    the old weights (same cache id, same file)."""
+    from conftest import make_tiny_model
+
+    monkeypatch.setenv("ADAINFER_DATA", str(tmp_path))
+    model = make_tiny_model("llama", default_tokenizer)
+    words = [" positive", " negative"]
+    before = trace(model, PROMPTS, label_words=words, cache=True, progress=False)
+    with torch.no_grad():
+        model.layers[0].mlp.down_proj.weight.mul_(4.0)
+    after = trace(model, PROMPTS, label_words=words, cache=True, progress=False)
+    fresh = trace(model, PROMPTS, label_words=words, cache=False, progress=False)
+    np.testing.assert_allclose(after.label_logits, fresh.label_logits, atol=1e-5, rtol=1e-5)
+    assert np.abs(after.label_logits - before.label_logits).max() > 1e-3
+    assert len(list((tmp_path / "traces").glob("*.npz"))) == 2
+
+
 def test_layer_trace_validates_shapes():
     n, layers = 2, 4
     ok = dict(model_name="m", n_layers=3, top_ids=np.zeros((n, layers, 1), np.int32), top_probs=np.zeros((n, layers,

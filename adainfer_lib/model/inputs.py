@@ -183,18 +183,18 @@ def _layers_key(model) -> tuple:
 
 def prefix_kv(model, tokens: Sequence[int]) -> PrefixKV:
     """The ``PrefixKV`` of ``tokens`` on ``model``: computed on first use, then reused (a few per model,
-    least recently used dropped). Keyed by the model's weights (``cache_id``), its decoder modules and
-    the tokens."""
+    least recently used dropped). Keyed by the model's weights (``cache_id``, and ``weights_version``: an edit
+    in place that no sampled element shows), its decoder modules and the tokens."""
     store: OrderedDict = model.__dict__.setdefault("_prefix_kv", OrderedDict())
-    key = (model.cache_id, _layers_key(model), tuple(int(t) for t in tokens))
+    key = (model.cache_id, model.weights_version, _layers_key(model), tuple(int(t) for t in tokens))
     hit = store.get(key)
     if hit is not None:
         store.move_to_end(key)
         return hit
-    ids = torch.tensor([list(key[2])], dtype=torch.long, device=model.device)
+    ids = torch.tensor([list(key[3])], dtype=torch.long, device=model.device)
     with torch.no_grad():
         out = model.hf_model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True, **head_kwargs(model))
-    entry = PrefixKV(tokens=key[2], cache=out.cache)
+    entry = PrefixKV(tokens=key[3], cache=out.cache)
     store[key] = entry
     while len(store) > _PREFIX_CACHE_SIZE:
         store.popitem(last=False)
