@@ -126,6 +126,25 @@ def test_trace_cache_after_an_edit_in_place(default_tokenizer, tmp_path, monkeyp
     assert len(list((tmp_path / "traces").glob("*.npz"))) == 2
 
 
+def test_non_finite_states_are_an_error_naming_the_layer(default_tokenizer):
+    """Issue 22: gemma3-270m in float16 overflows from layer 9 on and the trace returned NaN statistics without a
+    word. Here a tiny model whose layer-2 MLP overflows float16 (and not float32)."""
+    from adainfer_lib import NonFiniteError
+    from conftest import make_overflowing_model
+
+    words = [" positive", " negative"]
+    half = make_overflowing_model(default_tokenizer, layer=2, dtype=torch.float16)
+    for full_vocab in (True, False):
+        with pytest.raises(NonFiniteError, match=r"residual stream at layer 2 of tiny-llama \(float16\).*dtype=torch"
+                                                 r"\.float32"):
+            trace(half, PROMPTS, label_words=words, full_vocab=full_vocab, progress=False)
+    fine = trace(make_overflowing_model(default_tokenizer, layer=2), PROMPTS, label_words=words, progress=False)
+    assert np.isfinite(fine.label_logits).all() and np.isfinite(fine.top_prob).all()
+    inf = make_overflowing_model(default_tokenizer, layer=3, value=float("inf"))
+    with pytest.raises(NonFiniteError, match=r"at layer 3 of tiny-llama \(float32\): the weights"):
+        trace(inf, PROMPTS, label_words=words, progress=False)
+
+
 def test_layer_trace_validates_shapes():
     n, layers = 2, 4
     ok = dict(model_name="m", n_layers=3, top_ids=np.zeros((n, layers, 1), np.int32), top_probs=np.zeros((n, layers,

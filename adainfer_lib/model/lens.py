@@ -26,6 +26,7 @@ import pandas as pd
 import torch
 
 from ..common.cache import atomic_write_bytes, content_key
+from ..common.checks import check_finite
 from ..common.paths import data_dir
 from . import parallel
 from .inputs import Batch, check_prompts, label_token_ids, prepare_prompts
@@ -272,12 +273,16 @@ def lens_stats(model: LensModel, states: torch.Tensor, label_ids: torch.Tensor, 
 @torch.no_grad()
 def _batch_stats(model: LensModel, states: torch.Tensor, label_ids: torch.Tensor, top_k: int, full_vocab: bool) -> dict:
     """Statistics of one batch of states (L+1, B, hidden) → arrays (B, L+1, ...), adding KL to the final
-    layer and the cosine between consecutive states."""
+    layer and the cosine between consecutive states. ``NonFiniteError`` naming the first layer whose state or
+    lens statistics hold NaN or inf (float16 overflows in some models)."""
+    check_finite(states, "the residual stream", model=model, layer_axis=0)
     layers, batch = states.shape[:2]
     stats = lens_stats(model, states.reshape(layers * batch, -1), label_ids, full_vocab=full_vocab, top_k=top_k)
     logp, probs = stats.pop("logp", None), stats.pop("probs", None)
     out = {k: v.reshape(layers, batch, *v.shape[1:]).transpose(0, 1).cpu().numpy() for k, v in stats.items()}
     out["top_ids"] = out["top_ids"].astype(np.int32)
+    lens_values = (out["label_logits"], out["top_prob"]) if full_vocab else (out["label_logits"],)
+    check_finite(lens_values, "the lens logits", model=model, layer_axis=1)
     if logp is None:
         out["kl_to_final"] = np.full((batch, layers), np.nan, dtype=np.float32)
     else:

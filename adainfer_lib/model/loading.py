@@ -40,7 +40,9 @@ from .registry import (
 
 @dataclass(frozen=True)
 class OfflineModel:
-    """A real pretrained model whose weights a pip package ships as GGUF."""
+    """A real pretrained model whose weights a pip package ships as GGUF. ``dtypes``: the ``load_model(dtype=)``
+    values it runs in with finite states at every layer (every result is float32); in another one its
+    activations overflow, and a trace, a real exit or a generation raises ``NonFiniteError`` naming the layer."""
 
     alias: str
     description: str
@@ -49,6 +51,7 @@ class OfflineModel:
     gguf_file: str
     weights_note: str
     licence: str
+    dtypes: tuple[str, ...] = ("float32",)
 
 
 OFFLINE_MODELS: dict[str, OfflineModel] = {
@@ -60,6 +63,7 @@ OFFLINE_MODELS: dict[str, OfflineModel] = {
         gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
         weights_note="Q4_1-dequantized to float32",
         licence="Apache-2.0",
+        dtypes=("float32", "bfloat16", "float16"),  # largest |state| ~640: far from float16's 65504
     ),
     "gemma3-270m": OfflineModel(
         alias="gemma3-270m",
@@ -72,6 +76,7 @@ OFFLINE_MODELS: dict[str, OfflineModel] = {
         gguf_file="gemma-3-270m-q4_k_m.gguf",
         weights_note="Q4_K_M-dequantized to float32",
         licence="Gemma terms of use",
+        dtypes=("float32", "bfloat16"),  # float16 overflows: the residual stream is inf/NaN from layer 9 on (CPU)
     ),
 }
 DEFAULT_MODEL = "smollm2-135m"
