@@ -208,6 +208,26 @@ def test_label_words_resolve_after_the_prompt_with_sentencepiece():
     np.testing.assert_allclose(res.label_logits[0], result.label_logits[0, 1], atol=1e-4, rtol=1e-4)
 
 
+def test_one_label_word_is_refused_wherever_label_words_are_resolved(default_tokenizer):
+    """Issue 22: a task with one label was accepted and every input exited at the minimum layer without a word
+    (its label_gap is 1 at every layer). Every trace, real exit and dense run with label words refuses it."""
+    from conftest import make_tiny_model
+
+    model = make_tiny_model("llama", default_tokenizer)
+    message = r"has 1 distinct label word\(s\) \[' positive'\]: a classification task needs 2 or more labels"
+    with pytest.raises(ValueError, match=message):
+        trace(model, PROMPTS, label_words=[" positive"], progress=False)
+    with pytest.raises(ValueError, match=message):
+        trace(model, PROMPTS, label_words=[" positive"], full_vocab=False, progress=False)
+    with pytest.raises(ValueError, match=message):
+        run_early_exit(model, PROMPTS, FixedExitPolicy(2, calibration="raw"), label_words=[" positive"])
+    with pytest.raises(ValueError, match=message):
+        run_full(model, PROMPTS, label_words=[" positive"])
+    with pytest.raises(ValueError, match=message):
+        label_token_ids(model.tokenizer, [" positive"], "Sentiment:")
+    assert trace(model, PROMPTS, progress=False).label_words == []  # a trace without label words still is one
+
+
 def test_label_word_errors_name_the_word(tiny_model):
     tok = tiny_model.tokenizer
     with pytest.raises(ValueError, match=r"' supercalifragilistic' is \d+ tokens .* not exactly one"):

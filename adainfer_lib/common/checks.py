@@ -112,6 +112,16 @@ def check_min_layer(value, n_layers: int | None = None) -> int:
                      allowed=f"an integer in 0..{n_layers} (the model has L={n_layers} layers)")
 
 
+def check_label_count(words: Sequence[str], *, owner: str) -> None:
+    """``ValueError`` unless ``words`` are 2 or more distinct label words: with one label every input's label
+    distribution is certain at every layer (label_top_prob = label_gap = 1), so every exit rule would stop at its
+    first checked layer, and accuracy is not a measure of anything."""
+    if len(set(words)) < 2:
+        raise ValueError(f"{owner} has {len(set(words))} distinct label word(s) {list(words)}: a classification "
+                         "task needs 2 or more labels — with one, every input's answer is certain at every layer "
+                         "and every exit rule stops at its first checked layer")
+
+
 def check_subset(subset, n: int, name: str = "subset") -> np.ndarray:
     """The positions (k,) of a subset of ``n`` items, however it is named: None (all ``n``), a boolean mask of
     length ``n``, a ``slice``, or integer positions in ``0..n-1``, each at most once (in the order given).

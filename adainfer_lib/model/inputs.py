@@ -30,6 +30,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from ..common.checks import check_label_count
+
 #: A shared prefix shorter than this many tokens is not worth a cache (its set-up costs more than it saves).
 MIN_PREFIX_TOKENS = 8
 _PREFIX_CACHE_SIZE = 4  # prefixes kept per model (one per task and seed in use)
@@ -91,7 +93,9 @@ def label_token_ids(tokenizer, words: Sequence[str], context: str, *, owner: str
 
     The word is encoded after the context and the tokens it adds are taken; it must add exactly one token,
     the context's own tokens must be unchanged (no merge across the boundary), and no two words may share a
-    token. ``ValueError`` names the word and its tokens otherwise; ``TypeError`` for a non-string word.
+    token; there must be 2 or more words (``check_label_count``: every trace, real exit or dense run with label
+    words resolves them here). ``ValueError`` names the word and its tokens otherwise; ``TypeError`` for a
+    non-string word.
     """
     if isinstance(words, str):
         raise TypeError(f"label words must be a list of strings, not the single string {words!r}")
@@ -120,6 +124,7 @@ def label_token_ids(tokenizer, words: Sequence[str], context: str, *, owner: str
                              f"{tokenizer.convert_ids_to_tokens([token])} for {owner}: label words must be distinct "
                              "tokens.")
         seen[token] = word
+    check_label_count(words, owner=f"the label words for {owner}")
     return ids
 
 
