@@ -30,6 +30,7 @@ test: prepare
 benchmark: prepare
 	$(PY) benchmarks/trace_throughput.py
 	$(PY) benchmarks/early_exit_speed.py
+	$(PY) benchmarks/fingerprint_cost.py
 
 clean-cache:
 	rm -rf data/traces data/policies

@@ -23,6 +23,7 @@ from .certification import (
                     violation_summary,
 )
 from .common import paths
+from .common.checks import NonFiniteError
 from .common.replay import Decisions, metrics_at
 from .course import NotebookSettings, claims, exercises, setup_notebook
 from .data import (
@@ -124,7 +125,7 @@ from .runner import early_exit as early_exit
 __all__ = [
     # model and lens
     "DEFAULT_MODEL", "OFFLINE_MODELS", "LensModel", "ModelNotFoundError", "load_model", "RegistryPathError",
-    "UnsupportedArchitectureError", "supported_model_types", "LayerTrace", "trace",
+    "UnsupportedArchitectureError", "supported_model_types", "LayerTrace", "trace", "NonFiniteError",
     # tasks and data
     "Task", "available_tasks", "load_task", "CALIBRATION_METHODS", "Calibration", "TaskTrace", "trace_task",
     "calibration_report",

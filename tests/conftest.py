@@ -104,6 +104,26 @@ def make_tiny_model(model_type: str, tokenizer, seed: int = 0):
     return LensModel.wrap(hf, tokenizer, name=f"tiny-{model_type}")
 
 
+def make_overflowing_model(tokenizer, layer: int = 2, *, dtype: torch.dtype = torch.float32, value: float = 6e4):
+    """A tiny Llama whose decoder layer ``layer - 1`` adds ``value * hidden`` to every residual component: its MLP
+    computes ``sum_i x_i**2`` (= hidden, x being the RMS-normalised state: gate and up rows ``[I; -I]``, so that
+    ``silu(x_i) x_i + silu(-x_i) (-x_i) = x_i**2``) and writes it times ``value`` everywhere (down_proj filled with
+    ``value``). In float16 the default (just below float16's largest number, 65504) overflows at ``layer`` (0..L
+    numbering: the residual stream is inf there and NaN after it) and stays finite in float32; ``value=inf``
+    overflows in any dtype."""
+    model = make_tiny_model("llama", tokenizer)
+    mlp = model.layers[layer - 1].mlp
+    hidden = model.hf_model.config.hidden_size
+    assert mlp.gate_proj.weight.shape == (2 * hidden, hidden), "the tiny config's ffn must be twice the hidden size"
+    with torch.no_grad():
+        eye = torch.eye(hidden)
+        mlp.gate_proj.weight.copy_(torch.cat([eye, -eye]))
+        mlp.up_proj.weight.copy_(torch.cat([eye, -eye]))
+        mlp.down_proj.weight.fill_(value)
+    model.hf_model.to(dtype)
+    return model
+
+
 @pytest.fixture(scope="session", params=TINY_TYPES)
 def tiny_model(request, default_tokenizer):
     """One tiny random model per registered architecture."""

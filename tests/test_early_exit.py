@@ -320,3 +320,23 @@ def test_count_layer_rows(llama):
                        calibration="raw", batch_size=5)
     np.testing.assert_array_equal(rows, [5, 3, 2])
     assert all(len(layer._forward_hooks) == 0 for layer in llama.layers)
+
+
+def test_non_finite_states_are_an_error_in_a_real_exit(default_tokenizer):
+    """Issue 22: a real exit returned NaN logits without a word when the model overflowed (gemma3-270m in
+    float16). A tiny model whose layer-2 MLP overflows float16: an exit before layer 2 is finite and fine; a check
+    at or after it, and the full model, raise ``NonFiniteError`` naming the layer, the model and the dtype."""
+    from adainfer_lib import NonFiniteError
+    from conftest import make_overflowing_model
+
+    model = make_overflowing_model(default_tokenizer, layer=2, dtype=torch.float16)
+    for batch_size in (1, 3):
+        early = run_early_exit(model, PROMPTS, FixedExitPolicy(1, calibration="raw"), label_words=WORDS,
+                               batch_size=batch_size)
+        assert np.isfinite(early.label_logits).all() and (early.exit_layers == 1).all()
+        for k in (2, model.n_layers):
+            with pytest.raises(NonFiniteError, match=rf"at layer {k} of tiny-llama \(float16\).*float32"):
+                run_early_exit(model, PROMPTS, FixedExitPolicy(k, calibration="raw"), label_words=WORDS,
+                               batch_size=batch_size)
+    with pytest.raises(NonFiniteError, match=rf"label logits at layer {model.n_layers} of tiny-llama \(float16\)"):
+        run_full(model, PROMPTS, label_words=WORDS, batch_size=2)

@@ -33,6 +33,7 @@ TINY_RUNS = {
     "benchmarks/trace_throughput.py": "test_trace_throughput_benchmark_at_a_tiny_size",
     "benchmarks/early_exit_speed.py": "test_early_exit_benchmark_at_a_tiny_size",
     "benchmarks/gpu_check.py": "tests/test_gpu_check.py::test_dry_run_on_the_cpu",
+    "benchmarks/fingerprint_cost.py": "test_fingerprint_cost_benchmark_at_a_tiny_size",
     "tools/reproduce.py": "test_reproduce_lists_what_it_would_run",
     "tools/readme_results.py": "test_readme_results_check_runs",
     "tools/sync_navigation.py": "test_sync_navigation_check_runs",
@@ -150,6 +151,16 @@ def test_early_exit_benchmark_at_a_tiny_size(tmp_path, classifier):
     assert ratio == pytest.approx(measured / ideal, abs=2e-3)  # printed side by side, from the same run
     assert "n=4 test prompts" in out and "fitted on 24 train examples" in out
     assert ("GapThresholdPolicy" in out) == (classifier == "gap")
+
+
+@pytest.mark.slow
+def test_fingerprint_cost_benchmark_at_a_tiny_size(tmp_path):
+    run = _python("benchmarks/fingerprint_cost.py", "--tokens", "8", "--repeats", "2", env=_fresh_data(tmp_path))
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
+    rows = dict(re.findall(r"^  (.+?)\s+[\d.]+ ms\s+([\d.]+) x forward\(1 token\)$", run.stdout, re.M))
+    assert set(rows) == {"cache_id", "weights_version", "forward, 1 token", "forward, 8 tokens",
+                         "cache_id, one MLP weight edited"}
+    assert float(rows["forward, 1 token"]) == 1.0  # each time is divided by the forward pass measured beside it
 
 
 def _tool(name: str):

@@ -145,6 +145,33 @@ def test_bad_inputs(tiny_llama, default_tokenizer):
         ai.greedy_generate(tiny_llama, PROMPT, max_new_tokens=10_000)
 
 
+def test_non_finite_states_are_an_error_in_generation(default_tokenizer):
+    """Issue 22: NaN logits gave a token (the argmax of NaN) without a word. A tiny model whose layer-2 MLP
+    overflows float16: the full model and every early-exit generation raise ``NonFiniteError``."""
+    from conftest import make_overflowing_model
+
+    model = make_overflowing_model(default_tokenizer, layer=2, dtype=torch.float16)
+    with pytest.raises(ai.NonFiniteError, match=r"logits at layer 3 of tiny-llama \(float16\).*float32"):
+        ai.greedy_generate(model, PROMPT, max_new_tokens=3)
+    for strategy in ai.CACHE_STRATEGIES:
+        with pytest.raises(ai.NonFiniteError, match=r"tiny-llama \(float16\)"):
+            ai.generate_early_exit(model, PROMPT, ai.TopProbRule(0.0, min_layer=1), strategy=strategy,
+                                   max_new_tokens=3)
+    with pytest.raises(ai.NonFiniteError, match=r"tiny-llama \(float16\)"):
+        ai.speculative_generate(model, PROMPT, ai.TopProbRule(0.0, min_layer=1), draft_tokens=2, max_new_tokens=4)
+
+
+def test_an_exit_step_checks_its_own_state(default_tokenizer):
+    """The exit check reads the state it decides from: a state made NaN after the prompt ran (its cache is
+    finite) is an error naming the checked layer, not a token."""
+    model = make_tiny_model("llama", default_tokenizer)
+    patched = loop._PatchedLayers(model)
+    step = loop._StepState(rule=NEVER, threshold=1.01, min_layer=1, strategy="skip", cache=None)
+    h = torch.full((1, model.hf_model.config.hidden_size), float("nan"))
+    with pytest.raises(ai.NonFiniteError, match=r"at layer 2 of tiny-llama \(float32\)"):
+        patched._check(step, 2, h, torch.zeros_like(h))
+
+
 def test_study_rows_and_summary(tiny_llama):
     configs = {"skip": ai.GenerationConfig("skip", ai.TopProbRule(0.0, min_layer=2)),
                "spec": ai.GenerationConfig("speculative", ai.TopProbRule(0.0, min_layer=2), draft_tokens=2)}

@@ -85,6 +85,65 @@ def test_prefix_cache_is_reused_and_keyed_by_the_layers(tiny_model):
     np.testing.assert_allclose(cached.label_logits, plain.label_logits, atol=1e-4, rtol=1e-4)
 
 
+# Edits in place of one decoder layer's MLP weight, each a way users edit weights (issue 22: the model's cache id
+# ignored them, so the cached prompt prefix answered for the old weights).
+def _scale(w):
+    w.mul_(3.0)
+
+
+def _scale_data(w):
+    w.data.mul_(3.0)  # through .data: autograd's version counter does not move
+
+
+def _one_element(w):
+    w[0, 0] += 1.0
+
+
+def _reassign(w):
+    w.data = w.data * 3.0  # a new tensor under the same parameter
+
+
+def _load_state_dict(w):
+    w.copy_(torch.randn_like(w))
+
+
+EDITS = {"scale": _scale, "scale .data": _scale_data, "one element": _one_element, "reassign": _reassign,
+         "copy_": _load_state_dict}
+
+
+@pytest.mark.parametrize("edit", EDITS)
+@pytest.mark.parametrize("model_type", ["llama", "gpt2"])
+def test_an_edit_in_place_is_a_new_cache_id_and_a_new_prefix(default_tokenizer, model_type, edit):
+    from conftest import make_tiny_model
+
+    model = make_tiny_model(model_type, default_tokenizer)
+    trace(model, PROMPTS, label_words=WORDS, progress=False)  # fills the prefix cache
+    old_id = model.cache_id
+    mlp = model.layers[1].mlp
+    weight = (mlp.down_proj if hasattr(mlp, "down_proj") else mlp.c_proj).weight
+    with torch.no_grad():
+        EDITS[edit](weight)
+    assert model.cache_id != old_id
+    cached = trace(model, PROMPTS, label_words=WORDS, progress=False)
+    plain = trace(model, PROMPTS, label_words=WORDS, prefix_cache=False, progress=False)
+    assert cached.meta["prefix_tokens"] >= MIN_PREFIX_TOKENS
+    assert_traces_equal(plain, cached, atol=1e-5)
+    assert cached.meta["model_cache_id"] == model.cache_id != old_id
+
+
+def test_the_cache_id_is_the_weights(default_tokenizer):
+    """The same weights wrapped twice have one cache id (caches are shared across processes); other weights of
+    the same config, another one."""
+    from conftest import make_tiny_model
+
+    a, b, c = (make_tiny_model("llama", default_tokenizer, seed=s) for s in (0, 0, 1))
+    assert a.cache_id == b.cache_id != c.cache_id
+    with torch.no_grad():
+        b.layers[2].self_attn.q_proj.weight.mul_(2.0)
+        b.layers[2].self_attn.q_proj.weight.div_(2.0)  # the same values again: an id never reused for others
+    assert b.cache_id != a.cache_id and b.cache_id == b.cache_id
+
+
 def test_prompt_must_start_with_the_given_prefix(tiny_model):
     with pytest.raises(ValueError, match=r"prompt\(s\) \[0\] do not start with the given prefix"):
         trace(tiny_model, ["Review: x\nSentiment:"], label_words=WORDS, prefix=PREFIX, progress=False)
@@ -147,6 +206,26 @@ def test_label_words_resolve_after_the_prompt_with_sentencepiece():
     np.testing.assert_allclose(result.label_logits[0, -1], full[0, ids].numpy(), atol=1e-4, rtol=1e-4)
     res = run_early_exit(model, ["Review: x\nSentiment:"], FixedExitPolicy(1, calibration="raw"), label_words=WORDS)
     np.testing.assert_allclose(res.label_logits[0], result.label_logits[0, 1], atol=1e-4, rtol=1e-4)
+
+
+def test_one_label_word_is_refused_wherever_label_words_are_resolved(default_tokenizer):
+    """Issue 22: a task with one label was accepted and every input exited at the minimum layer without a word
+    (its label_gap is 1 at every layer). Every trace, real exit and dense run with label words refuses it."""
+    from conftest import make_tiny_model
+
+    model = make_tiny_model("llama", default_tokenizer)
+    message = r"has 1 distinct label word\(s\) \[' positive'\]: a classification task needs 2 or more labels"
+    with pytest.raises(ValueError, match=message):
+        trace(model, PROMPTS, label_words=[" positive"], progress=False)
+    with pytest.raises(ValueError, match=message):
+        trace(model, PROMPTS, label_words=[" positive"], full_vocab=False, progress=False)
+    with pytest.raises(ValueError, match=message):
+        run_early_exit(model, PROMPTS, FixedExitPolicy(2, calibration="raw"), label_words=[" positive"])
+    with pytest.raises(ValueError, match=message):
+        run_full(model, PROMPTS, label_words=[" positive"])
+    with pytest.raises(ValueError, match=message):
+        label_token_ids(model.tokenizer, [" positive"], "Sentiment:")
+    assert trace(model, PROMPTS, progress=False).label_words == []  # a trace without label words still is one
 
 
 def test_label_word_errors_name_the_word(tiny_model):

@@ -108,6 +108,83 @@ def test_save_load_roundtrip_and_corrupt_cache_rebuilt(tiny_model, tmp_path, mon
     assert trace_cache_path(tiny_model, PROMPTS, words, 3, True) != path
 
 
+def test_trace_cache_after_an_edit_in_place(default_tokenizer, tmp_path, monkeypatch):
+    """Issue 22: after one decoder layer's MLP weight was scaled in place, the trace cache on disk answered for
+    the old weights (same cache id, same file)."""
+    from conftest import make_tiny_model
+
+    monkeypatch.setenv("ADAINFER_DATA", str(tmp_path))
+    model = make_tiny_model("llama", default_tokenizer)
+    words = [" positive", " negative"]
+    before = trace(model, PROMPTS, label_words=words, cache=True, progress=False)
+    with torch.no_grad():
+        model.layers[0].mlp.down_proj.weight.mul_(4.0)
+    after = trace(model, PROMPTS, label_words=words, cache=True, progress=False)
+    fresh = trace(model, PROMPTS, label_words=words, cache=False, progress=False)
+    np.testing.assert_allclose(after.label_logits, fresh.label_logits, atol=1e-5, rtol=1e-5)
+    assert np.abs(after.label_logits - before.label_logits).max() > 1e-3
+    assert len(list((tmp_path / "traces").glob("*.npz"))) == 2
+
+
+def test_non_finite_states_are_an_error_naming_the_layer(default_tokenizer):
+    """Issue 22: gemma3-270m in float16 overflows from layer 9 on and the trace returned NaN statistics without a
+    word. Here a tiny model whose layer-2 MLP overflows float16 (and not float32)."""
+    from adainfer_lib import NonFiniteError
+    from conftest import make_overflowing_model
+
+    words = [" positive", " negative"]
+    half = make_overflowing_model(default_tokenizer, layer=2, dtype=torch.float16)
+    for full_vocab in (True, False):
+        with pytest.raises(NonFiniteError, match=r"residual stream at layer 2 of tiny-llama \(float16\).*dtype=torch"
+                                                 r"\.float32"):
+            trace(half, PROMPTS, label_words=words, full_vocab=full_vocab, progress=False)
+    fine = trace(make_overflowing_model(default_tokenizer, layer=2), PROMPTS, label_words=words, progress=False)
+    assert np.isfinite(fine.label_logits).all() and np.isfinite(fine.top_prob).all()
+    inf = make_overflowing_model(default_tokenizer, layer=3, value=float("inf"))
+    with pytest.raises(NonFiniteError, match=r"at layer 3 of tiny-llama \(float32\): the weights"):
+        trace(inf, PROMPTS, label_words=words, progress=False)
+
+
+IMPOSTORS = {  # a valid trace of something else, placed at the cache path of PROMPTS' trace: (what differs, trace)
+    "2 other prompts": ("n_examples 2, not 4", lambda m, other, w: trace(m, ["Hello there", "Bye"], label_words=w,
+                                                                        progress=False)),
+    "4 other prompts": ("prompts_key", lambda m, other, w: trace(m, [p + " x" for p in PROMPTS], label_words=w,
+                                                                 progress=False)),
+    "label words swapped": ("label_words", lambda m, other, w: trace(m, PROMPTS, label_words=w[::-1],
+                                                                     progress=False)),
+    "another model": ("model_cache_id", lambda m, other, w: trace(other, PROMPTS, label_words=w, progress=False)),
+    "other top_k": ("top_k 3, not 5", lambda m, other, w: trace(m, PROMPTS, label_words=w, top_k=3,
+                                                                progress=False)),
+}
+
+
+@pytest.mark.parametrize("impostor", IMPOSTORS)
+def test_a_cache_file_holding_another_trace_is_rebuilt(default_tokenizer, tmp_path, monkeypatch, caplog, impostor):
+    """Issue 22: a valid trace of 2 other prompts placed at a 4-prompt cache path was returned as the answer."""
+    import logging
+
+    from conftest import make_tiny_model
+
+    monkeypatch.setenv("ADAINFER_DATA", str(tmp_path))
+    model, other = make_tiny_model("llama", default_tokenizer), make_tiny_model("llama", default_tokenizer, seed=1)
+    words = [" positive", " negative"]
+    path = trace_cache_path(model, PROMPTS, words, 5, True)
+    reason, make = IMPOSTORS[impostor]
+    make(model, other, words).save(path)
+    with caplog.at_level(logging.WARNING, logger="adainfer_lib"):
+        got = trace(model, PROMPTS, label_words=words, cache=True, progress=False)
+    fresh = trace(model, PROMPTS, label_words=words, progress=False)
+    assert got.n_examples == 4 and got.label_words == words
+    np.testing.assert_allclose(got.label_logits, fresh.label_logits, atol=1e-6)
+    np.testing.assert_array_equal(got.top_ids, fresh.top_ids)
+    assert "holds another trace" in caplog.text and reason in caplog.text
+    np.testing.assert_allclose(LayerTrace.load(path).label_logits, fresh.label_logits, atol=1e-6)  # rewritten
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="adainfer_lib"):
+        trace(model, PROMPTS, label_words=words, cache=True, progress=False)
+    assert "holds another trace" not in caplog.text  # the rebuilt file is the answer now
+
+
 def test_layer_trace_validates_shapes():
     n, layers = 2, 4
     ok = dict(model_name="m", n_layers=3, top_ids=np.zeros((n, layers, 1), np.int32), top_probs=np.zeros((n, layers,

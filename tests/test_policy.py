@@ -360,6 +360,90 @@ def test_a_foreign_or_tampered_file_is_refused(fitted, tmp_path):
         ExitPolicy.load(rewrite("extra.policy", **{"payload.pkl": b"x"}))
 
 
+def _nan(value):
+    return np.full_like(np.asarray(value, dtype=float), np.nan)
+
+
+def _set(config: dict, dotted: str, value) -> dict:
+    """A copy of ``config`` with the field ``dotted`` ("params.min_layer") set to ``value`` (a function of the
+    old value when callable); several comma-separated fields take a tuple of values."""
+    config = json.loads(json.dumps(config))
+    for field, new in zip(dotted.split(","), value if "," in dotted else [value]):
+        *parents, key = field.split(".")
+        node = config
+        for part in parents:
+            node = node[part]
+        node[key] = new(node[key]) if callable(new) else new
+    return config
+
+
+# (classifier, member, field, new value or function of the old one, what the error says): one per field.
+TAMPERED = [
+    ("crf", "arrays.npz", "crf_W", _nan, r"arrays.npz crf_W has 56 NaN or infinite value\(s\) of 56"),
+    ("crf", "arrays.npz", "crf_T", lambda T: T[:1], r"arrays.npz crf_T has shape \(1, 2\), expected \(2, 2\)"),
+    ("crf", "arrays.npz", "crf_mean", _nan, "arrays.npz crf_mean has 3 NaN"),
+    ("crf", "arrays.npz", "crf_scale", lambda a: a * 0, r"arrays.npz crf_scale has values <= 0"),
+    ("crf", "arrays.npz", "crf_edges_1", lambda e: e[::-1], "arrays.npz crf_edges_1 is not sorted"),
+    ("crf", "arrays.npz", "crf_edges_0", lambda e: e + np.inf, "arrays.npz crf_edges_0 has .* NaN or infinite"),
+    ("crf", "config.json", "scorer.attributes", lambda a: a[::-1], "config.json scorer.attributes"),
+    ("crf", "config.json", "scorer.n_edges", 1, "config.json scorer.n_edges is 1: 0 or one per feature"),
+    ("crf", "config.json", "params.classifier", "logistic", "metadata.classifier 'crf' differs"),
+    ("crf", "config.json", "params.classifier,metadata.classifier", ("logistic", "logistic"),
+     "scorer.kind 'crf' does not fit classifier 'logistic'"),
+    ("crf", "config.json", "features_", ["label_gap", "nope", "layer_frac"], r"features_ .*unknown \['nope'\]"),
+    ("crf", "config.json", "features_", [], "features_ \\[\\]: none"),
+    ("crf", "config.json", "params.features", {"__tuple__": ["gap", "top_prob", "layer"]},
+     "params.features .* differ from the fitted features_"),
+    ("crf", "config.json", "metadata.features", ["gap"], "metadata.features .* differs"),
+    ("crf", "config.json", "n_layers_", 0, "n_layers_ 0 is not a layer count"),
+    ("crf", "config.json", "n_layers_", 12, "n_layers_ 12 .* matching metadata.n_layers 10"),
+    ("crf", "config.json", "params.min_layer", 11, r"params.min_layer 11 is outside 0..10"),
+    ("crf", "config.json", "params.threshold", float("nan"), "config.json params: threshold must be"),
+    ("crf", "config.json", "params.label_scheme", "best", "config.json params: label_scheme must be one of"),
+    ("crf", "config.json", "metadata.label_words", [" l0"], "metadata.label_words \\[' l0'\\]: .* 2 or more"),
+    ("crf", "config.json", "metadata.model_cache_id", 7, "metadata.model_cache_id 7 is not a cache id"),
+    ("crf", "config.json", "calibration.method", "magic", "calibration.method 'magic' is not one of"),
+    ("crf", "config.json", "calibration.offsets", lambda o: [[float("nan")] * 2] * len(o),
+     "calibration.offsets has 22 NaN or infinite"),
+    ("crf", "config.json", "calibration.offsets", lambda o: o[:-1],
+     r"calibration.offsets has shape \(10, 2\), expected \(11, 2\)"),
+    ("threshold", "config.json", "features_,metadata.features", (["label_gap", "layer"],) * 2,
+     "the threshold classifier uses one"),
+    ("svm", "config.json", "features_,metadata.features,params.features", (["label_gap", "label_top_prob"],) * 3,
+     "estimator.skops takes 3 features"),
+]
+
+
+@pytest.mark.parametrize("classifier, member, field, value, message", TAMPERED,
+                         ids=[f"{c}-{f}-{i}" for i, (c, _, f, _, _) in enumerate(TAMPERED)])
+def test_every_field_of_a_saved_policy_is_checked_at_load(fitted, tmp_path, classifier, member, field, value, message):
+    """Issue 22: a saved CRF whose arrays are all NaN loaded and silently never exited; unknown feature names and
+    NaN or wrong-shape calibration offsets loaded and failed later. Each field is checked at load, the error
+    naming the file and the field."""
+    import io
+    import re
+    import zipfile
+
+    path = fitted[classifier].save(tmp_path / f"{classifier}.policy")
+    ExitPolicy.load(path)  # the file as saved loads
+    members = {n: zipfile.ZipFile(path).read(n) for n in zipfile.ZipFile(path).namelist()}
+    if member == "config.json":
+        members[member] = json.dumps(_set(json.loads(members[member]), field, value)).encode()
+    else:
+        with np.load(io.BytesIO(members[member])) as archive:
+            arrays = {k: archive[k] for k in archive.files}
+        arrays[field] = value(arrays[field])
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays)
+        members[member] = buffer.getvalue()
+    tampered = tmp_path / "tampered.policy"
+    with zipfile.ZipFile(tampered, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(tampered))}: .*{message}"):
+        ExitPolicy.load(tampered)
+
+
 def test_save_load_roundtrip_and_wrong_model_is_refused(fitted, train, test_table, tmp_path):
     policy = fitted["crf"]
     meta = policy.metadata

@@ -11,6 +11,7 @@ import pytest
 
 from adainfer_lib.data import sources
 from adainfer_lib.data.tasks import Task, available_tasks, balanced_quota, load_task
+from adainfer_lib.model.inputs import label_token_ids
 
 LABEL_LINE = {"sentiment": "Sentiment:", "topic": "Topic:", "mmlu": "Answer:"}
 
@@ -286,9 +287,22 @@ def test_check_label_words_fake_tokenizer(tasks):
     bad = dataclasses.replace(task, label_words=[" neg", " positive"])
     with pytest.raises(ValueError, match=r"' neg'.*4 tokens"):
         bad.check_label_words(CharTokenizer())
-    same = dataclasses.replace(task, label_words=[" positive", " positive"])
     with pytest.raises(ValueError, match="' positive' and ' positive' are the same token"):
-        same.check_label_words(CharTokenizer())
+        label_token_ids(CharTokenizer(), [" positive", " positive"], "Review: x\nSentiment:")
+
+
+def test_a_task_needs_two_distinct_labels(tasks):
+    """Issue 22: a task with one label was accepted, and every input exited at the minimum layer without a word
+    (one label is certain at every layer). A task is refused where it is built, as are labels it cannot tell
+    apart (one word for two labels)."""
+    task = tasks["sentiment"]
+    with pytest.raises(ValueError, match=r"task 'sentiment' has 1 distinct label word\(s\) \[' positive'\]: a "
+                                         "classification task needs 2 or more labels"):
+        dataclasses.replace(task, label_words=[" positive"], label_names=["positive"])
+    with pytest.raises(ValueError, match=r"label words \[' positive', ' positive'\] must be distinct"):
+        dataclasses.replace(task, label_words=[" positive", " positive"])
+    with pytest.raises(ValueError, match="one word per label"):
+        dataclasses.replace(task, label_words=[" positive", " negative", " neutral"])
 
 
 # --------------------------------------------------------------------------- real tokenizer

@@ -112,6 +112,16 @@ def check_min_layer(value, n_layers: int | None = None) -> int:
                      allowed=f"an integer in 0..{n_layers} (the model has L={n_layers} layers)")
 
 
+def check_label_count(words: Sequence[str], *, owner: str) -> None:
+    """``ValueError`` unless ``words`` are 2 or more distinct label words: with one label every input's label
+    distribution is certain at every layer (label_top_prob = label_gap = 1), so every exit rule would stop at its
+    first checked layer, and accuracy is not a measure of anything."""
+    if len(set(words)) < 2:
+        raise ValueError(f"{owner} has {len(set(words))} distinct label word(s) {list(words)}: a classification "
+                         "task needs 2 or more labels — with one, every input's answer is certain at every layer "
+                         "and every exit rule stops at its first checked layer")
+
+
 def check_subset(subset, n: int, name: str = "subset") -> np.ndarray:
     """The positions (k,) of a subset of ``n`` items, however it is named: None (all ``n``), a boolean mask of
     length ``n``, a ``slice``, or integer positions in ``0..n-1``, each at most once (in the order given).
@@ -143,3 +153,42 @@ def check_subset(subset, n: int, name: str = "subset") -> np.ndarray:
     if len(positions) == 0:
         raise ValueError(f"{name} selects none of the {n} items")
     return positions
+
+
+class NonFiniteError(ValueError):
+    """NaN or infinite values in a model's states, lens statistics, features or scores: every statistic and
+    decision computed from them would be meaningless (a NaN never stops an exit rule, an argmax over NaN picks
+    the first label), so they are an error where they arise, naming the layer, the model and its dtype."""
+
+
+def _dtype_of(model) -> str | None:
+    dtype = getattr(getattr(model, "hf_model", None), "dtype", None)
+    return None if dtype is None else str(dtype).removeprefix("torch.")
+
+
+def check_finite(values, what: str, *, model=None, layer: int | None = None, layer_axis: int | None = None) -> None:
+    """``NonFiniteError`` unless every value of ``values`` (a torch tensor, a numpy array, or a tuple of them)
+    is finite. One ``isfinite(...).all()`` per array: cheap enough for every checked layer.
+
+    ``what`` names the values ("the residual stream"); ``model`` (a ``LensModel``) gives its name and dtype,
+    ``layer`` the layer they belong to, or ``layer_axis`` the axis of ``values`` that runs over layers 0..L
+    (the message then names the first layer with a non-finite value). The message suggests float32 when the
+    model runs in a half-precision dtype (float16 overflows in some models: gemma3-270m from layer 9 on)."""
+    parts = values if isinstance(values, tuple) else (values,)
+    finite = [bool(p.isfinite().all()) if hasattr(p, "isfinite") else bool(np.isfinite(p).all()) for p in parts]
+    if all(finite):
+        return
+    if layer is None and layer_axis is not None:
+        bad = next(p for p, ok in zip(parts, finite) if not ok)
+        bad = bad.detach().float().cpu().numpy() if hasattr(bad, "detach") else np.asarray(bad)
+        by_layer = np.moveaxis(bad, layer_axis, 0).reshape(bad.shape[layer_axis], -1)
+        layer = int(np.argmin(np.isfinite(by_layer).all(1)))  # the first layer with a non-finite value
+    name, dtype = getattr(model, "name", None), _dtype_of(model)
+    where = (f" at layer {layer}" if layer is not None else "") + (f" of {name}" if name else "") + \
+        (f" ({dtype})" if dtype else "")
+    if dtype in ("float16", "bfloat16"):
+        advice = (f"its activations overflow in {dtype}: load the model in float32 "
+                  f"(load_model({name!r}, dtype=torch.float32)); OFFLINE_MODELS lists the dtypes each model runs in")
+    else:
+        advice = "the weights or inputs produce them (weights edited to inf or NaN?)"
+    raise NonFiniteError(f"NaN or infinite values in {what}{where}: {advice}")

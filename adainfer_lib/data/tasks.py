@@ -24,7 +24,7 @@ import datasets
 import numpy as np
 
 from ..common.cache import content_key
-from ..common.checks import check_int
+from ..common.checks import check_int, check_label_count
 from . import sources
 
 DEFAULT_N_TRAIN = 500
@@ -179,6 +179,11 @@ class Task:
     demo_set: datasets.Dataset | None = None  # the shared demonstrations (demos="fixed"), in prompt order
 
     def __post_init__(self) -> None:
+        if len(self.label_words) != len(self.label_names) or len(set(self.label_names)) != len(self.label_names) \
+                or len(set(self.label_words)) != len(self.label_words):
+            raise ValueError(f"task {self.name!r}: label names {list(self.label_names)} and label words "
+                             f"{list(self.label_words)} must be distinct, one word per label")
+        check_label_count(self.label_words, owner=f"task {self.name!r}")
         if self.demos not in DEMO_MODES:
             raise ValueError(f"demos must be one of {DEMO_MODES}, not {self.demos!r}")
         if self.demos == "fixed" and self.shots and (self.demo_set is None or len(self.demo_set) != self.shots):

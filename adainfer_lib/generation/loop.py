@@ -37,7 +37,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..common.checks import check_choice, check_int
+from ..common.checks import check_choice, check_finite, check_int
 from ..common.replay import layers_saved
 from ..model.inputs import check_prompts, head_kwargs, tokenize_prompts
 from ..model.lens import lens_stats
@@ -294,6 +294,7 @@ class _PatchedLayers:
             return
         start = time.perf_counter()
         stats = lens_stats(self.model, h.float(), _EMPTY, full_vocab=True, top_k=1)
+        check_finite((h, stats["top_prob"]), "the residual stream or its lens", model=self.model, layer=layer)
         features = {"layer": np.array([layer]), "layer_frac": np.array([layer / self.L]),
                     "top_prob": stats["top_prob"].cpu().numpy().astype(float),
                     "gap": stats["gap"].cpu().numpy().astype(float),
@@ -316,6 +317,7 @@ def prefill(model: LensModel, ids: Sequence[int]):
     input_ids = torch.tensor([list(ids)], dtype=torch.long, device=model.device)
     out = model.hf_model(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), use_cache=True,
                          **head_kwargs(model))
+    check_finite(out.logits[0, -1], "the model's logits", model=model, layer=model.n_layers)
     return out.cache, int(out.logits[0, -1].argmax())
 
 
@@ -324,6 +326,7 @@ def full_step(model: LensModel, tokens: Sequence[int], cache) -> torch.Tensor:
     input_ids = torch.tensor([list(tokens)], dtype=torch.long, device=model.device)
     head = head_kwargs(model, 0 if len(tokens) > 1 else 1)
     out = model.hf_model(input_ids=input_ids, cache=cache, use_cache=True, **head)
+    check_finite(out.logits[0], "the model's logits", model=model, layer=model.n_layers)
     return out.logits[0]
 
 

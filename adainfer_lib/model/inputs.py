@@ -30,6 +30,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from ..common.checks import check_label_count
+
 #: A shared prefix shorter than this many tokens is not worth a cache (its set-up costs more than it saves).
 MIN_PREFIX_TOKENS = 8
 _PREFIX_CACHE_SIZE = 4  # prefixes kept per model (one per task and seed in use)
@@ -91,7 +93,9 @@ def label_token_ids(tokenizer, words: Sequence[str], context: str, *, owner: str
 
     The word is encoded after the context and the tokens it adds are taken; it must add exactly one token,
     the context's own tokens must be unchanged (no merge across the boundary), and no two words may share a
-    token. ``ValueError`` names the word and its tokens otherwise; ``TypeError`` for a non-string word.
+    token; there must be 2 or more words (``check_label_count``: every trace, real exit or dense run with label
+    words resolves them here). ``ValueError`` names the word and its tokens otherwise; ``TypeError`` for a
+    non-string word.
     """
     if isinstance(words, str):
         raise TypeError(f"label words must be a list of strings, not the single string {words!r}")
@@ -120,6 +124,7 @@ def label_token_ids(tokenizer, words: Sequence[str], context: str, *, owner: str
                              f"{tokenizer.convert_ids_to_tokens([token])} for {owner}: label words must be distinct "
                              "tokens.")
         seen[token] = word
+    check_label_count(words, owner=f"the label words for {owner}")
     return ids
 
 
@@ -183,18 +188,18 @@ def _layers_key(model) -> tuple:
 
 def prefix_kv(model, tokens: Sequence[int]) -> PrefixKV:
     """The ``PrefixKV`` of ``tokens`` on ``model``: computed on first use, then reused (a few per model,
-    least recently used dropped). Keyed by the model's weights (``cache_id``), its decoder modules and
-    the tokens."""
+    least recently used dropped). Keyed by the model's weights (``cache_id``, and ``weights_version``: an edit
+    in place that no sampled element shows), its decoder modules and the tokens."""
     store: OrderedDict = model.__dict__.setdefault("_prefix_kv", OrderedDict())
-    key = (model.cache_id, _layers_key(model), tuple(int(t) for t in tokens))
+    key = (model.cache_id, model.weights_version, _layers_key(model), tuple(int(t) for t in tokens))
     hit = store.get(key)
     if hit is not None:
         store.move_to_end(key)
         return hit
-    ids = torch.tensor([list(key[2])], dtype=torch.long, device=model.device)
+    ids = torch.tensor([list(key[3])], dtype=torch.long, device=model.device)
     with torch.no_grad():
         out = model.hf_model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True, **head_kwargs(model))
-    entry = PrefixKV(tokens=key[2], cache=out.cache)
+    entry = PrefixKV(tokens=key[3], cache=out.cache)
     store[key] = entry
     while len(store) > _PREFIX_CACHE_SIZE:
         store.popitem(last=False)

@@ -26,6 +26,7 @@ import pandas as pd
 import torch
 
 from ..common.cache import atomic_write_bytes, content_key
+from ..common.checks import check_finite
 from ..common.paths import data_dir
 from . import parallel
 from .inputs import Batch, check_prompts, label_token_ids, prepare_prompts
@@ -272,12 +273,16 @@ def lens_stats(model: LensModel, states: torch.Tensor, label_ids: torch.Tensor, 
 @torch.no_grad()
 def _batch_stats(model: LensModel, states: torch.Tensor, label_ids: torch.Tensor, top_k: int, full_vocab: bool) -> dict:
     """Statistics of one batch of states (L+1, B, hidden) → arrays (B, L+1, ...), adding KL to the final
-    layer and the cosine between consecutive states."""
+    layer and the cosine between consecutive states. ``NonFiniteError`` naming the first layer whose state or
+    lens statistics hold NaN or inf (float16 overflows in some models)."""
+    check_finite(states, "the residual stream", model=model, layer_axis=0)
     layers, batch = states.shape[:2]
     stats = lens_stats(model, states.reshape(layers * batch, -1), label_ids, full_vocab=full_vocab, top_k=top_k)
     logp, probs = stats.pop("logp", None), stats.pop("probs", None)
     out = {k: v.reshape(layers, batch, *v.shape[1:]).transpose(0, 1).cpu().numpy() for k, v in stats.items()}
     out["top_ids"] = out["top_ids"].astype(np.int32)
+    lens_values = (out["label_logits"], out["top_prob"]) if full_vocab else (out["label_logits"],)
+    check_finite(lens_values, "the lens logits", model=model, layer_axis=1)
     if logp is None:
         out["kl_to_final"] = np.full((batch, layers), np.nan, dtype=np.float32)
     else:
@@ -292,9 +297,10 @@ def _batch_stats(model: LensModel, states: torch.Tensor, label_ids: torch.Tensor
 def trace_cache_path(model: LensModel, prompts: Sequence[str], label_words: Sequence[str], top_k: int,
                      full_vocab: bool, prefix_cache: bool = True) -> Path:
     """Cache file for these exact inputs (model weights, prompts, label words, options, prefix cache, format)."""
-    key = content_key(model.cache_id, list(prompts), list(label_words), top_k, full_vocab, bool(prefix_cache),
+    model_id = model.cache_id
+    key = content_key(model_id, list(prompts), list(label_words), top_k, full_vocab, bool(prefix_cache),
                       TRACE_FORMAT_VERSION)
-    return data_dir() / "traces" / f"{model.cache_id}-{key}.npz"
+    return data_dir() / "traces" / f"{model_id}-{key}.npz"
 
 
 def trace(
@@ -320,8 +326,10 @@ def trace(
     (instruction and demonstrations under one demonstration set) runs once and its keys and values are reused
     for every batch (``inputs.prefix_kv``); the statistics equal those without it to float precision.
     ``full_vocab=False`` computes only the label-word rows of the unembedding (cheap for 262k vocabularies).
-    ``cache=True`` reads/writes ``data/traces/`` keyed by model, prompts, label words and options; a corrupt
-    or stale file is rebuilt.
+    ``cache=True`` reads/writes ``data/traces/`` keyed by model, prompts, label words and options; a cached
+    file is the answer only if what it holds matches what was asked (``cache_mismatch``: the number of prompts,
+    their content key, the label words and ids, the model's cache id, the options); a corrupt file or one that
+    holds another trace is rebuilt, with a warning in the log that says why.
 
     Under ``accelerate launch`` with several processes (``distributed=None`` decides from the environment,
     ``False`` turns it off), every process calls ``trace`` with the same prompts: the length-sorted batches are
@@ -341,7 +349,8 @@ def trace(
     label_ids = label_token_ids(model.tokenizer, label_words, prompts[0], owner=model.name) if label_words else []
     path = trace_cache_path(model, prompts, label_words, top_k, full_vocab, prefix_cache) if cache else None
     state = parallel.process_state(distributed)
-    cached = _cached_trace(path, state)
+    request = trace_request(model, prompts, label_words, label_ids, top_k, full_vocab) if cache else {}
+    cached = _cached_trace(path, state, request)
     if cached is not None:
         return cached
     start = time.perf_counter()
@@ -363,14 +372,41 @@ def trace(
     return result
 
 
-def _cached_trace(path: Path | None, state) -> LayerTrace | None:
-    """The cached trace at ``path`` when every process can read it (a corrupt file is removed by the main
-    process and rebuilt), else None."""
+def trace_request(model: LensModel, prompts: Sequence[str], label_words: Sequence[str], label_ids: Sequence[int],
+                  top_k: int, full_vocab: bool) -> dict:
+    """What a trace of ``prompts`` was asked for, as its ``meta`` and fields record it: what a cached trace must
+    match to be the answer (``cache_mismatch``)."""
+    return {"n_examples": len(prompts), "prompts_key": content_key(list(prompts)), "label_words": list(label_words),
+            "label_ids": [int(i) for i in label_ids], "model_cache_id": model.cache_id, "n_layers": model.n_layers,
+            "top_k": int(top_k), "full_vocab": bool(full_vocab)}
+
+
+def cache_mismatch(cached: LayerTrace, request: dict) -> str | None:
+    """None when the trace ``cached`` is what ``request`` (``trace_request``) asks for, else what differs: the
+    number of prompts, the prompts themselves (their content key), the label words or ids, the model (cache id,
+    layers) or the options. A file's name says what it should hold; its content says what it holds."""
+    found = {"n_examples": cached.n_examples, "prompts_key": cached.meta.get("prompts_key"),
+             "label_words": list(cached.label_words), "label_ids": [int(i) for i in cached.label_ids],
+             "model_cache_id": cached.meta.get("model_cache_id"), "n_layers": cached.n_layers,
+             "top_k": cached.meta.get("top_k"), "full_vocab": cached.meta.get("full_vocab")}
+    wrong = [f"{k} {found[k]!r}, not {v!r}" for k, v in request.items() if found[k] != v]
+    return "; ".join(wrong) or None
+
+
+def _cached_trace(path: Path | None, state, request: dict) -> LayerTrace | None:
+    """The cached trace at ``path`` when every process can read it and it is what ``request`` asks for, else
+    None (a corrupt file, or one that holds another trace, is removed by the main process and rebuilt; the log
+    says why)."""
     cached = None
     if path is not None and path.exists():
         try:
             cached = LayerTrace.load(path)
-        except CorruptCacheError:
+            mismatch = cache_mismatch(cached, request)
+            if mismatch is not None:
+                raise CorruptCacheError(f"trace cache {path} holds another trace ({mismatch})")
+        except CorruptCacheError as err:
+            cached = None
+            log.warning("%s: rebuilding it", err)
             if parallel.is_main(state):
                 path.unlink(missing_ok=True)  # rebuilt by the caller
     if path is not None and parallel.all_true(state, cached is not None):  # every process takes the same road
@@ -392,7 +428,8 @@ def _assemble(model: LensModel, prepared, chunks: list[dict], label_words: list[
         label_words=label_words,
         label_ids=label_ids,
         token_strings={int(t): model.tokenizer.decode([int(t)]) for t in unique_ids},
-        meta={"model_cache_id": model.cache_id, "top_k": top_k, "full_vocab": full_vocab,
+        meta={"model_cache_id": model.cache_id, "prompts_key": content_key(list(prepared.texts)), "top_k": top_k,
+              "full_vocab": full_vocab,
               "prefix_tokens": 0 if prepared.prefix is None else prepared.prefix.length,
               "seconds": round(seconds, 3), "weights": model.weights_note},
         **arrays,

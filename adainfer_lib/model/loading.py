@@ -26,6 +26,7 @@ from torch import nn
 
 from ..common.cache import atomic_write_text
 from ..common.paths import data_dir
+from .fingerprint import WeightsFingerprint, weights_version
 from .registry import (
     ArchitectureSpec,
     UnsupportedArchitectureError,
@@ -39,7 +40,9 @@ from .registry import (
 
 @dataclass(frozen=True)
 class OfflineModel:
-    """A real pretrained model whose weights a pip package ships as GGUF."""
+    """A real pretrained model whose weights a pip package ships as GGUF. ``dtypes``: the ``load_model(dtype=)``
+    values it runs in with finite states at every layer (every result is float32); in another one its
+    activations overflow, and a trace, a real exit or a generation raises ``NonFiniteError`` naming the layer."""
 
     alias: str
     description: str
@@ -48,6 +51,7 @@ class OfflineModel:
     gguf_file: str
     weights_note: str
     licence: str
+    dtypes: tuple[str, ...] = ("float32",)
 
 
 OFFLINE_MODELS: dict[str, OfflineModel] = {
@@ -59,6 +63,7 @@ OFFLINE_MODELS: dict[str, OfflineModel] = {
         gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
         weights_note="Q4_1-dequantized to float32",
         licence="Apache-2.0",
+        dtypes=("float32", "bfloat16", "float16"),  # largest |state| ~640: far from float16's 65504
     ),
     "gemma3-270m": OfflineModel(
         alias="gemma3-270m",
@@ -71,6 +76,7 @@ OFFLINE_MODELS: dict[str, OfflineModel] = {
         gguf_file="gemma-3-270m-q4_k_m.gguf",
         weights_note="Q4_K_M-dequantized to float32",
         licence="Gemma terms of use",
+        dtypes=("float32", "bfloat16"),  # float16 overflows: the residual stream is inf/NaN from layer 9 on (CPU)
     ),
 }
 DEFAULT_MODEL = "smollm2-135m"
@@ -115,6 +121,7 @@ class LensModel:
         optional = (get_submodule(self.hf_model, p, optional=True) for p in self.spec.post_norm)
         self.post_norm = tuple(m for m in optional if m is not None)
         self.softcap = final_logit_softcap(self.hf_model.config)
+        self._fingerprint = WeightsFingerprint(self.hf_model)  # the weights as wrapped: later edits hashed exactly
         prepare_tokenizer(self.tokenizer)
 
     @classmethod
@@ -155,39 +162,25 @@ class LensModel:
 
     @property
     def cache_id(self) -> str:
-        """Identifies these weights for trace caches: name, dtype, config and a weight fingerprint.
+        """Identifies these weights for every cache of model outputs: name, dtype, config and a content
+        fingerprint of every parameter and buffer (``fingerprint.WeightsFingerprint``: a sample of each, re-read
+        at every call, and the whole content of each tensor edited in place since the model was wrapped — so an
+        edit gives another id; about a millisecond on the default model).
 
-        The fingerprint sums every (V // 64)-th row of the unembedding in float64. When accelerate has
-        offloaded the unembedding (its weight is on the meta device), the weight is brought in through the
-        module's own hook (``accelerate.utils.align_module_device``: what a forward pass does) and the value
-        is kept per model (an offloaded weight is not edited in place), so an offloaded model has the same id
-        as the same weights loaded plainly, and its trace caches are shared."""
-        w = self.unembed.weight
-        if w.device.type != "meta":
-            return self._cache_id_of(w.detach())
-        memo_key = (id(w), self.name, self.hf_model.config.to_json_string())
-        memo = self.__dict__.get("_cache_id_memo")
-        if memo is None or memo[0] != memo_key:
-            from accelerate.utils import align_module_device
-
-            with align_module_device(self.unembed), torch.no_grad():
-                if self.unembed.weight.device.type == "meta":
-                    raise RuntimeError(f"{self.name}: the unembedding is on the meta device and has no accelerate "
-                                       "hook that loads it; load the model with device_map=... (and "
-                                       "offload_folder=...) or pass it with its weights.")
-                value = self._cache_id_of(self.unembed.weight.detach())
-            memo = (memo_key, value)
-            self.__dict__["_cache_id_memo"] = memo
-        return memo[1]
-
-    def _cache_id_of(self, w: torch.Tensor) -> str:
-        fingerprint = float(w[:: max(1, w.shape[0] // 64)].double().sum())
+        Offloaded weights (accelerate keeps them on the meta device) are read once through their modules' own
+        hooks (``accelerate.utils.align_module_device``: what a forward pass does), so an offloaded model has the
+        same id as the same weights loaded plainly, and its trace caches are shared."""
         digest = hashlib.sha256(
-            json.dumps(
-                [self.name, str(w.dtype), self.hf_model.config.to_json_string(), round(fingerprint, 4)]
-            ).encode()
+            json.dumps([self.name, str(self.unembed.weight.dtype), self.hf_model.config.to_json_string(),
+                        self._fingerprint(self.hf_model)]).encode()
         ).hexdigest()
         return f"{_slug(self.name)}-{digest[:12]}"
+
+    @property
+    def weights_version(self) -> int:
+        """Changes whenever a parameter or buffer is edited in place or replaced (``fingerprint.weights_version``:
+        autograd's version counters); in-memory caches key by it with ``cache_id``, never a file."""
+        return weights_version(self.hf_model)
 
     def normed(self, h: torch.Tensor) -> torch.Tensor:
         """The final norm (and projection, where the family has one): ``(..., hidden) -> (..., d_unembed)``.

@@ -28,7 +28,8 @@ from pathlib import Path
 import numpy as np
 
 from ..common.cache import atomic_write_bytes, atomic_write_text
-from ..data.calibration import Calibration
+from ..data.calibration import CALIBRATION_METHODS, Calibration
+from ..features.online import ONLINE_FEATURES
 from ..model.identity import PolicyModelMismatchError, check_rule_model
 from .crf import CRFScorer
 from .scorers import FeatureScorer, SklearnScorer
@@ -162,18 +163,144 @@ def _scorer(path: Path, config: dict, members: dict[str, bytes]):
 
 
 def load_state(path: str | Path) -> PolicyState:
-    """Read the ``PolicyState`` written by ``save_state``. ``ValueError`` for a file that is not a saved policy
-    of this format (a pickle, a damaged or tampered zip, foreign types)."""
+    """Read the ``PolicyState`` written by ``save_state``, every field checked (``check_state``). ``ValueError``
+    for a file that is not a saved policy of this format (a pickle, a damaged or tampered zip, foreign types)
+    or whose fields cannot work (naming the file and the field)."""
     path = Path(path)
     members = _read_members(path)
     config = _read_config(path, members)
     try:
-        return PolicyState(params=_params_from_json(config["params"]), features=tuple(config["features_"]),
-                           n_layers=int(config["n_layers_"]), metadata=dict(config["metadata"]),
-                           calibration=Calibration.from_dict(config["calibration"]) if config["calibration"] else None,
-                           scorer=_scorer(path, config, members))
+        state = PolicyState(params=_params_from_json(config["params"]), features=tuple(config["features_"]),
+                            n_layers=int(config["n_layers_"]), metadata=dict(config["metadata"]),
+                            calibration=Calibration.from_dict(config["calibration"]) if config["calibration"] else None,
+                            scorer=_scorer(path, config, members))
     except (KeyError, TypeError) as err:
         raise ValueError(f"{path}: the saved policy is incomplete or damaged ({type(err).__name__}: {err})") from None
+    return check_state(state, path)
+
+
+# ---- what a loaded policy must hold ------------------------------------------------------------------------
+
+_SCORER_OF = {"threshold": FeatureScorer, "crf": CRFScorer, "svm": SklearnScorer, "logistic": SklearnScorer}
+
+
+def _array(path: Path, field: str, value, shape: tuple[int, ...] | None = None) -> np.ndarray:
+    """``value`` as a float array of ``shape`` (None: any 1-D) with finite values only; ``ValueError`` naming
+    the file and the field otherwise."""
+    try:
+        arr = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"{path}: {field} is not an array of numbers") from None
+    if (shape is None and arr.ndim != 1) or (shape is not None and arr.shape != shape):
+        want = "1-D" if shape is None else str(shape)
+        raise ValueError(f"{path}: {field} has shape {arr.shape}, expected {want}")
+    if not np.isfinite(arr).all():
+        raise ValueError(f"{path}: {field} has {int((~np.isfinite(arr)).sum())} NaN or infinite value(s) of "
+                         f"{arr.size}: the policy would never stop (or always); refit and save it again")
+    return arr
+
+
+def _check_identity(state: PolicyState, path: Path) -> None:
+    """The fitted features, L, the first checked layer, the label words and the recorded model."""
+    features = state.features
+    bad = [f for f in features if f not in ONLINE_FEATURES]
+    if not features or bad or len(set(features)) != len(features):
+        why = "none" if not features else (f"unknown {bad}" if bad else "a feature listed twice")
+        raise ValueError(f"{path}: config.json features_ {list(features)}: {why}; an exit policy uses some of "
+                         f"ONLINE_FEATURES = {ONLINE_FEATURES}")
+    given = state.params.get("features")
+    if given is not None and tuple([given] if isinstance(given, str) else given) != features:
+        raise ValueError(f"{path}: config.json params.features {given!r} differ from the fitted features_ "
+                         f"{list(features)}")
+    for key, value in (("features", list(features)), ("classifier", state.params.get("classifier"))):
+        if state.metadata.get(key, value) != value:
+            raise ValueError(f"{path}: config.json metadata.{key} {state.metadata[key]!r} differs from the "
+                             f"policy's {value!r}")
+    if state.n_layers < 1 or state.metadata.get("n_layers", state.n_layers) != state.n_layers:
+        raise ValueError(f"{path}: config.json n_layers_ {state.n_layers} is not a layer count L >= 1 matching "
+                         f"metadata.n_layers {state.metadata.get('n_layers')!r}")
+    min_layer = state.params.get("min_layer")
+    if isinstance(min_layer, int) and not 0 <= min_layer <= state.n_layers:
+        raise ValueError(f"{path}: config.json params.min_layer {min_layer} is outside 0..{state.n_layers} (the "
+                         f"policy's model has L={state.n_layers} layers)")
+    words = state.metadata.get("label_words")
+    if words is not None and (not isinstance(words, list) or len(set(words)) < 2
+                              or not all(isinstance(w, str) and w for w in words)):
+        raise ValueError(f"{path}: config.json metadata.label_words {words!r}: a task's label words are 2 or more "
+                         "distinct non-empty strings")
+    model_id = state.metadata.get("model_cache_id")
+    if model_id is not None and not isinstance(model_id, str):
+        raise ValueError(f"{path}: config.json metadata.model_cache_id {model_id!r} is not a cache id string")
+
+
+def _check_calibration(state: PolicyState, path: Path) -> None:
+    """The calibration's method, and offsets (L+1, C) of finite numbers (C = the label words, when known)."""
+    cal = state.calibration
+    if cal is None:
+        return
+    if cal.method not in CALIBRATION_METHODS:
+        raise ValueError(f"{path}: config.json calibration.method {cal.method!r} is not one of {CALIBRATION_METHODS}")
+    words = state.metadata.get("label_words")
+    n_labels = len(words) if words else (cal.offsets.shape[1] if cal.offsets.ndim == 2 else -1)
+    _array(path, "config.json calibration.offsets", cal.offsets, (state.n_layers + 1, n_labels))
+
+
+def _check_scorer(state: PolicyState, path: Path) -> None:
+    """The scorer fits the classifier and the features: the CRF's arrays (standardisation, bin edges, design
+    attributes, weights, transitions) finite and of matching shapes; the pipeline's input width."""
+    scorer, k = state.scorer, len(state.features)
+    expected = _SCORER_OF.get(state.params.get("classifier"))
+    if expected is not None and not isinstance(scorer, expected):
+        raise ValueError(f"{path}: config.json scorer.kind {scorer.kind!r} does not fit classifier "
+                         f"{state.params.get('classifier')!r}")
+    if isinstance(scorer, FeatureScorer) and k != 1:
+        raise ValueError(f"{path}: config.json features_ {list(state.features)}: the threshold classifier uses one")
+    if isinstance(scorer, SklearnScorer):
+        width = getattr(scorer.estimator, "n_features_in_", k)
+        if width != k or not hasattr(scorer.estimator, "predict_proba"):
+            raise ValueError(f"{path}: estimator.skops takes {width} features and must give probabilities; the "
+                             f"policy has {k} {list(state.features)}")
+    if isinstance(scorer, CRFScorer):
+        _array(path, "arrays.npz crf_mean", scorer.mean, (k,))
+        scale = _array(path, "arrays.npz crf_scale", scorer.scale, (k,))
+        if (scale <= 0).any():
+            raise ValueError(f"{path}: arrays.npz crf_scale has values <= 0 (standard deviations)")
+        if len(scorer.edges) not in (0, k):
+            raise ValueError(f"{path}: config.json scorer.n_edges is {len(scorer.edges)}: 0 or one per feature ({k})")
+        for j, edges in enumerate(scorer.edges):
+            if np.any(np.diff(_array(path, f"arrays.npz crf_edges_{j}", edges)) < 0):
+                raise ValueError(f"{path}: arrays.npz crf_edges_{j} is not sorted (quantile bin edges)")
+        names = ["bias", *state.features,
+                 *(f"{f}@bin{b}" for f, e in zip(state.features, scorer.edges) for b in range(len(e) + 1))]
+        if list(scorer.attributes) != names:
+            raise ValueError(f"{path}: config.json scorer.attributes {list(scorer.attributes)[:6]}... do not describe "
+                             f"the design of features {list(state.features)} and their bins")
+        _array(path, "arrays.npz crf_W", scorer.W, (len(names), 2))
+        _array(path, "arrays.npz crf_T", scorer.T, (2, 2))
+
+
+def check_state(state: PolicyState, path: str | Path) -> PolicyState:
+    """``state`` (read from ``path``) if every field can work: known, distinct online features (those of the
+    constructor parameters when given); L >= 1 (the metadata's too) and the first checked layer within 0..L;
+    2 or more distinct label words; a known calibration method with finite offsets (L+1, C); a scorer of the
+    classifier's kind — a CRF's arrays finite, of the features' shapes, its design attributes those of the
+    features and bins; a pipeline taking k features. ``ValueError`` naming the file and the field otherwise
+    (the constructor parameters are checked by ``ExitPolicy.load``)."""
+    path = Path(path)
+    _check_identity(state, path)
+    _check_calibration(state, path)
+    _check_scorer(state, path)
+    return state
+
+
+def load_policy(from_state, path: str | Path):
+    """``from_state(state)`` (``ExitPolicy.from_state``) of the state read from ``path`` (``load_state``: every
+    field checked); the constructor's ``ValueError`` for a bad parameter names the file and the field too."""
+    state = load_state(path)
+    try:
+        return from_state(state)
+    except ValueError as err:
+        raise ValueError(f"{path}: config.json params: {err}") from None
 
 
 def check_loaded_model(rule, path: str | Path, model=None) -> None:

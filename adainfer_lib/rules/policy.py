@@ -54,7 +54,7 @@ from ..features.online import FULL_VOCAB_FEATURES, LABEL_SCHEMES, ONLINE_FEATURE
 from ..model.identity import ModelIdentity, PolicyModelMismatchError, check_rule_model, identity_of, refuse_other_model
 from .crf import CRFScorer
 from .interface import OnlineState
-from .persistence import PolicyState, check_loaded_model, load_state, save_state
+from .persistence import PolicyState, check_loaded_model, load_policy, save_state
 from .scorers import FeatureScorer, SklearnScorer
 
 POLICY_FORMAT_VERSION = 2
@@ -475,9 +475,9 @@ class ExitPolicy(ClassifierMixin, BaseEstimator):
 
     @classmethod
     def load(cls, path: str | Path, model=None) -> ExitPolicy:
-        """Read a saved policy (``persistence.load_state``: a tampered or foreign file is refused with a
-        ``ValueError``). With ``model`` (a ``LensModel`` or its ``cache_id``), refuse a policy fitted on another
-        model: its features and calibration would not match (``PolicyModelMismatchError`` naming the file)."""
-        policy = cls.from_state(load_state(path))
+        """Read a saved policy (``persistence.load_policy``: a tampered or foreign file, or a field that cannot work,
+        is refused with a ``ValueError`` naming file and field). With ``model`` (a ``LensModel`` or its ``cache_id``),
+        refuse a policy of another model: its features and calibration would not fit (``PolicyModelMismatchError``)."""
+        policy = load_policy(cls.from_state, path)
         check_loaded_model(policy, path, model)
         return policy

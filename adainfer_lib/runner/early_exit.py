@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..common.checks import check_finite
 from ..common.replay import layers_saved
 from ..data.calibration import Calibration, label_log_softmax
 from ..features.online import label_features
@@ -270,6 +271,8 @@ class _BatchRun:
         rows = self.rows.numpy()
         n = len(rows)
         stats = lens_stats(self.model, h, self.label_ids, full_vocab=self.full_vocab, top_k=1)
+        check_finite((h, stats["label_logits"]), "the residual stream or its label logits", model=self.model,
+                     layer=layer)
         label_logits = stats["label_logits"].double().cpu().numpy()
         scores = label_log_softmax(label_logits) - self.offsets[layer]
         feats = {"layer": np.full(n, float(layer)), "layer_frac": np.full(n, layer / self.L)}
@@ -489,6 +492,7 @@ def run_full(
         label_logits[idx] = logits
         batch_seconds.append(elapsed)
         seconds[idx], cpu_seconds[idx] = elapsed / len(idx), cpu / len(idx)
+    check_finite(label_logits, "the model's label logits", model=model, layer=L)
     scores = label_log_softmax(label_logits) - offsets[L]
     return FullResult(predictions=scores.argmax(-1), label_logits=label_logits, scores=scores,
                       seconds=seconds, batch_seconds=batch_seconds, cpu_seconds=cpu_seconds)
