@@ -133,7 +133,7 @@ def test_claim_references_read_the_saved_results():
     batch = reference(settings, "01_calibration", "accuracy_full", task="sentiment", calibration="batch")
     assert batch is not None and 0 < batch <= 1
     assert reference(settings, "no_such_result", "accuracy_full") is None
-    quick = type(settings)(quick=True, model=settings.model, seed=0)
+    quick = type(settings)(mode="quick", model=settings.model, seed=0)
     assert "full mode" in quick_and_full(quick, 0.5, batch, n=24, ref_n=500)
 
 

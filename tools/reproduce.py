@@ -1,7 +1,7 @@
 """Run every chapter in full mode and regenerate ``results/`` (tables and figures the README shows).
 
-For each notebook in order: execute it with nbclient (``ADAINFER_QUICK=0``), write the executed copy and
-an HTML rendering under ``build/reproduce/``, and record its wall-clock time in
+For each notebook in order: execute it with nbclient (``ADAINFER_MODE=full ADAINFER_PUBLISH=1``), write the
+executed copy and an HTML rendering under ``build/reproduce/``, and record its wall-clock time in
 ``results/chapter_times.csv``. The chapters themselves save their tables and figures to ``results/``
 (``NotebookSettings.save_result``). Usage: ``python tools/reproduce.py [01 04 ...]`` (default: all);
 ``--model gemma3-270m`` runs the chapters on another model (``ADAINFER_MODEL``): its tables and times go to
@@ -44,7 +44,9 @@ def execute(path: Path) -> tuple[float, list[str]]:
     from nbconvert import HTMLExporter
 
     nb = nbformat.read(path, as_version=4)
-    os.environ["ADAINFER_QUICK"] = "0"
+    os.environ.pop("ADAINFER_QUICK", None)
+    os.environ["ADAINFER_MODE"] = "full"
+    os.environ["ADAINFER_PUBLISH"] = "1"   # only this script publishes to results/ (adainfer_lib.course.modes)
     start = time.perf_counter()
     NotebookClient(nb, timeout=3600, kernel_name="python3",
                    resources={"metadata": {"path": str(path.parent)}}).execute()

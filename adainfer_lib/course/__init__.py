@@ -1,7 +1,7 @@
-"""The course around the notebooks: the set-up cell (``notebook``) and the exercise checkers (``exercises``) and
-the checked claims beside the prose (``claims``)."""
+"""The course around the notebooks: the set-up cell (``notebook``), the run's mode and sizes (``modes``), the
+exercise checkers (``exercises``) and the checked claims beside the prose (``claims``)."""
 
-from . import claims, exercises
+from . import claims, exercises, modes
 from .notebook import NotebookSettings, setup_notebook
 
-__all__ = ["NotebookSettings", "setup_notebook", "exercises", "claims"]
+__all__ = ["NotebookSettings", "setup_notebook", "exercises", "claims", "modes"]
