@@ -5,6 +5,7 @@ the chapters), and where a run writes — only a publishing run (``tools/reprodu
 from __future__ import annotations
 
 import re
+import sys
 from pathlib import Path
 
 import nbformat
@@ -15,6 +16,10 @@ from adainfer_lib.course import modes
 from adainfer_lib.course.notebook import NotebookSettings
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tools"))
+
+from reproduce import chapter_paths, kernel_environment, parse_args, publishes  # noqa: E402
+
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 
 
@@ -147,3 +152,31 @@ def test_the_publish_path_writes_results(repo, environ, folder):
 def test_only_full_mode_may_publish(mode):
     with pytest.raises(ValueError, match="ADAINFER_PUBLISH=1 writes results/, which only full mode may"):
         NotebookSettings.from_environ(environ={"ADAINFER_MODE": mode, "ADAINFER_PUBLISH": "1"})
+    with pytest.raises(ValueError, match="only full mode publishes"):
+        kernel_environment(mode, publish=True)
+
+
+def test_reproduce_publishes_in_full_mode_only():
+    """``tools/reproduce.py``'s kernels: full mode (``make reproduce``) publishes, class (``make class``) and quick
+    do not, whatever the calling shell had set; the chapters read back the mode reproduce chose."""
+    shell = {"ADAINFER_QUICK": "1", "ADAINFER_PUBLISH": "1", "ADAINFER_N": "200", "PATH": "/bin"}
+    for argv, mode, publish in [([], "full", True), (["--model", "gemma3-270m", "01"], "full", True),
+                                (["--mode", "class"], "class", False), (["--mode", "quick", "00"], "quick", False),
+                                (["--no-publish"], "full", False), (["--mode", "class", "--prepare"], "class", False)]:
+        args = parse_args(argv)
+        assert (args.mode, publishes(args)) == (mode, publish), argv
+        env = kernel_environment(args.mode, publishes(args), shell)
+        settings = NotebookSettings.from_environ(environ=env)
+        assert (settings.mode, settings.publish, settings.cap) == (mode, publish, 200)
+        assert env["PATH"] == "/bin"
+    with pytest.raises(SystemExit):
+        parse_args(["--mode", "class", "--no-publish"])
+
+
+def test_reproduce_chapters():
+    assert [p.name[:2] for p in chapter_paths(["02", "00"])] == ["00", "02"]
+    prepared = [p.name[:2] for p in chapter_paths([], prepare=True)]
+    assert "07" not in prepared and "01" in prepared   # the chapters that trace
+    assert len(chapter_paths([])) == len(NOTEBOOKS)
+    with pytest.raises(SystemExit, match="unknown chapter"):
+        chapter_paths(["42"])
