@@ -180,3 +180,12 @@ def test_reproduce_chapters():
     assert len(chapter_paths([])) == len(NOTEBOOKS)
     with pytest.raises(SystemExit, match="unknown chapter"):
         chapter_paths(["42"])
+
+
+def test_the_readme_states_the_sizes_of_the_table():
+    """The README's mode section quotes the study sizes of each mode: they follow the table when it is tuned."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme.split("### Quick, class and full mode", 1)[1].split("\n### ", 1)[0]
+    for mode in modes.MODES:
+        test, train = modes.size("test", mode), modes.size("train", mode)
+        assert f"{test} test and {train} train prompts per task" in " ".join(section.split()), mode
