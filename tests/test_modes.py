@@ -55,7 +55,7 @@ def test_size_cap():
 def test_sizes_per_mode():
     quick, klass, full = (NotebookSettings(mode=m, model="smollm2-135m", seed=0) for m in modes.MODES)
     assert (quick.n("test"), klass.n("test"), full.n("test")) == (24, 200, 500)
-    assert (quick.n("train"), klass.n("train"), full.n("train")) == (40, 150, 250)
+    assert (quick.n("train"), klass.n("train"), full.n("train")) == (40, 250, 250)
     assert quick.quick and not klass.quick and not full.quick   # quick means quick mode only
     assert full.full and not klass.full
     assert klass.param("ch06.delta") == 0.05 and full.param("ch06.delta") == 0.02
