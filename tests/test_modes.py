@@ -58,7 +58,7 @@ def test_sizes_per_mode():
     assert (quick.n("train"), klass.n("train"), full.n("train")) == (40, 250, 250)
     assert quick.quick and not klass.quick and not full.quick   # quick means quick mode only
     assert full.full and not klass.full
-    assert klass.param("ch06.delta") == 0.05 and full.param("ch06.delta") == 0.02
+    assert quick.param("ch06.delta") == 0.10 and klass.param("ch06.delta") == full.param("ch06.delta") == 0.02
     for name, (q, c, f) in modes.SIZES.items():  # class sits between quick and full
         assert q <= c <= f, name
     capped = NotebookSettings(mode="class", model="smollm2-135m", seed=0, cap=100)

@@ -38,9 +38,14 @@ SIZES: dict[str, tuple[int, int, int]] = {
     "ch04.timed": (1, 5, 10),               # prompts timed at batch size 1
     "ch04.influence": (8, 16, 24),          # prompts ShortGPT's layer influence is measured on
     "ch04.shortgpt_calibration": (8, 24, 40),
-    "ch06.pool": (64, 600, 2000),           # traced prompts that calibration/test splits are drawn from
-    "ch06.fresh": (6, 30, 100),             # fresh prompts for the real run of the certified rule
-    "ch06.calibration": (32, 300, 1000),    # calibration-set size (at most half the pool)
+    # chapter 06 in class mode = full mode but for the timing: replays of a cached pool are cheap (full mode ran
+    # the chapter in 1.0 min with its traces cached), and a smaller pool cannot check the guarantee: at pool 600,
+    # calibration 300, δ 5% Learn-then-Test certified 0.88 (24.9% saved, 4.0% held-out disagreement), but 14% of
+    # 100 draws showed a 300-prompt test split above δ (ε 5%), test noise rather than the rule. The same n as full
+    # mode (pool + fresh) also shares full mode's trace cache.
+    "ch06.pool": (64, 2000, 2000),          # traced prompts that calibration/test splits are drawn from
+    "ch06.fresh": (6, 100, 100),            # fresh prompts for the real run of the certified rule
+    "ch06.calibration": (32, 1000, 1000),   # calibration-set size (at most half the pool)
     "ch06.timed": (1, 5, 10),
     "ch07.prompts": (2, 20, 100),           # generation: the main study
     "ch07.sweep": (1, 4, 10),
@@ -56,10 +61,10 @@ SETTINGS: dict[str, tuple[object, object, object]] = {
     "warmup": (False, True, True),               # warm up before timing (chapters 04, 06)
     "ch04.shortgpt_depths": ((6,), (9,), (9,)),  # extra ShortGPT depths on sentiment (layers removed)
     "ch04.max_consistency_loss": (0.05, 0.02, 0.01),  # exercise 2's criterion (1 point of 40 train prompts is noise)
-    "ch06.delta": (0.10, 0.05, 0.02),            # the risk level certified
-    "ch06.draws": (200, 200, 500),               # random calibration/test splits of the guarantee check
-    "ch06.price_n_cals": ((16, 32, 64), (150, 300, 600), (200, 500, 1000, 2000)),  # kept where <= the pool
-    "ch06.price_deltas": ((0.05, 0.10, 0.20), (0.02, 0.05, 0.10), (0.01, 0.02, 0.05)),
+    "ch06.delta": (0.10, 0.02, 0.02),            # the risk level certified
+    "ch06.draws": (200, 500, 500),               # random calibration/test splits of the guarantee check
+    "ch06.price_n_cals": ((16, 32, 64), (200, 500, 1000, 2000), (200, 500, 1000, 2000)),  # kept where <= the pool
+    "ch06.price_deltas": ((0.05, 0.10, 0.20), (0.01, 0.02, 0.05), (0.01, 0.02, 0.05)),
     "ch07.new_tokens": (6, 24, 32),
     "ch07.thresholds": ((0.9, 0.99), (0.8, 0.9, 0.99), (0.8, 0.9, 0.95, 0.99)),
 }
