@@ -38,3 +38,12 @@ clean-cache:
 reproduce: prepare
 	$(PY) tools/reproduce.py --no-readme
 	ADAINFER_N=200 $(PY) tools/reproduce.py --model gemma3-270m 01 03   # second family: n capped at 200 per seed (CPU time)
+
+# A class (issue 23): every chapter in class mode (adainfer_lib/course/modes.py), writing under build/class/
+# (never results/). `make class-prepare` the day before fills the trace caches (the chapters that trace, once).
+.PHONY: class class-prepare
+class: prepare
+	$(PY) tools/reproduce.py --mode class
+
+class-prepare: prepare
+	$(PY) tools/reproduce.py --mode class --prepare

@@ -133,7 +133,7 @@ def test_claim_references_read_the_saved_results():
     batch = reference(settings, "01_calibration", "accuracy_full", task="sentiment", calibration="batch")
     assert batch is not None and 0 < batch <= 1
     assert reference(settings, "no_such_result", "accuracy_full") is None
-    quick = type(settings)(quick=True, model=settings.model, seed=0)
+    quick = type(settings)(mode="quick", model=settings.model, seed=0)
     assert "full mode" in quick_and_full(quick, 0.5, batch, n=24, ref_n=500)
 
 
@@ -149,6 +149,7 @@ def test_solutions_answer_the_why_questions_in_words(chapter):
     (path,) = (ROOT / "notebooks").glob(f"{chapter[2:]}_*.ipynb")
     text = "\n".join(c.source for c in nbformat.read(path, as_version=4).cells if c.cell_type == "markdown")
     exercises_text = text.split("## Exercises", 1)[1].split("### More to explore", 1)[0]
+    exercises_text = re.sub(r"^\s*\*Difficulty .*$", "", exercises_text, flags=re.M)  # "· why: it matters ·"
     asked = {int(m.group(1)) for m in re.finditer(r"^(\d)\. (.*?)(?=^\d\. |\Z)", exercises_text, re.M | re.S)
              if re.search(r"\b(why|explain|argue|what does that say)\b", m.group(2), re.I)}
     answered = {k for k, v in getattr(module, "WHY", {}).items() if isinstance(v, str) and len(v) > 80}

@@ -124,15 +124,15 @@ def early_exit(results: Path) -> str:
 
 
 def chapter_times(results: Path) -> str:
-    """Full-mode wall-clock time of every chapter (``tools/reproduce.py``), per model."""
-    frames = [pd.read_csv(results / "chapter_times.csv").assign(model="smollm2-135m (default)")]
-    frames += [pd.read_csv(p).assign(model=p.parent.name) for p in sorted(results.glob("*/chapter_times.csv"))]
-    t = pd.concat(frames, ignore_index=True)
-    shown = pd.DataFrame({"model": t["model"], "chapter": t["chapter"],
-                          "minutes (full mode)": t["minutes"].map("{:.1f}".format), "date": t["date"],
-                          "machine": t["machine"]})
-    return ("**Chapter run times** (`make reproduce`, full mode, traces cached by earlier chapters):\n\n"
-            + markdown_table(shown))
+    """Wall-clock minutes of every chapter per mode (``tools/reproduce.py``), per model: the one timing table,
+    which chapter 00 shows too (``adainfer_lib.course.timing``)."""
+    from adainfer_lib.course.timing import read_times, timing_note, timing_table
+
+    times = read_times(results)
+    return ("**Chapter run times** (minutes per chapter, measured by `tools/reproduce.py`: full mode by `make "
+            "reproduce`, class and quick mode by `tools/reproduce.py --mode class --record-times` (or `quick`); "
+            "traces cached by earlier chapters; the first run of a chapter also traces its prompts; — where a mode "
+            f"has not been measured yet). Measured — {timing_note(times)}:\n\n" + markdown_table(timing_table(times)))
 
 
 def guaranteed_exits(results: Path) -> str:

@@ -1,12 +1,22 @@
-"""Run every chapter in full mode and regenerate ``results/`` (tables and figures the README shows).
+"""Run every chapter in one mode; in full mode, publish ``results/`` (the tables and figures the README shows).
 
-For each notebook in order: execute it with nbclient (``ADAINFER_QUICK=0``), write the executed copy and
-an HTML rendering under ``build/reproduce/``, and record its wall-clock time in
-``results/chapter_times.csv``. The chapters themselves save their tables and figures to ``results/``
-(``NotebookSettings.save_result``). Usage: ``python tools/reproduce.py [01 04 ...]`` (default: all);
-``--model gemma3-270m`` runs the chapters on another model (``ADAINFER_MODEL``): its tables and times go to
-``results/<model>/``. ``--list`` prints what would run (each chapter, the model, where the results go) and
-executes nothing: the quick check that the arguments (``make reproduce``'s among them) are valid.
+For each notebook in order: execute it with nbclient in the chosen mode (``ADAINFER_MODE``), write the executed
+copy and an HTML rendering under ``build/<mode>/executed/<model>/``, and record its wall-clock minutes.
+
+- ``--mode full`` (the default, ``make reproduce``) **publishes**: the kernels run with ``ADAINFER_PUBLISH=1``,
+  so the chapters save their tables and figures to ``results/`` (``NotebookSettings.save_result``), the times
+  go to ``results/chapter_times.csv`` (``mode`` full) and the README's results section is regenerated
+  (``--no-publish``: a full-mode run that writes under ``build/full/`` like any other).
+- ``--mode class`` (``make class``) and ``--mode quick`` publish nothing: tables, figures and times go under
+  ``build/<mode>/``. ``--record-times`` also merges this run's minutes into ``results/chapter_times.csv`` under
+  its mode (the timing table of the README and chapter 00) — the only thing such a run may write to
+  ``results/``, and only when asked.
+- ``--prepare`` (``make class-prepare``, the day before a class): runs the chapters that trace (00–06 unless
+  chapters are given) in the mode, so that every trace, policy and calibration they cache is on disk; its
+  times go to ``build/<mode>/prepare_times.csv``.
+
+``--model gemma3-270m`` runs the chapters on another model (``ADAINFER_MODEL``): its tables and times go to a
+sub-folder named after it (``results/gemma3-270m/``). ``ADAINFER_N`` caps every n, as in a notebook.
 
 A chapter whose **firm checked claim** does not hold on its full-mode numbers (``adainfer_lib.course.claims``:
 the prose states something the numbers contradict) fails the run: the other chapters still run, and the script
@@ -24,13 +34,14 @@ import time
 from pathlib import Path
 
 import nbformat
-import pandas as pd
 
-from adainfer_lib.course.claims import claims_in
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from adainfer_lib.course.claims import claims_in  # noqa: E402
+from adainfer_lib.course.modes import MODES, output_folder  # noqa: E402
+from adainfer_lib.course.timing import TIMES_FILE, record_times  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-OUT = ROOT / "build" / "reproduce"
-RESULTS = ROOT / "results"
+PREPARE_CHAPTERS = ("00", "01", "02", "03", "04", "05", "06")   # the chapters that trace (07 generates)
 
 
 def failed_claims(nb) -> list[str]:
@@ -38,20 +49,33 @@ def failed_claims(nb) -> list[str]:
     return [f"{c['key']}: {c['text']}" for c in claims_in(nb) if c.get("failed")]
 
 
-def execute(path: Path) -> tuple[float, list[str]]:
-    """Execute ``path`` in full mode; write the executed notebook and its HTML; return the seconds taken and
-    the firm claims that did not hold."""
+def kernel_environment(mode: str, publish: bool, environ: dict | None = None) -> dict:
+    """The environment the chapters' kernels run in: ``ADAINFER_MODE`` set, the older ``ADAINFER_QUICK``
+    removed, ``ADAINFER_PUBLISH=1`` exactly when publishing (a full-mode run only)."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    if publish and mode != "full":
+        raise ValueError(f"only full mode publishes to results/, got --mode {mode}")
+    env = dict(os.environ if environ is None else environ)
+    env.pop("ADAINFER_QUICK", None)
+    env.pop("ADAINFER_PUBLISH", None)
+    env["ADAINFER_MODE"] = mode
+    if publish:
+        env["ADAINFER_PUBLISH"] = "1"
+    return env
+
+
+def execute(path: Path, out: Path) -> tuple[float, list[str]]:
+    """Execute ``path`` (in the current ``os.environ``); write the executed notebook and its HTML under ``out``;
+    return the seconds taken and the firm claims that did not hold."""
     from nbclient import NotebookClient
     from nbconvert import HTMLExporter
 
     nb = nbformat.read(path, as_version=4)
-    os.environ["ADAINFER_QUICK"] = "0"
     start = time.perf_counter()
     NotebookClient(nb, timeout=3600, kernel_name="python3",
                    resources={"metadata": {"path": str(path.parent)}}).execute()
     seconds = time.perf_counter() - start
-    OUT.mkdir(parents=True, exist_ok=True)
-    out = OUT / os.environ.get("ADAINFER_MODEL", "default")
     out.mkdir(parents=True, exist_ok=True)
     nbformat.write(nb, out / path.name)
     html, _ = HTMLExporter().from_notebook_node(nb)
@@ -59,45 +83,83 @@ def execute(path: Path) -> tuple[float, list[str]]:
     return seconds, failed_claims(nb)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+def chapter_paths(chapters: list[str], *, prepare: bool = False) -> list[Path]:
+    """The notebooks to run, in order: ``chapters`` (two-digit numbers) or all (``prepare``: those that trace).
+    An unknown chapter number is an error."""
+    paths = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    unknown = sorted(set(chapters) - {p.name[:2] for p in paths})
+    if unknown:
+        raise ValueError(f"no chapter {', '.join(unknown)} in notebooks/ (chapters: "
+                         f"{', '.join(p.name[:2] for p in paths)})")
+    wanted = chapters or (PREPARE_CHAPTERS if prepare else [p.name[:2] for p in paths])
+    return [p for p in paths if p.name[:2] in wanted]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("chapters", nargs="*", help="chapter numbers to run (default: all)")
+    parser.add_argument("--mode", choices=MODES, default="full", help="the sizes to run at (default: full)")
     parser.add_argument("--model", default=None, help="run on this model instead of each chapter's default")
+    parser.add_argument("--no-publish", action="store_true", help="full mode only: write under build/full/, "
+                        "not results/")
+    parser.add_argument("--record-times", action="store_true", help="also merge this run's minutes into "
+                        "results/chapter_times.csv under its mode (the published timing table)")
+    parser.add_argument("--prepare", action="store_true", help="run the chapters that trace, to fill the caches "
+                        "ahead of a class (times: build/<mode>/prepare_times.csv)")
     parser.add_argument("--no-readme", action="store_true", help="do not regenerate the README's results")
     parser.add_argument("--list", action="store_true", help="print what would run and exit (executes nothing)")
     args = parser.parse_args(argv)
-    results = RESULTS
+    try:
+        chapter_paths(args.chapters, prepare=args.prepare)
+    except ValueError as err:
+        parser.error(str(err))
     if args.model:
-        from adainfer_lib.model.loading import DEFAULT_MODEL, check_model_name
+        from adainfer_lib.model.loading import check_model_name
 
         try:
             check_model_name(args.model)
         except ValueError as err:  # ModelNotFoundError, UnsupportedArchitectureError
             parser.error(f"--model: {err}")
-        os.environ["ADAINFER_MODEL"] = args.model
-        if args.model != DEFAULT_MODEL:
-            results = RESULTS / args.model
-    paths = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
-    unknown = sorted(set(args.chapters) - {p.name[:2] for p in paths})
-    if unknown:
-        parser.error(f"no chapter {', '.join(unknown)} in notebooks/ (chapters: "
-                     f"{', '.join(p.name[:2] for p in paths)})")
-    if args.chapters:
-        paths = [p for p in paths if p.name[:2] in args.chapters]
+    if args.no_publish and args.mode != "full":
+        parser.error(f"--no-publish is for full mode; --mode {args.mode} never publishes")
+    if args.prepare and args.record_times:
+        parser.error("--prepare fills the caches: its times are not the chapters' run times (drop --record-times)")
+    return args
+
+
+def publishes(args: argparse.Namespace) -> bool:
+    """Whether the run publishes to ``results/``: full mode, unless ``--no-publish`` or ``--prepare``."""
+    return args.mode == "full" and not args.no_publish and not args.prepare
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    publish = publishes(args)
+    from adainfer_lib.model.loading import DEFAULT_MODEL
+
+    model = args.model or os.environ.get("ADAINFER_MODEL") or DEFAULT_MODEL
+    folder = output_folder(args.mode, publish=publish, model=model)
+    executed = ROOT / "build" / args.mode / ("prepare" if args.prepare else "executed") / (args.model or "default")
+    paths = chapter_paths(args.chapters, prepare=args.prepare)
     if args.list:
-        print(f"model {args.model or 'the default'}; results to {results}; "
-              f"executed notebooks to {OUT}; README results {'kept' if args.no_readme else 'regenerated'}")
-        print("\n".join(f"would run {p.name} (full mode)" for p in paths))
+        readme = "regenerated" if (publish or args.record_times) and not args.no_readme else "kept"
+        print(f"model {model}; results to {folder}; executed notebooks to {executed}; README results {readme}")
+        print("\n".join(f"would run {p.name} ({args.mode} mode)" for p in paths))
         return
-    results.mkdir(parents=True, exist_ok=True)
-    times_path = results / "chapter_times.csv"
-    times = (pd.read_csv(times_path) if times_path.exists()
-             else pd.DataFrame(columns=["chapter", "minutes", "date", "machine"]))
+    env = kernel_environment(args.mode, publish)
+    if args.model:
+        env["ADAINFER_MODEL"] = args.model
+    os.environ.clear()
+    os.environ.update(env)   # the kernels inherit it
+    times_path = folder / ("prepare_times.csv" if args.prepare else TIMES_FILE)
+    published_times = output_folder("full", publish=True, model=model) / TIMES_FILE
+    what = "publishing to results/" if publish else f"writing under {folder.relative_to(ROOT)}/"
+    print(f"{len(paths)} chapter(s) in {args.mode} mode on {model}, {what}", flush=True)
     failures: dict[str, list[str]] = {}
     for path in paths:
-        print(f"running {path.name} (full mode) ...", flush=True)
+        print(f"running {path.name} ({args.mode} mode) ...", flush=True)
         try:
-            seconds, failed = execute(path)
+            seconds, failed = execute(path, executed)
         except Exception as error:  # a cell raised (nbclient's CellExecutionError): report it, run the rest
             failures[path.stem] = [f"the chapter did not run: {type(error).__name__}: {str(error)[:500]}"]
             continue
@@ -105,12 +167,13 @@ def main(argv: list[str] | None = None) -> None:
         if failed:
             failures[path.stem] = failed
             print(f"  {len(failed)} checked claim(s) do not hold", flush=True)
-        row = {"chapter": path.stem, "minutes": round(seconds / 60, 1), "date": dt.date.today().isoformat(),
-               "machine": f"{os.cpu_count()} cores, {platform.machine()}"}
-        times = pd.concat([times[times.chapter != path.stem], pd.DataFrame([row])]).sort_values("chapter")
-        times.to_csv(times_path, index=False)
-    print(f"executed notebooks and HTML: {OUT}; tables and figures: {results}")
-    if not args.no_readme:  # the README shows what the runs measured
+        row = {"chapter": path.stem, "mode": args.mode, "minutes": round(seconds / 60, 1),
+               "date": dt.date.today().isoformat(), "machine": f"{os.cpu_count()} cores, {platform.machine()}"}
+        record_times(times_path, [row])
+        if args.record_times and not publish:
+            record_times(published_times, [row])
+    print(f"executed notebooks and HTML: {executed}; tables, figures and times: {folder}")
+    if (publish or args.record_times) and not args.no_readme:  # the README shows what the runs measured
         from readme_results import update_readme
 
         update_readme()

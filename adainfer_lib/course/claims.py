@@ -9,11 +9,12 @@ goes stale as soon as the numbers move. So the cell beside such prose calls ``cl
   ``tests/test_notebooks.py`` reads from every executed chapter: a **firm** claim (no ``otherwise``: the
   prose states it as a fact) that does not hold fails the test.
 
-Quick mode's numbers are noise (n = 24), so a firm claim about what the method shows should be checked on
-the full-mode numbers: ``reference`` reads them from ``results/`` (the last full-mode run, per model), and
-``quick_and_full`` writes a quick-mode value beside its full-mode reference. A firm claim on quick-mode
-numbers (``basis="quick"``) is only reported, never failed, unless it holds at any n (``strict=True``, e.g.
-"equal to float precision").
+Quick mode's numbers are noise (n = 24), and class mode's are noisier than full mode's, so a firm claim about
+what the method shows should be checked on the full-mode numbers: ``reference`` reads them from ``results/``
+(the last published full-mode run, per model), and ``quick_and_full`` writes a quick- or class-mode value
+beside its full-mode reference. A firm claim on the numbers of a smaller run (``basis="quick"``: quick or
+class mode) is only reported, never failed, unless it holds at any n (``strict=True``, e.g. "equal to float
+precision").
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ class Claim:
     text: str
     held: bool
     firm: bool                 # stated as a fact in the prose (no alternative sentence)
-    basis: str                 # "full": full-mode numbers (this run or results/); "quick": quick-mode noise
+    basis: str                 # "full": full-mode numbers (this run or results/); "quick": a quick/class run's
     strict: bool = False       # must hold at any n, quick mode included
     numbers: dict = field(default_factory=dict)
 
@@ -51,7 +52,7 @@ class Claim:
             return f"▸ {self.text}"
         if self.held:
             return f"✔ {self.text}"
-        note = "" if self.failed else " (quick-mode numbers are noise; the full-mode run is what the prose describes)"
+        note = "" if self.failed else " (numbers at a reduced n are noisy; the full-mode run is what the prose states)"
         return f"✘ does not hold: {self.text}{note}"
 
     def _repr_mimebundle_(self, include=None, exclude=None):
@@ -79,7 +80,7 @@ def claim(key: str, condition: bool, text: str, otherwise: str | None = None, *,
     numbers, whichever way they go.
 
     ``basis``: ``"full"`` when ``numbers`` are full-mode numbers (this run in full mode, or ``reference``
-    values), ``"quick"`` when they are this quick-mode run's.
+    values), ``"quick"`` when they are this quick- or class-mode run's.
     """
     if basis not in ("full", "quick"):
         raise ValueError(f"basis must be 'full' or 'quick', got {basis!r}")
@@ -98,20 +99,18 @@ def claim(key: str, condition: bool, text: str, otherwise: str | None = None, *,
 
 
 def basis(settings) -> str:
-    """``"quick"`` or ``"full"``: what numbers this run's own values are."""
-    return "quick" if settings.quick else "full"
+    """``"full"`` in full mode, ``"quick"`` in quick or class mode: what numbers this run's own values are."""
+    return "full" if settings.full else "quick"
 
 
 def results_folder(settings=None, model: str | None = None):
-    """``results/`` for the default model, ``results/<model>/`` for another (as ``save_result`` writes it)."""
-    from ..common.paths import REPO_ROOT
+    """``results/`` for the default model, ``results/<model>/`` for another (where a publishing run's
+    ``save_result`` writes)."""
     from ..model.loading import DEFAULT_MODEL
+    from .modes import output_folder
 
     name = model or (settings.model if settings is not None else DEFAULT_MODEL)
-    folder = REPO_ROOT / "results"
-    if name != DEFAULT_MODEL:
-        folder = folder / "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
-    return folder
+    return output_folder("full", publish=True, model=name)
 
 
 def reference(settings, name: str, column: str, **where) -> float | None:
@@ -138,15 +137,16 @@ def reference_n(settings, name: str, **where) -> int | None:
 
 def quick_and_full(settings, value: float, ref: float | None, *, n: int | None = None, ref_n: int | None = None,
                    fmt: str = "{:.3f}") -> str:
-    """``value`` as the reader should take it: in full mode the value itself; in quick mode the value with
-    "(quick, n=…)" and its full-mode reference beside it (or a note that none is saved for this model)."""
+    """``value`` as the reader should take it: in full mode the value itself; in quick or class mode the value
+    with "(quick mode, n=…)" (or class) and its full-mode reference beside it (or a note that none is saved for
+    this model)."""
     here = fmt.format(value) + (f" (n={n})" if n else "")
-    if not settings.quick:
+    if settings.full:
         return here
-    quick = fmt.format(value) + (f" (quick mode, n={n})" if n else " (quick mode)")
+    small = fmt.format(value) + (f" ({settings.mode} mode, n={n})" if n else f" ({settings.mode} mode)")
     if ref is None:
-        return f"{quick}; no full-mode reference saved for {settings.model}"
-    return f"{quick}; full mode {fmt.format(ref)}" + (f" (n={ref_n})" if ref_n else "")
+        return f"{small}; no full-mode reference saved for {settings.model}"
+    return f"{small}; full mode {fmt.format(ref)}" + (f" (n={ref_n})" if ref_n else "")
 
 
 def claims_in(notebook) -> list[dict]:
@@ -220,9 +220,9 @@ def ch01_calibration(settings, report: pd.DataFrame) -> list[Claim]:
                for m in ("raw", "batch")}
         ref_n = reference_n(settings, "01_calibration", task=task, calibration="raw")
         gain = batch - raw
-        mode = "quick mode, " if settings.quick else ""
+        mode = "" if settings.full else f"{settings.mode} mode, "
         full_text = ""
-        if settings.quick:
+        if not settings.full:
             full_text = (f" Full mode (n={ref_n}): raw {ref['raw']:.3f} → batch {ref['batch']:.3f}."
                          if None not in ref.values() else f" No full-mode reference saved for {settings.model}.")
         out.append(claim(f"ch01.calibration.{task}", abs(gain) >= 0.01,
@@ -235,7 +235,7 @@ def ch01_calibration(settings, report: pd.DataFrame) -> list[Claim]:
                          raw=raw, batch=batch, full=full_text))
     # the firm claim behind the section's title, on the full-mode numbers
     full = {t: {m: (reference(settings, "01_calibration", "accuracy_full", task=t, calibration=m)
-                    if settings.quick
+                    if not settings.full
                     else float(report[(report.task == t) & (report.calibration == m)].accuracy_full.iloc[0]))
                 for m in ("raw", "batch")} for t in report.task.unique()}
     full = {t: v for t, v in full.items() if None not in v.values()}
@@ -250,14 +250,14 @@ def ch01_calibration(settings, report: pd.DataFrame) -> list[Claim]:
 
 def ch01_mmlu_at_chance(settings, over_seeds: pd.DataFrame) -> Claim:
     """Chapter 01's discussion: MMLU is at chance for this model (full-mode numbers, over seeds)."""
-    acc = reference(settings, "01_over_seeds", "accuracy_full", task="mmlu", demos="fixed") if settings.quick else \
+    acc = reference(settings, "01_over_seeds", "accuracy_full", task="mmlu", demos="fixed") if not settings.full else \
         float(over_seeds[over_seeds.task == "mmlu"].accuracy_full.mean())
     if acc is None:
         acc = float(over_seeds[over_seeds.task == "mmlu"].accuracy_full.mean())
         return claim("ch01.mmlu_chance", abs(acc - 0.25) <= 0.05,
-                     "MMLU: accuracy {acc:.3f} (quick mode, mean over seeds) vs chance 0.25.",
-                     "MMLU: accuracy {acc:.3f} (quick mode, mean over seeds) vs chance 0.25 — not at chance here.",
-                     basis="quick", acc=acc)
+                     "MMLU: accuracy {acc:.3f} ({mode} mode, mean over seeds) vs chance 0.25.",
+                     "MMLU: accuracy {acc:.3f} ({mode} mode, mean over seeds) vs chance 0.25 — not at chance here.",
+                     basis=basis(settings), acc=acc, mode=settings.mode)
     return claim("ch01.mmlu_chance", abs(acc - 0.25) <= 0.05,
                  "MMLU is at chance for {model}: accuracy at layer L {acc:.3f} (full mode, mean over seeds) vs "
                  "chance 0.25.", model=settings.model, acc=acc, basis="full")
@@ -329,7 +329,7 @@ def ch04_check_cost(settings, table: pd.DataFrame) -> list[Claim]:
         lo, hi = float(part.check_cost.min()), float(part.check_cost.max())
         ref_rows = None
         path = results_folder(settings) / "04_early_exit_by_task.csv"
-        if settings.quick and path.exists():
+        if not settings.full and path.exists():
             saved = pd.read_csv(path)
             paper = saved.method.str.contains("paper").eq(label.startswith("full"))
             saved = saved[(saved.kind == "real early exit") & paper]
@@ -357,7 +357,7 @@ def ch04_mmlu_random(settings, table: pd.DataFrame) -> Claim:
     full, rnd, lo, hi, n = spread(table)
     path = results_folder(settings) / "04_early_exit_by_task.csv"
     ref_text = ""
-    if settings.quick and path.exists():
+    if not settings.full and path.exists():
         rf, rr, rl, rh, rn = spread(pd.read_csv(path))
         ref_text = (f" Full mode (n={rn}): full model {rf:.2f}, random {rr:.2f}, policies {rl:.2f}–{rh:.2f}.")
     within = lo - 0.05 <= rnd <= hi + 0.05
@@ -390,9 +390,9 @@ def show_thresholds(table: pd.DataFrame, columns=("threshold",), missing: str | 
 
 
 def _full_value(settings, here: float, name: str, column: str, **where) -> tuple[float, str, float | None]:
-    """The number a firm claim about the method is checked on: this run's in full mode; in quick mode the saved
-    full-mode reference when there is one (else this run's, reported only). Returns (value, basis, reference)."""
-    if not settings.quick:
+    """The number a firm claim about the method is checked on: this run's in full mode; in quick or class mode the
+    saved full-mode reference when there is one (else this run's, reported only). Returns (value, basis, reference)."""
+    if settings.full:
         return here, "full", here
     ref = reference(settings, name, column, **where)
     return (here, "quick", None) if ref is None else (ref, "full", ref)
@@ -456,15 +456,16 @@ def _plug_in(table: pd.DataFrame) -> pd.Series | None:
 def ch06_guarantee(settings, summary: pd.DataFrame, epsilon: float) -> list[Claim]:
     """Chapter 06's guarantee check: Learn-then-Test within ε (+ s.e.), the plug-in rule breaking δ far more
     often, and the layers Learn-then-Test gives up for its evidence. Checked on the full-mode numbers (this run's
-    in full mode, ``results/06_guarantee_check.csv`` in quick mode; this run's, reported only, when none is saved)."""
+    in full mode, ``results/06_guarantee_check.csv`` in quick or class mode; this run's, reported only, when none is
+    saved)."""
     ltt, plug = summary.set_index("rule").loc["Learn-then-Test"], _plug_in(summary)
     path = results_folder(settings) / "06_guarantee_check.csv"
-    saved = pd.read_csv(path) if settings.quick and path.exists() else None
+    saved = pd.read_csv(path) if not settings.full and path.exists() else None
     full, kind = (summary, basis(settings)) if saved is None else (saved, "full")
     f_ltt, f_plug = full.set_index("rule").loc["Learn-then-Test"], _plug_in(full)
     where = f"n_cal = {int(ltt.n_cal)}, {int(ltt.n_draws)} draws"
     ref = ""
-    if settings.quick:
+    if not settings.full:
         ref = (f" Full mode (δ = {f_ltt.delta:.0%}, n_cal = {int(f_ltt.n_cal)}, {int(f_ltt.n_draws)} draws): "
                f"{f_ltt.violation_rate:.1%}, within: {bool(f_ltt.within_guarantee)}." if saved is not None
                else f" No full-mode reference saved for {settings.model}.")
@@ -497,9 +498,9 @@ def ch06_rules(settings, rules: pd.DataFrame) -> Claim:
         return float(table.loc["SVM · paper features", "layers_saved"]), float(label.min()), float(label.max())
     svm, lo, hi = split(rules)
     path = results_folder(settings) / "06_rules_certified.csv"
-    saved = split(pd.read_csv(path)) if settings.quick and path.exists() else None
+    saved = split(pd.read_csv(path)) if not settings.full and path.exists() else None
     (f_svm, f_lo, _), kind = (saved, "full") if saved else ((svm, lo, hi), basis(settings))
-    ref = "" if not settings.quick else (f" Full mode: SVM {saved[0]:.1%}, label-feature rules {saved[1]:.1%}–"
+    ref = "" if settings.full else (f" Full mode: SVM {saved[0]:.1%}, label-feature rules {saved[1]:.1%}–"
                                          f"{saved[2]:.1%}." if saved else
                                          f" No full-mode reference saved for {settings.model}.")
     return claim("ch06.svm_least", f_svm < f_lo,
@@ -524,9 +525,9 @@ def ch06_price(settings, price: pd.DataFrame, epsilon: float) -> list[Claim]:
 
     by_delta, by_n = _price_ok(price)
     path = results_folder(settings) / "06_price_of_guarantee.csv"
-    saved = pd.read_csv(path) if settings.quick and path.exists() else None
+    saved = pd.read_csv(path) if not settings.full and path.exists() else None
     (f_delta, f_n), kind = (_price_ok(saved), "full") if saved is not None else ((by_delta, by_n), basis(settings))
-    note = "" if not settings.quick else (" The full-mode table in results/ shows the same." if saved is not None and
+    note = "" if settings.full else (" The full-mode table in results/ shows the same." if saved is not None and
                                           (f_delta, f_n) == (True, True) else
                                           "" if saved is not None else
                                           f" No full-mode reference saved for {settings.model}.")
@@ -600,9 +601,9 @@ def ch03_two_labels(test: pd.DataFrame, n_labels: int) -> Claim:
 
 
 def _saved_or_here(settings, name: str, here: pd.DataFrame) -> tuple[pd.DataFrame, str]:
-    """This run's table in full mode; in quick mode ``results/<name>.csv`` when saved (else this run's)."""
+    """This run's table in full mode; in quick or class mode ``results/<name>.csv`` when saved (else this run's)."""
     path = results_folder(settings) / f"{name}.csv"
-    if settings.quick and path.exists():
+    if not settings.full and path.exists():
         return pd.read_csv(path), "full"
     return here, basis(settings)
 
@@ -615,7 +616,7 @@ def ch03_full_run(settings, by_accuracy: pd.DataFrame, by_consistency: pd.DataFr
     con, _ = _saved_or_here(settings, "03_policies_min_consistency", by_consistency)
     over, _ = _saved_or_here(settings, "03_policies_over_seeds", seeds)
     where = (f"full mode, n = {int(acc.n.iloc[0])} test" if kind == "full" else f"this run, n = {int(acc.n.iloc[0])}"
-             + (" — quick mode, no full-mode reference saved" if settings.quick else ""))
+             + (f" — {settings.mode} mode, no full-mode reference saved" if not settings.full else ""))
     label = acc[acc.policy.isin(LABEL_POLICIES)]
     changes = over[over.policy.isin(LABEL_POLICIES)].accuracy_change_pts
     width = label.change_ci_high - label.change_ci_low
