@@ -165,7 +165,7 @@ class LensModel:
         """Identifies these weights for every cache of model outputs: name, dtype, config and a content
         fingerprint of every parameter and buffer (``fingerprint.WeightsFingerprint``: a sample of each, re-read
         at every call, and the whole content of each tensor edited in place since the model was wrapped — so an
-        edit gives another id; about a millisecond on the default model).
+        edit gives another id; about 2% of a one-token forward pass, ``benchmarks/fingerprint_cost.py``).
 
         Offloaded weights (accelerate keeps them on the meta device) are read once through their modules' own
         hooks (``accelerate.utils.align_module_device``: what a forward pass does), so an offloaded model has the
