@@ -37,6 +37,7 @@ from ..common.replay import layers_saved
 from ..data.calibration import Calibration, label_log_softmax
 from ..features.online import label_features
 from ..model import parallel
+from ..model.hooks import StopForward, decoder_hooks, layer_input, layer_output, with_input
 from ..model.identity import check_rule_model
 from ..model.inputs import Batch, _find_cache, label_token_ids, prepare_prompts
 from ..model.lens import lens_stats
@@ -46,10 +47,6 @@ from ..rules.interface import ExitRule, OnlineState
 #: Features ``run_early_exit`` computes at every checked layer (full-vocabulary ones are NaN unless the
 #: policy needs the full vocabulary, or ``full_vocab=True``).
 ONLINE_FEATURE_NAMES = ("layer", "layer_frac", "top_prob", "gap", "entropy", "cos_prev", "label_top_prob", "label_gap")
-
-
-class _StopForward(Exception):
-    """Raised inside a layer hook once every row of the batch has exited: aborts the forward pass."""
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -214,43 +211,35 @@ class _BatchRun:
         self.features: dict[str, np.ndarray] = {k: np.full(batch, np.nan) for k in ONLINE_FEATURE_NAMES}
 
     # ---- hooks -----------------------------------------------------------------------------------
-    def pre_hook(self, index: int):
-        def hook(_module, args, kwargs):
-            hidden = args[0] if args else kwargs["hidden_states"]
-            if index == 0:
-                self._layer_state(0, self.inputs.gather_last(hidden, self.rows))
-            keep = ~self.done[self.rows.numpy()]
-            if not keep.all():  # rows exited since the last layer: drop them from the running states
-                positions = torch.from_numpy(np.flatnonzero(keep)).to(hidden.device)
-                hidden = hidden.index_select(0, positions)
-                self.rows = self.rows[torch.from_numpy(keep)]
-                self.slice_cache = {}
-            if len(self.rows) == self.batch:
-                return None
-            idx = self.rows
-            cache = _find_cache(args, kwargs)
-            if cache is not None and index < len(cache.layers):  # this layer's prefix keys/values: active rows only
-                layer_cache = cache.layers[index]
-                if getattr(layer_cache, "keys", None) is not None and layer_cache.keys.shape[0] == self.batch:
-                    layer_cache.batch_select_indices(idx.to(layer_cache.keys.device))  # transformers' own
-            if args:
-                args = (hidden, *_slice_rows(args[1:], idx, self.batch, self.slice_cache))
-            else:
-                kwargs = {**kwargs, "hidden_states": hidden}
-            kwargs = {k: (v if k == "hidden_states" else _slice_rows(v, idx, self.batch, self.slice_cache))
-                      for k, v in kwargs.items()}
-            return args, kwargs
+    def before(self, index: int, args: tuple, kwargs: dict):
+        """Pre-hook of decoder layer ``index``: layer 0's input is layer 0's state; rows that exited since the
+        last layer are dropped from the hidden states, the layer's per-example arguments and its prefix cache."""
+        hidden = layer_input(args, kwargs)
+        if index == 0:
+            self._layer_state(0, self.inputs.gather_last(hidden, self.rows))
+        keep = ~self.done[self.rows.numpy()]
+        if not keep.all():  # rows exited since the last layer: drop them from the running states
+            positions = torch.from_numpy(np.flatnonzero(keep)).to(hidden.device)
+            hidden = hidden.index_select(0, positions)
+            self.rows = self.rows[torch.from_numpy(keep)]
+            self.slice_cache = {}
+        if len(self.rows) == self.batch:
+            return None
+        idx = self.rows
+        cache = _find_cache(args, kwargs)
+        if cache is not None and index < len(cache.layers):  # this layer's prefix keys/values: active rows only
+            layer_cache = cache.layers[index]
+            if getattr(layer_cache, "keys", None) is not None and layer_cache.keys.shape[0] == self.batch:
+                layer_cache.batch_select_indices(idx.to(layer_cache.keys.device))  # transformers' own
+        args, kwargs = with_input(args, kwargs, hidden)
+        args = (args[0], *_slice_rows(args[1:], idx, self.batch, self.slice_cache)) if args else args
+        kwargs = {k: (v if k == "hidden_states" else _slice_rows(v, idx, self.batch, self.slice_cache))
+                  for k, v in kwargs.items()}
+        return args, kwargs
 
-        return hook
-
-    def post_hook(self, index: int):
-        layer = index + 1
-
-        def hook(_module, _args, output):
-            hidden = output[0] if isinstance(output, tuple) else output
-            self._layer_state(layer, self.inputs.gather_last(hidden, self.rows))
-
-        return hook
+    def after(self, index: int, _args: tuple, _kwargs: dict, output) -> None:
+        """Forward hook of decoder layer ``index``: its output is the state of layer ``index + 1``."""
+        self._layer_state(index + 1, self.inputs.gather_last(layer_output(output), self.rows))
 
     # ---- the check -------------------------------------------------------------------------------
     def _layer_state(self, layer: int, h: torch.Tensor) -> None:
@@ -264,7 +253,7 @@ class _BatchRun:
                 self.prev = torch.zeros((self.batch, h.shape[-1]), dtype=h.dtype, device=h.device)
             self.prev[self.rows.to(self.prev.device)] = h.to(self.prev.device)  # layers may sit on several devices
         if self.done.all():
-            raise _StopForward
+            raise StopForward  # every row has exited: abort the forward pass
 
     def _check(self, layer: int, h: torch.Tensor) -> None:
         rows = self.rows.numpy()
@@ -297,17 +286,15 @@ class _BatchRun:
         self.done[rows[stop]] = True
 
 
-def _layer_hooks(model: LensModel, run: _BatchRun) -> list:
-    """Register only the hooks this run needs: pre-hooks to slice rows (batch > 1) and for layer-0 work;
-    forward hooks from layer ``min_layer - 1`` on (the layer before the first check feeds cos_prev)."""
-    handles = []
+def _layer_hooks(model: LensModel, run: _BatchRun) -> dict:
+    """Only the hooks this run needs (``decoder_hooks`` arguments): pre-hooks to slice rows (batch > 1) and for
+    layer-0 work; forward hooks from layer ``min_layer - 1`` on (the layer before the first check feeds
+    cos_prev)."""
+    L = model.n_layers
+    before = [i for i in range(L) if run.batch > 1 or (i == 0 and run.min_layer <= 1)]
     first_post = max(1, run.min_layer - 1)
-    for index, layer in enumerate(model.layers):
-        if run.batch > 1 or (index == 0 and run.min_layer <= 1):
-            handles.append(layer.register_forward_pre_hook(run.pre_hook(index), with_kwargs=True))
-        if index + 1 >= first_post:
-            handles.append(layer.register_forward_hook(run.post_hook(index)))
-    return handles
+    return {"before": dict.fromkeys(before, run.before),
+            "after": dict.fromkeys([i for i in range(L) if i + 1 >= first_post], run.after)}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -391,14 +378,11 @@ def run_early_exit(
 
 def _run_batch(model: LensModel, run: _BatchRun, batch: Batch) -> None:
     """One forward pass of ``batch`` with ``run``'s hooks (aborted once every row has exited)."""
-    handles = _layer_hooks(model, run)
-    try:
-        model.hf_model(**batch.forward_kwargs(model))
-    except _StopForward:
-        pass
-    finally:
-        for handle in handles:
-            handle.remove()
+    with decoder_hooks(model, **_layer_hooks(model, run)):
+        try:
+            model.hf_model(**batch.forward_kwargs(model))
+        except StopForward:
+            pass
     if (run.exit_layer < 0).any():  # cannot happen: layer L always stops every row
         raise RuntimeError("early exit: some rows never reached an exit (was the model's layer list changed?)")
 
@@ -514,17 +498,11 @@ def count_layer_rows(model: LensModel) -> Iterator[np.ndarray]:
     that fills in place. After ``run_early_exit`` it shows which layers really ran, and for how many rows."""
     counts = np.zeros(model.n_layers, dtype=int)
 
-    def hook(index):
-        def count(_module, _args, output):
-            counts[index] += (output[0] if isinstance(output, tuple) else output).shape[0]
-        return count
+    def count(index: int, _args, _kwargs, output) -> None:
+        counts[index] += layer_output(output).shape[0]
 
-    handles = [layer.register_forward_hook(hook(i)) for i, layer in enumerate(model.layers)]
-    try:
+    with decoder_hooks(model, after=count):
         yield counts
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 def measure_check_cost(result: ExitResult, full_seconds: np.ndarray) -> float:
