@@ -34,7 +34,7 @@ def fit_policy(model, task, classifier: str, features: list[str] | None, min_lay
     """A policy fitted (and its threshold tuned) on the train split only."""
     from adainfer_lib import fit_policies
     from adainfer_lib.data.task_trace import trace_task
-    from adainfer_lib.evaluation.baselines import GapThresholdPolicy
+    from adainfer_lib.rules.plain import GapThresholdPolicy
 
     train = trace_task(model, task, split="train", full_vocab=True, progress=False)
     if classifier == "gap":
