@@ -229,6 +229,18 @@ def test_prediction_uses_the_calibration(llama):
     np.testing.assert_array_equal(run_early_exit(llama, PROMPTS, carried).predictions, res.predictions)
 
 
+def test_scores_are_the_calibrations_own(llama):
+    """The runner's scores are ``Calibration.apply`` of its label logits at each row's exit layer, and the dense
+    model's at layer L: one calibration rule, bit for bit."""
+    cal = _batch_cal(llama)
+    res = run_early_exit(llama, PROMPTS, ScheduledExitPolicy(np.array([1, 3, 2, 0, 3])), label_words=WORDS,
+                         calibration=cal, batch_size=2)
+    expected = np.stack([cal.apply(logits, layer) for logits, layer in zip(res.label_logits, res.exit_layers)])
+    np.testing.assert_array_equal(res.scores, expected)
+    full = run_full(llama, PROMPTS, label_words=WORDS, calibration=cal)
+    np.testing.assert_array_equal(full.scores, cal.apply(full.label_logits, llama.n_layers))
+
+
 def test_clear_errors(llama):
     with pytest.raises(ValueError, match="calibration"):
         run_early_exit(llama, PROMPTS, FixedExitPolicy(1), label_words=WORDS)

@@ -34,7 +34,7 @@ import pandas as pd
 import torch
 
 from ..common.replay import layers_saved
-from ..data.calibration import Calibration, label_log_softmax
+from ..data.calibration import Calibration
 from ..features.online import label_features
 from ..model import parallel
 from ..model.hooks import StopForward, decoder_hooks, layer_input, layer_output, with_input
@@ -139,15 +139,16 @@ class FullResult:
 # Resolving what the policy carries
 
 
-def calibration_offsets(calibration: Calibration | str | None, *, n_layers: int, n_labels: int) -> np.ndarray:
-    """The offsets (L+1, C) subtracted from the label log-probabilities: those of ``calibration`` (a
-    ``Calibration``), zeros for ``"raw"``. ``ValueError`` for None (say which calibration), another string, or
-    offsets of another shape (fitted for another model or task); ``TypeError`` for anything else."""
+def resolve_calibration(calibration: Calibration | str | None, *, n_layers: int, n_labels: int) -> Calibration:
+    """The ``Calibration`` whose ``apply`` turns label logits into the scores a decision is made on:
+    ``calibration`` itself (a ``Calibration``), the zero offsets of ``"raw"``. ``ValueError`` for None (say which
+    calibration), another string, or offsets of another shape (fitted for another model or task);
+    ``TypeError`` for anything else."""
     if isinstance(calibration, str):
         if calibration != "raw":
             raise ValueError(f"calibration {calibration!r} is a method name, not offsets: pass the fitted Calibration "
                              "(e.g. task_trace.calibration) or 'raw'.")
-        return np.zeros((n_layers + 1, n_labels))
+        return Calibration("raw", np.zeros((n_layers + 1, n_labels)))
     if calibration is None:
         raise ValueError("the label scores need calibration offsets and the rule carries none (rule.calibration "
                          "is None): pass calibration=<task_trace.calibration | 'raw'>.")
@@ -157,7 +158,7 @@ def calibration_offsets(calibration: Calibration | str | None, *, n_layers: int,
     if offsets.shape != (n_layers + 1, n_labels):
         raise ValueError(f"calibration offsets have shape {offsets.shape}, expected {(n_layers + 1, n_labels)} "
                          "(L+1 layers x label words): fitted for another model or task?")
-    return offsets
+    return calibration
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -187,13 +188,13 @@ def _slice_rows(value, idx: torch.Tensor, batch: int, cache: dict):
 class _BatchRun:
     """Hook state for one batch: which original rows the running hidden states hold, who has exited."""
 
-    def __init__(self, model: LensModel, policy, *, inputs: Batch, offsets: np.ndarray, label_ids: torch.Tensor,
+    def __init__(self, model: LensModel, policy, *, inputs: Batch, calibration: Calibration, label_ids: torch.Tensor,
                  full_vocab: bool, min_layer: int, threshold: float, row_ids: np.ndarray):
         self.model, self.policy = model, policy
         self.L = model.n_layers
         self.inputs = inputs
         self.batch = batch = inputs.size
-        self.offsets, self.label_ids = offsets, label_ids
+        self.calibration, self.label_ids = calibration, label_ids
         self.full_vocab, self.min_layer, self.threshold = full_vocab, min_layer, threshold
         self.row_ids = np.asarray(row_ids)  # prompt index of each batch row
         self.rows = torch.arange(batch)  # original rows held by the running hidden states, in order
@@ -260,7 +261,7 @@ class _BatchRun:
         n = len(rows)
         stats = lens_stats(self.model, h, self.label_ids, full_vocab=self.full_vocab, top_k=1)
         label_logits = stats["label_logits"].double().cpu().numpy()
-        scores = label_log_softmax(label_logits) - self.offsets[layer]
+        scores = self.calibration.apply(label_logits, layer)
         feats = {"layer": np.full(n, float(layer)), "layer_frac": np.full(n, layer / self.L)}
         for name in ("top_prob", "gap", "entropy"):
             feats[name] = stats[name].double().cpu().numpy()
@@ -347,8 +348,8 @@ def run_early_exit(
         raise ValueError("run_early_exit needs the task's label words (label_words=task.label_words).")
     check_rule_model(policy, model, label_words=words, n_examples=len(prepared.texts))  # PolicyModelMismatchError
     L = model.n_layers
-    offsets = calibration_offsets(policy.calibration if calibration is None else calibration, n_layers=L,
-                                  n_labels=len(words))
+    calibration = resolve_calibration(policy.calibration if calibration is None else calibration, n_layers=L,
+                                      n_labels=len(words))
     label_ids = torch.tensor(label_token_ids(model.tokenizer, words, prepared.texts[0], owner=model.name),
                              dtype=torch.long, device=model.device)
     need_full = bool(policy.needs_full_vocab) if full_vocab is None else bool(full_vocab)
@@ -360,7 +361,7 @@ def run_early_exit(
     def work(b: int) -> dict:
         t0, c0 = time.perf_counter(), time.process_time()
         batch = prepared.batch(prepared.batches[b])
-        run = _BatchRun(model, policy, inputs=batch, offsets=offsets, label_ids=label_ids,
+        run = _BatchRun(model, policy, inputs=batch, calibration=calibration, label_ids=label_ids,
                         full_vocab=need_full, min_layer=min_layer, threshold=threshold, row_ids=prepared.batches[b])
         _run_batch(model, run, batch)
         return _batch_record(prepared.batches[b], run, time.perf_counter() - t0, time.process_time() - c0)
@@ -454,7 +455,7 @@ def run_full(
                          f"not {label_words!r}")
     words = list(label_words)
     L = model.n_layers
-    offsets = calibration_offsets(calibration, n_layers=L, n_labels=len(words))
+    calibration = resolve_calibration(calibration, n_layers=L, n_labels=len(words))
     label_ids = torch.tensor(label_token_ids(model.tokenizer, words, prepared.texts[0], owner=model.name),
                              dtype=torch.long, device=model.device)
     n = len(prepared.tokens)
@@ -473,7 +474,7 @@ def run_full(
         label_logits[idx] = logits
         batch_seconds.append(elapsed)
         seconds[idx], cpu_seconds[idx] = elapsed / len(idx), cpu / len(idx)
-    scores = label_log_softmax(label_logits) - offsets[L]
+    scores = calibration.apply(label_logits, L)
     return FullResult(predictions=scores.argmax(-1), label_logits=label_logits, scores=scores,
                       seconds=seconds, batch_seconds=batch_seconds, cpu_seconds=cpu_seconds)
 
