@@ -30,6 +30,7 @@ import copy
 import importlib
 import inspect
 import time
+from collections import ChainMap
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -39,12 +40,13 @@ import torch
 
 from ..common.checks import check_choice, check_int
 from ..common.replay import layers_saved
+from ..features.online import GENERATION_FEATURES, online_features
 from ..model.hooks import StopForward, decoder_hooks, layer_input, layer_output
 from ..model.inputs import check_prompts, head_kwargs, tokenize_prompts
 from ..model.lens import lens_stats
 from ..model.loading import LensModel
 from ..rules.interface import OnlineState
-from .rules import GENERATION_FEATURES, check_rule
+from .rules import check_rule
 
 CACHE_STRATEGIES = ("skip", "propagate", "recompute")
 #: Families whose decoder layers have ``input_layernorm`` and ``self_attn.{k_proj, v_proj}`` with rotary
@@ -297,17 +299,14 @@ class _ExitHooks:
         if not due:
             return
         start = time.perf_counter()
-        stats = lens_stats(self.model, h.float(), _EMPTY, full_vocab=True, top_k=1)
-        features = {"layer": np.array([layer]), "layer_frac": np.array([layer / self.L]),
-                    "top_prob": stats["top_prob"].cpu().numpy().astype(float),
-                    "gap": stats["gap"].cpu().numpy().astype(float),
-                    "entropy": stats["entropy"].cpu().numpy().astype(float),
-                    "cos_prev": torch.nn.functional.cosine_similarity(h.float(), h_prev.float(), dim=-1).cpu().numpy()}
+        h = h.float()  # the token comes from the full-vocabulary lens of the state in float32
+        stats = lens_stats(self.model, h, _EMPTY, full_vocab=True, top_k=1)
+        features = online_features(layer, self.L, h, h_prev.float(), vocab_stats=lambda: stats)
         stop = layer == self.L
         if not stop:
             proba = np.asarray(step.rule.stop_proba_online(features, layer, step.state), dtype=float)
             stop = bool(proba.reshape(-1)[0] >= step.threshold)
-        step.state.history.append({**features, "layer": layer, "rows": step.state.rows})
+        step.state.history.append(ChainMap({"layer": layer, "rows": step.state.rows}, features))
         if stop:
             step.exit_layer = layer
             step.token = int(stats["top_ids"][0, 0])
@@ -426,7 +425,7 @@ def generate_early_exit(model: LensModel, prompt: str, rule, *, strategy: str = 
         cache, token, prefill_seconds = timed_prefill(model, ids)
         start = time.perf_counter()
         tokens, exits, computed = [token], [L], [L]
-        features = {k: [v] for k, v in zip(GENERATION_FEATURES, [L, 1.0, np.nan, np.nan, np.nan, np.nan])}
+        features = {k: list(v) for k, v in _full_features(1, L).items()}  # the first token: the full model's
         while len(tokens) < max_new_tokens and tokens[-1] not in stop:
             step = exit_step(model, patched, tokens[-1], cache, rule, threshold, min_layer, strategy, check_every)
             tokens.append(step.token)

@@ -1,15 +1,16 @@
 """Real early exit: the forward pass stops at the exit layer, and the layers after it never run.
 
 ``run_early_exit(model, prompts, policy)`` runs the Hugging Face model itself (its own embeddings, masks
-and positions, inputs from ``inputs.prepare_prompts``) with hooks on the decoder layers:
+and positions, inputs from ``inputs.prepare_prompts``) with hooks on the decoder layers (``model.hooks``):
 
 - a **forward hook** on layer ``l`` (for ``l >= policy.min_layer`` only: below it there is no check at all)
-  reads the last-position state ``h_l``, computes its lens statistics with ``lens.lens_stats`` (the label
-  rows of the unembedding only, unless ``policy.needs_full_vocab``), the online features (calibrated label
-  features with the policy's calibration offsets at layer ``l``, ``cos_prev``, ``layer``, ``layer_frac``),
-  asks ``policy.stop_proba_online`` and marks the rows that stop (proba >= ``policy.threshold``; every row
-  stops at layer ``L``). When every row of the batch has stopped it raises a private exception that aborts
-  the forward pass, caught outside: no later layer executes, not even the final norm or the LM head;
+  reads the last-position state ``h_l`` and hands the rule its online features (``features.online_features``:
+  calibrated label features — ``Calibration.apply`` at layer ``l`` of the label rows of the unembedding, or
+  of the full-vocabulary lens ``lens.lens_stats`` when ``policy.needs_full_vocab`` —, ``cos_prev``, ``layer``,
+  ``layer_frac``; each computed when the rule reads it), asks ``policy.stop_proba_online`` and marks the rows
+  that stop (proba >= ``policy.threshold``; every row stops at layer ``L``). When every row of the batch has
+  stopped it raises ``hooks.StopForward``, which aborts the forward pass, caught outside: no later layer
+  executes, not even the final norm or the LM head;
 - with ``batch_size > 1``, a **forward pre-hook** on every layer keeps running only the unfinished rows: it
   slices the hidden states and every per-example tensor argument of the layer (the 4-D attention mask,
   ``position_embeddings`` (cos, sin), ``position_ids``: those with ``ndim >= 2`` whose first dimension is
@@ -24,7 +25,9 @@ The prediction is the argmax of the calibrated label scores at the exit layer, t
 
 from __future__ import annotations
 
+import functools
 import time
+from collections import ChainMap
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Iterator, Sequence
@@ -35,7 +38,7 @@ import torch
 
 from ..common.replay import layers_saved
 from ..data.calibration import Calibration
-from ..features.online import label_features
+from ..features.online import ONLINE_FEATURES, online_features
 from ..model import parallel
 from ..model.hooks import StopForward, decoder_hooks, layer_input, layer_output, with_input
 from ..model.identity import check_rule_model
@@ -43,11 +46,6 @@ from ..model.inputs import Batch, _find_cache, label_token_ids, prepare_prompts
 from ..model.lens import lens_stats
 from ..model.loading import LensModel
 from ..rules.interface import ExitRule, OnlineState
-
-#: Features ``run_early_exit`` computes at every checked layer (full-vocabulary ones are NaN unless the
-#: policy needs the full vocabulary, or ``full_vocab=True``).
-ONLINE_FEATURE_NAMES = ("layer", "layer_frac", "top_prob", "gap", "entropy", "cos_prev", "label_top_prob", "label_gap")
-
 
 # ---------------------------------------------------------------------------------------------------
 # Results
@@ -199,7 +197,7 @@ class _BatchRun:
         self.row_ids = np.asarray(row_ids)  # prompt index of each batch row
         self.rows = torch.arange(batch)  # original rows held by the running hidden states, in order
         self.done = np.zeros(batch, dtype=bool)
-        self.prev: torch.Tensor | None = None  # (batch, hidden) last state of the previous layer
+        self.prev: tuple[torch.Tensor, torch.Tensor] | None = None  # (rows, states (rows, hidden)) of the last layer
         self.slice_cache: dict = {}
         self.check_seconds = 0.0
         self.state = OnlineState(rows=self.row_ids)  # what the rule carries from layer to layer
@@ -209,7 +207,7 @@ class _BatchRun:
         self.label_logits = np.zeros((batch, C))
         self.scores = np.zeros((batch, C))
         self.states: list[torch.Tensor | None] = [None] * batch
-        self.features: dict[str, np.ndarray] = {k: np.full(batch, np.nan) for k in ONLINE_FEATURE_NAMES}
+        self.features: dict[str, np.ndarray] = {k: np.full(batch, np.nan) for k in ONLINE_FEATURES}
 
     # ---- hooks -----------------------------------------------------------------------------------
     def before(self, index: int, args: tuple, kwargs: dict):
@@ -244,45 +242,49 @@ class _BatchRun:
 
     # ---- the check -------------------------------------------------------------------------------
     def _layer_state(self, layer: int, h: torch.Tensor) -> None:
-        """State ``h`` (active rows, hidden) after ``layer``: keep it for cos_prev; check if due."""
+        """State ``h`` (active rows, hidden) after ``layer``: check if due; keep it for the next cos_prev."""
         if layer >= self.min_layer:
             start = time.perf_counter()
             self._check(layer, h)
             self.check_seconds += time.perf_counter() - start
         if layer < self.L:
-            if self.prev is None:
-                self.prev = torch.zeros((self.batch, h.shape[-1]), dtype=h.dtype, device=h.device)
-            self.prev[self.rows.to(self.prev.device)] = h.to(self.prev.device)  # layers may sit on several devices
+            self.prev = (self.rows, h)  # a fresh tensor per layer: never written to, so features may read it later
         if self.done.all():
             raise StopForward  # every row has exited: abort the forward pass
+
+    def _previous(self, layer: int) -> torch.Tensor | None:
+        """The running rows' states at ``layer - 1`` (None at layer 0): rows only leave, so the rows now running
+        are a subset of those then, in the same order."""
+        if self.prev is None or layer == 0:
+            return None
+        rows, h = self.prev
+        if rows is self.rows:
+            return h
+        return h.index_select(0, torch.searchsorted(rows, self.rows).to(h.device))
 
     def _check(self, layer: int, h: torch.Tensor) -> None:
         rows = self.rows.numpy()
         n = len(rows)
-        stats = lens_stats(self.model, h, self.label_ids, full_vocab=self.full_vocab, top_k=1)
-        label_logits = stats["label_logits"].double().cpu().numpy()
-        scores = self.calibration.apply(label_logits, layer)
-        feats = {"layer": np.full(n, float(layer)), "layer_frac": np.full(n, layer / self.L)}
-        for name in ("top_prob", "gap", "entropy"):
-            feats[name] = stats[name].double().cpu().numpy()
-        if self.prev is not None and layer > 0:
-            prev = self.prev[self.rows.to(self.prev.device)].to(h.device)
-            feats["cos_prev"] = torch.nn.functional.cosine_similarity(h, prev, dim=-1).double().cpu().numpy()
-        else:
-            feats["cos_prev"] = np.full(n, np.nan)
-        feats.update({k: np.asarray(v) for k, v in label_features(scores).items()})
+        stats = functools.cache(lambda: lens_stats(self.model, h, self.label_ids, full_vocab=self.full_vocab, top_k=1))
+
+        @functools.cache
+        def label() -> tuple[np.ndarray, np.ndarray]:  # (raw label logits, calibrated scores), (n, C) each
+            logits = stats()["label_logits"].double().cpu().numpy()
+            return logits, self.calibration.apply(logits, layer)
+
+        feats = online_features(layer, self.L, h, self._previous(layer), vocab_stats=stats if self.full_vocab else None,
+                                label_scores=lambda: label()[1])
         self.state.rows = self.row_ids[rows]
         proba = np.asarray(self.policy.stop_proba_online(feats, layer, self.state), dtype=np.float64).reshape(n)
-        self.state.history.append({**feats, "layer": layer, "rows": self.state.rows})
+        self.state.history.append(ChainMap({"layer": layer, "rows": self.state.rows}, feats))
         self.stop_proba[rows, layer] = proba
         stop = (proba >= self.threshold) | (layer >= self.L)
         for pos in np.flatnonzero(stop):
             row = rows[pos]
             self.exit_layer[row] = layer
-            self.label_logits[row] = label_logits[pos]
-            self.scores[row] = scores[pos]
+            self.label_logits[row], self.scores[row] = label()[0][pos], label()[1][pos]
             self.states[row] = h[pos].detach().float().cpu()
-            for name in ONLINE_FEATURE_NAMES:
+            for name in ONLINE_FEATURES:
                 self.features[name][row] = feats[name][pos]
         self.done[rows[stop]] = True
 
@@ -323,7 +325,7 @@ def run_early_exit(
     it from the running batch; when no row is left the forward pass is aborted). ``policy`` is an
     ``ExitRule`` (``TypeError`` otherwise); its ``needs_full_vocab`` says whether a check needs the LM head over
     the full vocabulary or only the label rows of the unembedding (the cheap check). ``features`` passed to it
-    are arrays over the rows still running: ``ONLINE_FEATURE_NAMES`` plus ``pred``; ``state`` is the batch's
+    are arrays over the rows still running: ``ONLINE_FEATURES`` plus ``pred``; ``state`` is the batch's
     ``OnlineState`` (each running row's prompt index, the earlier checks, the rule's carried memory).
     ``calibration`` (a ``Calibration`` or ``"raw"``) overrides the rule's own. ``full_vocab=True`` computes the
     full-vocabulary features even when the rule does not need them (slower checks).
@@ -403,7 +405,7 @@ class _Collected:
         self.exit_layers, self.stop_proba = np.full(n, -1), np.full((n, n_layers + 1), np.nan)
         self.label_logits, self.scores = np.zeros((n, n_labels)), np.zeros((n, n_labels))
         self.states: list[torch.Tensor | None] = [None] * n
-        self.features = {k: np.full(n, np.nan) for k in ONLINE_FEATURE_NAMES}
+        self.features = {k: np.full(n, np.nan) for k in ONLINE_FEATURES}
         self.seconds, self.cpu_seconds, self.check_seconds = np.zeros(n), np.zeros(n), np.zeros(n)
         self.batch_seconds: list[float] = []
 
@@ -418,7 +420,7 @@ class _Collected:
         self.check_seconds[idx] = record["check_seconds"] / len(idx)
         for name in ("exit_layers", "stop_proba", "label_logits", "scores"):
             getattr(self, name)[idx] = record[name]
-        for k in ONLINE_FEATURE_NAMES:
+        for k in ONLINE_FEATURES:
             self.features[k][idx] = record["features"][k]
         for pos, i in enumerate(idx):
             self.states[i] = record["states"][pos]
