@@ -302,6 +302,7 @@ def test_result_summaries_and_check_cost(llama):
     assert list(frame.exit_layer) == [1, 2, 3, 3, 1]
     dense = run_full(llama, PROMPTS, label_words=WORDS, calibration="raw")
     assert measure_check_cost(res, dense.seconds) > 0
+    assert measure_check_cost([res, res], dense.seconds.mean()) == pytest.approx(measure_check_cost(res, dense.seconds))
 
 
 # ---------------------------------------------------------------------------------------------------

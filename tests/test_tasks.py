@@ -11,6 +11,7 @@ import pytest
 
 from adainfer_lib.data import sources
 from adainfer_lib.data.tasks import Task, available_tasks, balanced_quota, load_task
+from adainfer_lib.model.inputs import label_token_ids
 
 LABEL_LINE = {"sentiment": "Sentiment:", "topic": "Topic:", "mmlu": "Answer:"}
 
@@ -262,15 +263,20 @@ class CharTokenizer:
         return [self.vocab[i - 1000] if i >= 1000 else chr(i) for i in ids]
 
 
+def check_label_words(task, tokenizer) -> list[int]:
+    """The task's label words resolved as the runner resolves them: the token after a prompt's end."""
+    return label_token_ids(tokenizer, task.label_words, task.template.render("x"), owner=f"task {task.name!r}")
+
+
 def test_check_label_words_fake_tokenizer(tasks):
     task = tasks["sentiment"]
-    assert task.check_label_words(CharTokenizer()) == [1000, 1001]
+    assert check_label_words(task, CharTokenizer()) == [1000, 1001]
     bad = dataclasses.replace(task, label_words=[" neg", " positive"])
     with pytest.raises(ValueError, match=r"' neg'.*4 tokens"):
-        bad.check_label_words(CharTokenizer())
+        check_label_words(bad, CharTokenizer())
     same = dataclasses.replace(task, label_words=[" positive", " positive"])
     with pytest.raises(ValueError, match="' positive' and ' positive' are the same token"):
-        same.check_label_words(CharTokenizer())
+        check_label_words(same, CharTokenizer())
 
 
 # --------------------------------------------------------------------------- real tokenizer
@@ -280,7 +286,7 @@ def test_check_label_words_fake_tokenizer(tasks):
 @pytest.mark.parametrize("name", ["sentiment", "topic", "mmlu"])
 def test_label_words_single_token(tasks, tokenizer, name):
     task = tasks[name]
-    ids = task.check_label_words(tokenizer)
+    ids = check_label_words(task, tokenizer)
     assert ids == [tokenizer.encode(w, add_special_tokens=False)[0] for w in task.label_words]
     prompt = task.prompts()[0]
     # inside a demonstration, the label word is the same single token as after the prompt's end
@@ -292,7 +298,7 @@ def test_label_words_single_token(tasks, tokenizer, name):
 def test_bad_label_word(tasks, tokenizer):
     bad = dataclasses.replace(tasks["sentiment"], label_words=[" supercalifragilistic", " positive"])
     with pytest.raises(ValueError, match="' supercalifragilistic'.*tokens"):
-        bad.check_label_words(tokenizer)
+        check_label_words(bad, tokenizer)
 
 
 @pytest.mark.slow

@@ -162,12 +162,3 @@ class PrunedModel:
             return run_full(self.model, prompts, label_words=label_words, calibration=self.calibration,
                             batch_size=batch_size, prefix=prefix, progress=progress, distributed=distributed)
 
-
-def run_dropped(model: LensModel, prompts: Sequence[str], drop: Sequence[int], *, label_words: Sequence[str],
-                calibration_prompts: Sequence[str] | None = None, batch_size: int = 8, prefix: str | None = None,
-                progress: bool = False) -> FullResult:
-    """The pruned model (``drop`` removed) run dense on ``prompts``, batch-calibrated on ``calibration_prompts``
-    (raw scores if None): ``PrunedModel.build(...).run(...)``."""
-    pruned = PrunedModel.build(model, drop, label_words=label_words, calibration_prompts=calibration_prompts,
-                               batch_size=batch_size)
-    return pruned.run(prompts, label_words=label_words, batch_size=batch_size, prefix=prefix, progress=progress)

@@ -372,11 +372,6 @@ class ExitPolicy(ClassifierMixin, BaseEstimator):
         self.metadata_ = fit_metadata(self, X, part, labels)
         return self
 
-    @property
-    def estimator_(self):
-        """The fitted scikit-learn pipeline (SVM, logistic), else None."""
-        return getattr(self.scorer_, "estimator", None)
-
     # ---- stop probabilities ----------------------------------------------------------------------------------
     def _check_fitted(self) -> None:
         if not hasattr(self, "scorer_"):

@@ -508,12 +508,14 @@ def count_layer_rows(model: LensModel) -> Iterator[np.ndarray]:
         yield counts
 
 
-def measure_check_cost(result: ExitResult, full_seconds: np.ndarray) -> float:
-    """Mean cost of one exit check as a fraction of one layer's cost: (check seconds per example /
-    checks per example) / (dense seconds per example / L). ``full_seconds``: the dense model's times on the
-    same prompts."""
-    checks = (np.isfinite(result.stop_proba).sum(1)).astype(float)
-    per_check = result.check_seconds.sum() / max(checks.sum(), 1.0)
-    per_layer = float(np.mean(full_seconds)) / result.n_layers
+def measure_check_cost(results: ExitResult | Sequence[ExitResult], full_seconds) -> float:
+    """Mean cost of one exit check as a fraction of one layer's cost: (check seconds / checks, over all
+    ``results``) / (the dense model's mean seconds per example / L). ``full_seconds``: the dense model's
+    seconds per example on the same prompts (an array, or their mean). The evaluation table's ``check_cost``
+    and ``benchmarks/early_exit_speed.py`` report it."""
+    results = [results] if isinstance(results, ExitResult) else list(results)
+    checks = sum(int(np.isfinite(r.stop_proba).sum()) for r in results)
+    per_check = sum(float(r.check_seconds.sum()) for r in results) / max(checks, 1)
+    per_layer = float(np.mean(full_seconds)) / results[0].n_layers
     return per_check / per_layer
 
