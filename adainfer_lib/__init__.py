@@ -47,7 +47,6 @@ from .evaluation import (
                     evaluate,
                     fit_policies,
                     pareto_curves,
-                    pareto_front,
                     run_evaluation,
                     seeds,
                     shortgpt_curve,
@@ -141,7 +140,7 @@ __all__ = [
     "min_calibration_size",
     # evaluation
     "PrunedModel", "block_influence", "dropped_layers", "ADAINFER_POLICIES", "Evaluation", "fit_policies",
-    "run_evaluation", "evaluate", "time_interleaved", "pareto_curves", "pareto_front", "shortgpt_curve",
+    "run_evaluation", "evaluate", "time_interleaved", "pareto_curves", "shortgpt_curve",
     "best_within", "suggest_min_layer", "plot_pareto", "plot_exit_layers", "plot_speedup",
     # generation
     "CACHE_STRATEGIES", "TopProbRule", "GenerationResult", "UnsupportedStrategyError", "greedy_generate",

@@ -61,6 +61,7 @@ def main() -> None:
 
     import adainfer_lib as ai
     from adainfer_lib import load_task, run_early_exit, run_full, time_interleaved
+    from adainfer_lib.runner.early_exit import measure_check_cost
 
     torch.set_grad_enabled(False)
     if args.threads:
@@ -105,7 +106,7 @@ def main() -> None:
     measured = full_total / exit_total
     ideal = L / exits.mean()
     layer_s = full_total / len(prompts) / L
-    check_cost = (check_s.sum() / checks.sum()) / layer_s
+    check_cost = measure_check_cost([results[i] for i in range(len(prompts))], full_total / len(prompts))
     cpu_full = sum(float(full_results[i].cpu_seconds[0]) for i in range(len(prompts)))
     cpu_exit = sum(float(results[i].cpu_seconds[0]) for i in range(len(prompts)))
     tokens = np.mean([len(model.tokenizer(p)["input_ids"]) for p in prompts])

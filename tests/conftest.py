@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 import pytest
 import torch
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -146,3 +150,50 @@ def encode_batch(model, prompts):
                                sort_by_length=False)
     batch = prepared.batch(prepared.batches[0])
     return {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask, "position_ids": batch.position_ids}
+
+
+def synthetic_table(n_examples: int = 60, n_layers: int = 12, *, n_labels: int = 2, seed: int = 0,
+                    noise: float = 0.15) -> pd.DataFrame:
+    """A fake ``feature_table`` with the same columns and attrs, fast to build (test data: not in the library).
+
+    Each example "settles" on its final answer at a random layer; before it the layer decisions are random,
+    after it they equal the final one. ``label_gap``/``label_top_prob``/``gap``/``top_prob`` rise after the
+    settling layer (plus ``noise``), so the features are informative about ``consistent`` and ``settled``.
+    """
+    import numpy as np
+
+    from adainfer_lib.features.table import _decision_columns, _table
+
+    rng = np.random.default_rng(seed)
+    n, L = n_examples, n_layers
+    layers = np.arange(L + 1)
+    settle = rng.integers(1, L + 1, size=n)  # layer at which the answer settles (<= L)
+    final = rng.integers(0, n_labels, size=n)
+    gold = np.where(rng.random(n) < 0.8, final, rng.integers(0, n_labels, size=n))
+    early = rng.integers(0, n_labels, size=(n, L + 1))
+    preds = np.where(layers[None, :] >= settle[:, None], final[:, None], early)
+    after = (layers[None, :] >= settle[:, None]).astype(float)
+    depth = layers[None, :] / L
+    signal = 0.55 * after + 0.25 * depth
+    label_gap = np.clip(signal + noise * rng.standard_normal((n, L + 1)), 0, 1)
+    gap = np.clip(0.8 * signal + noise * rng.standard_normal((n, L + 1)), 0, 1)
+    cos = np.clip(0.7 + 0.25 * depth + 0.05 * rng.standard_normal((n, L + 1)), -1, 1)
+    cos[:, 0] = np.nan
+    columns = {
+        "layer_frac": np.tile(layers / L, n),
+        "top_prob": np.clip(gap + 0.1 + 0.05 * rng.random((n, L + 1)), 0, 1),
+        "gap": gap,
+        "entropy": np.clip(6 * (1 - signal) + noise * rng.standard_normal((n, L + 1)), 0, None),
+        "kl_to_final": np.clip(3 * (1 - after) * (1 - depth), 0, None),
+        "cos_prev": cos,
+        "label_top_prob": np.clip((1 + label_gap) / 2, 0, 1),
+        "label_gap": label_gap,
+        **_decision_columns(preds, gold),
+    }
+    table = _table(columns, n, L + 1)
+    table.attrs.update({"model": "synthetic", "model_cache_id": "synthetic-0", "task": "synthetic",
+                        "split": "synthetic", "n_layers": L, "n_examples": n, "full_vocab": True,
+                        "label_words": [f" l{c}" for c in range(n_labels)],
+                        "label_names": [f"l{c}" for c in range(n_labels)],
+                        "calibration": {"method": "raw", "offsets": np.zeros((L + 1, n_labels)).tolist()}})
+    return table

@@ -20,7 +20,7 @@ from adainfer_lib import fit_policies, pareto_curves, run_evaluation, shortgpt_c
 from adainfer_lib.common.checks import check_exit_layers, check_int, check_number, check_threshold
 from adainfer_lib.data.calibration import Calibration
 from adainfer_lib.data.task_trace import TaskTrace
-from adainfer_lib.features.table import feature_table, synthetic_table
+from adainfer_lib.features.table import feature_table
 from adainfer_lib.model.identity import (
     ModelMismatchError,
     PolicyModelMismatchError,
@@ -40,7 +40,7 @@ from adainfer_lib.rules.tuning import (
     tune_threshold,
 )
 from adainfer_lib.runner.early_exit import run_early_exit
-from conftest import TINY_TYPES, make_tiny_model, make_trace, task_trace_from_predictions, tiny_config
+from conftest import TINY_TYPES, make_tiny_model, make_trace, synthetic_table, task_trace_from_predictions, tiny_config
 
 PROMPTS = ["The capital of France is", "Review: a moving film.\nSentiment:", "1, 2, 3, 4,", "Hi"]
 WORDS = [" positive", " negative"]

@@ -13,11 +13,11 @@ import pytest
 import torch
 
 from adainfer_lib.data.calibration import Calibration, fit_calibration
+from adainfer_lib.features.online import ONLINE_FEATURES
 from adainfer_lib.model.identity import ModelIdentity
 from adainfer_lib.model.lens import last_states, trace
 from adainfer_lib.rules.plain import FixedExitPolicy, ScheduledExitPolicy
 from adainfer_lib.runner.early_exit import (
-    ONLINE_FEATURE_NAMES,
     ExitResult,
     measure_check_cost,
     run_early_exit,
@@ -192,7 +192,7 @@ def test_policy_sees_online_features_only_from_min_layer(llama):
     assert layers == [2, 3]  # no check (no lens at all) below min_layer
     assert np.isnan(res.stop_proba[:, :2]).all() and np.isfinite(res.stop_proba[:, 2:]).all()
     layer, feats, history, rows = policy.calls[1]
-    assert set(ONLINE_FEATURE_NAMES) <= set(feats) and "pred" in feats
+    assert set(ONLINE_FEATURES) <= set(feats) and "pred" in feats
     assert all(v.shape == (len(PROMPTS),) for v in feats.values())
     assert np.isnan(feats["top_prob"]).all()  # label rows only: the policy does not need the full vocabulary
     assert np.isfinite(feats["cos_prev"]).all() and np.allclose(feats["layer_frac"], 1.0)
@@ -201,6 +201,26 @@ def test_policy_sees_online_features_only_from_min_layer(llama):
     assert sorted(rows) == list(range(len(PROMPTS)))
     np.testing.assert_allclose(res.stop_proba[rows, 2], policy.calls[0][1]["label_gap"])
     assert res.check_seconds.sum() > 0 and (res.seconds > 0).all() and len(res.batch_seconds) == 1
+
+
+def test_a_rule_computes_only_the_features_it_reads(llama):
+    """A check computes a feature when the rule reads it: a rule on the label gap never pays for cos_prev; the
+    exit features are complete anyway, and the history holds the values each check saw."""
+
+    class LabelGapRule(StubPolicy):
+        def stop_proba_online(self, features, layer, state):
+            gap = np.asarray(features["label_gap"], dtype=float)
+            self.calls.append(features.computed())
+            return gap
+
+    rule = LabelGapRule(threshold=2.0)
+    res = run_early_exit(llama, PROMPTS, rule, label_words=WORDS, calibration="raw", batch_size=5)
+    assert rule.calls and all(sorted(c) == ["label_gap", "label_top_prob", "pred"] for c in rule.calls)
+    reference = run_early_exit(llama, PROMPTS, StubPolicy(threshold=2.0), label_words=WORDS, calibration="raw",
+                               batch_size=5)
+    for name in ONLINE_FEATURES:
+        np.testing.assert_array_equal(res.exit_features[name], reference.exit_features[name])
+    assert np.isfinite(res.exit_features["cos_prev"]).all()
 
 
 def test_full_vocab_checks_when_the_policy_needs_them(llama):
@@ -227,6 +247,18 @@ def test_prediction_uses_the_calibration(llama):
     assert (res.predictions == 1).all()
     carried = FixedExitPolicy(2, label_words=WORDS, calibration=Calibration("batch", push))
     np.testing.assert_array_equal(run_early_exit(llama, PROMPTS, carried).predictions, res.predictions)
+
+
+def test_scores_are_the_calibrations_own(llama):
+    """The runner's scores are ``Calibration.apply`` of its label logits at each row's exit layer, and the dense
+    model's at layer L: one calibration rule, bit for bit."""
+    cal = _batch_cal(llama)
+    res = run_early_exit(llama, PROMPTS, ScheduledExitPolicy(np.array([1, 3, 2, 0, 3])), label_words=WORDS,
+                         calibration=cal, batch_size=2)
+    expected = np.stack([cal.apply(logits, layer) for logits, layer in zip(res.label_logits, res.exit_layers)])
+    np.testing.assert_array_equal(res.scores, expected)
+    full = run_full(llama, PROMPTS, label_words=WORDS, calibration=cal)
+    np.testing.assert_array_equal(full.scores, cal.apply(full.label_logits, llama.n_layers))
 
 
 def test_clear_errors(llama):
@@ -270,6 +302,7 @@ def test_result_summaries_and_check_cost(llama):
     assert list(frame.exit_layer) == [1, 2, 3, 3, 1]
     dense = run_full(llama, PROMPTS, label_words=WORDS, calibration="raw")
     assert measure_check_cost(res, dense.seconds) > 0
+    assert measure_check_cost([res, res], dense.seconds.mean()) == pytest.approx(measure_check_cost(res, dense.seconds))
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -10,7 +10,6 @@ import torch
 from adainfer_lib import (
     best_within,
     pareto_curves,
-    pareto_front,
     plot_exit_layers,
     plot_pareto,
     plot_speedup,
@@ -22,12 +21,12 @@ from adainfer_lib.common.replay import first_exit
 from adainfer_lib.data.calibration import fit_calibration
 from adainfer_lib.data.task_trace import TaskTrace
 from adainfer_lib.evaluation.baselines import (
+    PrunedModel,
     block_influence,
     dropped_layers,
     fixed_exit_layer,
     layers_to_drop,
     random_exit_layers,
-    run_dropped,
 )
 from adainfer_lib.model.lens import trace
 from adainfer_lib.rules.plain import GapThresholdPolicy, label_feature_array
@@ -167,11 +166,13 @@ def test_block_influence(tiny_model):
     assert layers_to_drop(np.array([0.3, 0.1]), 0) == []
 
 
-def test_run_dropped_calibrates_the_pruned_model(llama):
+def test_pruned_model_calibrates_itself(llama):
     task = ToyTask()
-    res = run_dropped(llama, task.prompts(), [1], label_words=WORDS, calibration_prompts=task.prompts("train"))
+    pruned = PrunedModel.build(llama, [1], label_words=WORDS, calibration_prompts=task.prompts("train"))
+    assert pruned.calibration.method == "batch" and pruned.calibration.offsets.shape == (3, 2)
+    res = pruned.run(task.prompts(), label_words=WORDS)
     assert res.predictions.shape == (6,)
-    raw = run_dropped(llama, task.prompts(), [1], label_words=WORDS)
+    raw = PrunedModel.build(llama, [1], label_words=WORDS).run(task.prompts(), label_words=WORDS)
     np.testing.assert_allclose(res.label_logits, raw.label_logits)
     assert llama.n_layers == 3
 
@@ -209,8 +210,6 @@ def test_pareto_curves(llama):
     g = curves[curves.method == "gap policy"]
     assert g.layers_saved.iloc[0] == pytest.approx(1 - 1 / L)  # threshold 0: exit at min_layer 1
     assert g.layers_saved.iloc[-1] == 0  # unreachable threshold: full depth
-    front = pareto_front(fixed)
-    assert (np.diff(front.layers_saved) > 0).all() and (np.diff(front.accuracy) < 0).all()
     assert set(best_within(curves, 100.0).method) == set(curves.method)
 
 

@@ -16,8 +16,7 @@ import adainfer_lib as ai
 from adainfer_lib import exercises
 from adainfer_lib.data.calibration import fit_calibration
 from adainfer_lib.evaluation.evaluate import Evaluation
-from adainfer_lib.features.table import synthetic_table
-from conftest import make_trace
+from conftest import make_trace, synthetic_table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "notebooks"))
 
@@ -259,26 +258,6 @@ def test_chapter_04_consistency_threshold(world04):
     assert rejected(check(*args, answer + 0.1), "too high")
     loose = ch04.exercise_2(*args, max_loss=0.05)   # quick mode's criterion
     assert check(*args, loose, max_loss=0.05)
-
-
-def test_chapter_04_failure_example(world04):
-    evaluations = world04["evaluations"]
-    ev = evaluations["sentiment"]
-    check = exercises.check_04_failure_example
-    example = ch04.failure_example(evaluations)
-    assert example is not None and check(evaluations, example)
-    assert rejected(check(evaluations, ...), "replace the `...`")
-    assert rejected(check(evaluations, None), "at least one")
-    assert rejected(check(evaluations, len(ev.gold)), "between 0")
-    crf, full, gold = ev.predictions["CRF · label features"], ev.predictions["full"], ev.gold
-    both_wrong = np.flatnonzero(full != gold)
-    assert len(both_wrong) and rejected(check(evaluations, int(both_wrong[0])), "full model gets", "cannot have lost")
-    right = np.flatnonzero((crf == gold) & (full == gold))
-    assert rejected(check(evaluations, int(right[0])), "gets example", "right")
-    # A policy that never changes a prediction: None is the answer.
-    never = dataclasses.replace(ev, predictions={**ev.predictions, "CRF · label features": full})
-    assert ch04.failure_example({"sentiment": never}) is None
-    assert check({"sentiment": never}, None)
 
 
 def test_chapter_04_exit_before_settling(world04):

@@ -11,7 +11,7 @@ import pytest
 
 import adainfer_lib as ai
 from adainfer_lib import exercises
-from adainfer_lib.features.table import synthetic_table
+from conftest import synthetic_table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "notebooks"))
 

@@ -10,13 +10,13 @@ from adainfer_lib.data.task_trace import TaskTrace
 from adainfer_lib.features.online import FEATURE_COLUMNS, ONLINE_FEATURES, label_features
 from adainfer_lib.features.study import (
     feature_correlations,
-    group_folds,
     per_layer_auc,
     permutation_importance_table,
     split_by_example,
 )
-from adainfer_lib.features.table import feature_table, synthetic_table
+from adainfer_lib.features.table import feature_table
 from adainfer_lib.model.lens import LayerTrace
+from conftest import synthetic_table
 
 COLUMNS = ["example", "layer", "layer_frac", "top_prob", "gap", "entropy", "kl_to_final", "cos_prev",
            "label_top_prob", "label_gap", "pred", "final_pred", "gold", "consistent", "correct"]
@@ -105,8 +105,6 @@ def test_split_by_example_never_splits_an_example():
     assert len(train) + len(test) == len(table)
     assert (train.groupby("example").size() == 9).all() and (test.groupby("example").size() == 9).all()
     assert 0.2 < test.example.nunique() / 50 < 0.4
-    for fit_idx, held_idx in group_folds(table, 5):
-        assert not set(table.example.iloc[fit_idx]) & set(table.example.iloc[held_idx])
 
 
 def test_feature_correlations_drop_all_nan_features():

@@ -165,11 +165,11 @@ def test_an_exit_step_checks_its_own_state(default_tokenizer):
     """The exit check reads the state it decides from: a state made NaN after the prompt ran (its cache is
     finite) is an error naming the checked layer, not a token."""
     model = make_tiny_model("llama", default_tokenizer)
-    patched = loop._PatchedLayers(model)
+    hooks = loop._ExitHooks(model, "skip")
     step = loop._StepState(rule=NEVER, threshold=1.01, min_layer=1, strategy="skip", cache=None)
     h = torch.full((1, model.hf_model.config.hidden_size), float("nan"))
     with pytest.raises(ai.NonFiniteError, match=r"at layer 2 of tiny-llama \(float32\)"):
-        patched._check(step, 2, h, torch.zeros_like(h))
+        hooks._check(step, 2, h, torch.zeros_like(h))
 
 
 def test_study_rows_and_summary(tiny_llama):

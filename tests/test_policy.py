@@ -19,7 +19,6 @@ from sklearn.pipeline import Pipeline
 
 from adainfer_lib.common.replay import first_exit
 from adainfer_lib.features.online import ONLINE_FEATURES
-from adainfer_lib.features.table import synthetic_table
 from adainfer_lib.model.identity import PolicyModelMismatchError
 from adainfer_lib.rules.interface import OnlineState
 from adainfer_lib.rules.policy import ExitPolicy
@@ -32,6 +31,7 @@ from adainfer_lib.rules.tuning import (
     threshold_sweep,
     tune_threshold,
 )
+from conftest import synthetic_table
 
 CLASSIFIERS = ["svm", "crf", "logistic", "threshold"]
 LABEL_FEATURES = ("label_gap", "label_top_prob", "layer_frac")
@@ -240,7 +240,7 @@ def test_clone_get_set_params_and_extra_classifier_params(train):
     twin.set_params(tol=1e-5, C=0.5)
     assert twin.tol == 1e-5 and twin.C == 0.5
     twin.fit(train)
-    assert twin.estimator_[-1].tol == 1e-5 and twin.estimator_[-1].C == 0.5  # passed through
+    assert twin.scorer_.estimator[-1].tol == 1e-5 and twin.scorer_.estimator[-1].C == 0.5  # passed through
 
 
 @pytest.mark.parametrize("classifier", CLASSIFIERS)

@@ -33,7 +33,7 @@ def test_most_saved_within_budget_and_its_tie_rule():
 
 
 def test_choose_threshold_takes_the_higher_of_thresholds_with_equal_exits():
-    from adainfer_lib.features.table import synthetic_table
+    from conftest import synthetic_table
 
     train = synthetic_table(60, 8, seed=3)
     policy = ExitPolicy("threshold", features=("label_gap",)).fit(train)
@@ -100,7 +100,7 @@ def test_gap_rule_fit_never_exits_when_no_exit_keeps_the_accuracy():
 
 def test_an_exit_replay_holds_the_kernels_decisions_and_agrees_with_metrics_at():
     from adainfer_lib.common.replay import metrics_at
-    from adainfer_lib.features.table import synthetic_table
+    from conftest import synthetic_table
 
     table = synthetic_table(50, 8, seed=4)
     policy = ExitPolicy("threshold", features=("label_gap",)).fit(table)

@@ -12,9 +12,9 @@ import pytest
 import adainfer_lib as ai
 from adainfer_lib import risk_control as rc
 from adainfer_lib.common.replay import Decisions, first_exit
-from adainfer_lib.features.table import synthetic_table
 from adainfer_lib.rules.plain import GapThresholdPolicy
 from adainfer_lib.rules.policy import CLASSIFIERS
+from conftest import synthetic_table
 
 
 def binom_cdf(k: int, n: int, p: float) -> float:

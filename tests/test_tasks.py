@@ -281,12 +281,17 @@ class CharTokenizer:
         return [self.vocab[i - 1000] if i >= 1000 else chr(i) for i in ids]
 
 
+def check_label_words(task, tokenizer) -> list[int]:
+    """The task's label words resolved as the runner resolves them: the token after a prompt's end."""
+    return label_token_ids(tokenizer, task.label_words, task.template.render("x"), owner=f"task {task.name!r}")
+
+
 def test_check_label_words_fake_tokenizer(tasks):
     task = tasks["sentiment"]
-    assert task.check_label_words(CharTokenizer()) == [1000, 1001]
+    assert check_label_words(task, CharTokenizer()) == [1000, 1001]
     bad = dataclasses.replace(task, label_words=[" neg", " positive"])
     with pytest.raises(ValueError, match=r"' neg'.*4 tokens"):
-        bad.check_label_words(CharTokenizer())
+        check_label_words(bad, CharTokenizer())
     with pytest.raises(ValueError, match="' positive' and ' positive' are the same token"):
         label_token_ids(CharTokenizer(), [" positive", " positive"], "Review: x\nSentiment:")
 
@@ -312,7 +317,7 @@ def test_a_task_needs_two_distinct_labels(tasks):
 @pytest.mark.parametrize("name", ["sentiment", "topic", "mmlu"])
 def test_label_words_single_token(tasks, tokenizer, name):
     task = tasks[name]
-    ids = task.check_label_words(tokenizer)
+    ids = check_label_words(task, tokenizer)
     assert ids == [tokenizer.encode(w, add_special_tokens=False)[0] for w in task.label_words]
     prompt = task.prompts()[0]
     # inside a demonstration, the label word is the same single token as after the prompt's end
@@ -324,7 +329,7 @@ def test_label_words_single_token(tasks, tokenizer, name):
 def test_bad_label_word(tasks, tokenizer):
     bad = dataclasses.replace(tasks["sentiment"], label_words=[" supercalifragilistic", " positive"])
     with pytest.raises(ValueError, match="' supercalifragilistic'.*tokens"):
-        bad.check_label_words(tokenizer)
+        check_label_words(bad, tokenizer)
 
 
 @pytest.mark.slow

@@ -11,11 +11,11 @@ import adainfer_lib as ai
 from adainfer_lib import trace_task
 from adainfer_lib.data import sources
 from adainfer_lib.data.tasks import load_task
-from adainfer_lib.features.table import feature_table, synthetic_table
+from adainfer_lib.features.table import feature_table
 from adainfer_lib.figures import explorer_views as views
 from adainfer_lib.figures.widgets import ExitExplorer
 from adainfer_lib.rules.policy import ExitPolicy
-from conftest import make_tiny_model
+from conftest import make_tiny_model, synthetic_table
 
 
 @pytest.fixture(scope="module")

@@ -520,38 +520,6 @@ def check_04_consistency_threshold(policies, train_traces, test_traces, answer: 
                        f"(accuracy criterion: {own['layers_saved']:.1%} at {own['consistency']:.3f}).")
 
 
-def check_04_failure_example(evaluations, example, task: str = "sentiment",
-                             method: str = "CRF · label features") -> Feedback:
-    """Exercise 04.3: an example the full model gets right and ``method``'s real early exit gets wrong
-    (``None`` when there is no such example)."""
-    ev = evaluations[task]
-    pred, full, gold = ev.predictions[method], ev.predictions["full"], np.asarray(ev.gold)
-    failures = np.flatnonzero((pred != gold) & (full == gold))
-    if example is Ellipsis:
-        return Feedback(False, f"replace the `...` with an index into the {task} test examples (or None if there "
-                               "is no such example).")
-    if example is None:
-        if len(failures):
-            return Feedback(False, f"there is at least one such example: compare evaluations[{task!r}].predictions"
-                                   f"[{method!r}] with .predictions['full'] and .gold.")
-        return Feedback(True, f"right: {method} never turns a correct answer of the full model wrong on {task}.")
-    if isinstance(example, (bool, np.bool_)) or not isinstance(example, (int, np.integer)) \
-            or not 0 <= example < len(gold):
-        return Feedback(False, f"answer an example index between 0 and {len(gold) - 1} (or None), got {example!r:.60}.")
-    exit_layer = int(ev.exits[method][example])
-    if full[example] != gold[example]:
-        return Feedback(False, f"the full model gets example {example} wrong, so early exit cannot have lost it: "
-                               "look for one the full model gets right.")
-    if pred[example] == gold[example]:
-        return Feedback(False, f"{method} gets example {example} right (exit at layer {exit_layer}): look for a "
-                               "prediction that differs from the gold label.")
-    oracle = ev.exits.get("oracle")
-    settles = f"; the oracle says its answer settles only at layer {int(oracle[example])}" if oracle is not None else ""
-    return Feedback(True, f"example {example}: {method} exited at layer {exit_layer} of {ev.n_layers} with label "
-                          f"{pred[example]}, the full model answers {full[example]} = gold{settles}. "
-                          f"{len(failures)} of {len(gold)} examples fail this way.")
-
-
 def check_04_exit_before_settling(evaluations, example, task: str = "sentiment",
                                   method: str = "CRF · label features") -> Feedback:
     """Exercise 04.3: the example whose real exit under ``method`` comes earliest relative to the layer where

@@ -296,14 +296,6 @@ class Task:
         """
         return self._prompt(content, content if text is None else text)
 
-    def check_label_words(self, tokenizer) -> list[int]:
-        """Token id of each label word as the token that follows the prompt's end (``inputs.label_token_ids``
-        in the context of this task's query template). ``ValueError`` naming the word and its tokens unless
-        each is exactly one token there and all are distinct."""
-        from ..model.inputs import label_token_ids
-
-        return label_token_ids(tokenizer, self.label_words, self.template.render("x"), owner=f"task {self.name!r}")
-
 
 def _draw_demos(train: datasets.Dataset, n_labels: int, shots: int, seed: int, avoid: set[str]) -> np.ndarray:
     """Rows of ``train`` for the one demonstration set of ``seed``: balanced across labels, never a text in

@@ -5,10 +5,10 @@ Pareto curves (``pareto``), and results over demonstration seeds (``seeds``)."""
 from .baselines import PrunedModel, block_influence, dropped_layers
 from .evaluate import Evaluation, evaluate, run_evaluation, time_interleaved
 from .fitting import ADAINFER_POLICIES, fit_policies, suggest_min_layer
-from .pareto import best_within, pareto_curves, pareto_front, shortgpt_curve
+from .pareto import best_within, pareto_curves, shortgpt_curve
 from .seeds import layer_statistics, layer_statistics_over_seeds, mean_sd, policies_over_seeds
 
 __all__ = ["PrunedModel", "block_influence", "dropped_layers", "ADAINFER_POLICIES", "Evaluation",
-           "fit_policies", "run_evaluation", "evaluate", "time_interleaved", "pareto_curves", "pareto_front",
+           "fit_policies", "run_evaluation", "evaluate", "time_interleaved", "pareto_curves",
            "shortgpt_curve", "best_within", "suggest_min_layer",
            "layer_statistics", "layer_statistics_over_seeds", "policies_over_seeds", "mean_sd"]

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from ..data.calibration import Calibration, label_log_softmax
+from ..model.hooks import decoder_hooks, layer_input, layer_output
 from ..model.inputs import prepare_prompts
 from ..model.loading import LensModel
 from ..model.registry import get_submodule
@@ -56,40 +57,21 @@ def block_influence(model: LensModel, prompts: Sequence[str], *, batch_size: int
     (non-padding) tokens of ``prompts``. Low BI = the layer barely changes the residual stream."""
     from tqdm.auto import tqdm
 
-    L = model.n_layers
-    sums = torch.zeros(L, dtype=torch.float64)
+    sums = torch.zeros(model.n_layers, dtype=torch.float64)
     count = 0
-    state: dict = {}
+    running: dict[str, torch.Tensor] = {}  # the running batch's attention mask (B, S)
 
-    def pre(index):
-        def hook(_module, args, kwargs):
-            state[index] = args[0] if args else kwargs["hidden_states"]
+    def influence(index: int, args: tuple, kwargs: dict, output) -> None:
+        cos = nn.functional.cosine_similarity(layer_input(args, kwargs).float(), layer_output(output).float(), dim=-1)
+        sums[index] += (cos * running["mask"]).sum().double().cpu()  # over the batch's real tokens
 
-        return hook
-
-    def post(index):
-        def hook(_module, _args, output):
-            out = output[0] if isinstance(output, tuple) else output
-            cos = nn.functional.cosine_similarity(state.pop(index).float(), out.float(), dim=-1)  # (B, S)
-            sums[index] += (cos * state["mask"]).sum().double().cpu()
-
-        return hook
-
-    handles = []
-    for index, layer in enumerate(model.layers):
-        handles.append(layer.register_forward_pre_hook(pre(index), with_kwargs=True))
-        handles.append(layer.register_forward_hook(post(index)))
-    try:
-        prepared = prepare_prompts(model, prompts, caller="block_influence", batch_size=batch_size, prefix_cache=False)
-        with torch.no_grad():
-            for idx in tqdm(prepared.batches, desc="block influence", disable=not progress):
-                batch = prepared.batch(idx)
-                state["mask"] = batch.attention_mask.float()
-                count += int(batch.attention_mask.sum())
-                model.hf_model(**batch.forward_kwargs(model))
-    finally:
-        for handle in handles:
-            handle.remove()
+    prepared = prepare_prompts(model, prompts, caller="block_influence", batch_size=batch_size, prefix_cache=False)
+    with torch.no_grad(), decoder_hooks(model, after=influence):
+        for idx in tqdm(prepared.batches, desc="block influence", disable=not progress):
+            batch = prepared.batch(idx)
+            running["mask"] = batch.attention_mask.float()
+            count += int(batch.attention_mask.sum())
+            model.hf_model(**batch.forward_kwargs(model))
     return 1.0 - (sums / max(count, 1)).numpy()
 
 
@@ -180,12 +162,3 @@ class PrunedModel:
             return run_full(self.model, prompts, label_words=label_words, calibration=self.calibration,
                             batch_size=batch_size, prefix=prefix, progress=progress, distributed=distributed)
 
-
-def run_dropped(model: LensModel, prompts: Sequence[str], drop: Sequence[int], *, label_words: Sequence[str],
-                calibration_prompts: Sequence[str] | None = None, batch_size: int = 8, prefix: str | None = None,
-                progress: bool = False) -> FullResult:
-    """The pruned model (``drop`` removed) run dense on ``prompts``, batch-calibrated on ``calibration_prompts``
-    (raw scores if None): ``PrunedModel.build(...).run(...)``."""
-    pruned = PrunedModel.build(model, drop, label_words=label_words, calibration_prompts=calibration_prompts,
-                               batch_size=batch_size)
-    return pruned.run(prompts, label_words=label_words, batch_size=batch_size, prefix=prefix, progress=progress)

@@ -33,7 +33,7 @@ from ..model.identity import check_rule_model, check_trace_model
 from ..model.loading import LensModel
 from ..rules.interface import ExitRule
 from ..rules.plain import FixedExitPolicy
-from ..runner.early_exit import ExitResult, run_early_exit, run_full
+from ..runner.early_exit import ExitResult, measure_check_cost, run_early_exit, run_full
 from .baselines import PrunedModel, block_influence, fixed_exit_layer, layers_to_drop, random_exit_layers
 
 DEFAULT_BASELINES = ("oracle", "fixed", "random", "shortgpt")
@@ -242,15 +242,13 @@ def _check_evaluation(model, task, policies, *, task_trace, baselines, match, n_
         raise ValueError("the fixed, random and shortgpt baselines match a policy's depth: give at least one policy")
 
 
-def _check_cost(method: Method, mean_full_seconds: float, n_layers: int, n_runs: int) -> dict:
+def _check_cost(method: Method, mean_full_seconds: float, n_runs: int) -> dict:
     """The mean cost of one exit check in units of one layer, from the method's last ``n_runs`` timed runs."""
     runs = method.timed_results[-n_runs:] if n_runs else []
     if not runs:
         return {}
-    check = np.concatenate([r.check_seconds for r in runs]).sum()
     checks = sum(int(np.isfinite(r.stop_proba).sum()) for r in runs)
-    return {"check_cost": (check / max(checks, 1)) / (mean_full_seconds / n_layers),
-            "checks_per_example": checks / len(runs)}
+    return {"check_cost": measure_check_cost(runs, mean_full_seconds), "checks_per_example": checks / len(runs)}
 
 
 def _table_row(method: Method, *, task: str, decisions: Decisions, mean_s: pd.Series, timed: list[int]) -> dict:
@@ -330,7 +328,7 @@ def run_evaluation(
                                progress=progress) if timed else pd.DataFrame(columns=["example", "method", "seconds"])
     mean_s = timings.groupby("method").seconds.mean() if len(timings) else pd.Series(dtype=float)
     for method in methods[1:len(policies) + 1]:
-        method.extra.update(_check_cost(method, mean_s.get("full", np.nan), L, len(timed) * repeats))
+        method.extra.update(_check_cost(method, mean_s.get("full", np.nan), len(timed) * repeats))
     gold = np.asarray(tt.gold)
     decisions = Decisions(tt.predictions(), methods[0].predictions, gold, np.arange(n))
     rows = [_table_row(m, task=task.name, decisions=decisions, mean_s=mean_s, timed=timed) for m in methods]

@@ -76,18 +76,6 @@ def pareto_curves(
     return pd.DataFrame(rows)
 
 
-def pareto_front(curve: pd.DataFrame) -> pd.DataFrame:
-    """The non-dominated points of one method's curve (no other point has both more layers saved and
-    higher accuracy), sorted by layers saved."""
-    pts = curve.sort_values(["layers_saved", "accuracy"], ascending=[False, False])
-    best, keep = -np.inf, []
-    for idx, acc in zip(pts.index, pts.accuracy):
-        if acc > best:
-            keep.append(idx)
-            best = acc
-    return curve.loc[keep].sort_values("layers_saved")
-
-
 def best_within(curves: pd.DataFrame, max_drop_pts: float = 1.0, *, by: Sequence[str] | None = None) -> pd.DataFrame:
     """Per group ``by`` (default: per method, and per task when ``curves`` has a ``task`` column; ``by=["task"]``:
     the best method per task), the point with the most layers saved whose accuracy is at most ``max_drop_pts``

@@ -104,13 +104,6 @@ def split_by_example(table: pd.DataFrame, test_size: float = 0.25, seed: int = 0
     return table.iloc[train_idx].copy(), table.iloc[test_idx].copy()
 
 
-def group_folds(table: pd.DataFrame, n_splits: int = 5):
-    """``GroupKFold`` folds over examples: a list of (train row positions, test row positions)."""
-    from sklearn.model_selection import GroupKFold
-
-    return list(GroupKFold(n_splits=n_splits).split(table, groups=table["example"]))
-
-
 def feature_correlations(table: pd.DataFrame, features: Sequence[str] | None = None, *,
                          method: str = "spearman", layers: Sequence[int] | None = None) -> pd.DataFrame:
     """Correlation matrix of ``features`` over the rows (optionally only ``layers``); all-NaN features

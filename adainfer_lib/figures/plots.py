@@ -56,12 +56,6 @@ def legend_outside(ax, title: str | None = None, **kwargs) -> None:
               title=title, title_fontsize=9, frameon=False, **kwargs)
 
 
-def chance_line(ax, chance: float, *, label: str | None = None, **kwargs) -> None:
-    """A labelled horizontal line at the chance accuracy (1 / number of labels)."""
-    ax.axhline(chance, color=kwargs.pop("color", "#999999"), ls=kwargs.pop("ls", "-."), lw=1,
-               label=label or f"chance ({chance:.2f})", **kwargs)
-
-
 def ylim_for(values, low: float = 0.0, high: float = 1.02, pad: float = 0.03) -> tuple[float, float]:
     """``(low, high)`` widened so that no value is cut off (NaN ignored)."""
     values = np.asarray(values, dtype=float)

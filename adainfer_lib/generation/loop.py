@@ -1,8 +1,8 @@
 """Greedy generation with a per-token early exit, and what happens to the skipped layers' cache.
 
 One new token = one forward pass of the Hugging Face model on that token, with its KV cache (batch size 1).
-Each decoder layer's ``forward`` is wrapped for the duration of the run (``_PatchedLayers``): after a layer
-``l >= rule.min_layer`` the wrapper reads the new position's state ``h_l`` through the logit lens
+Hooks on the decoder layers for the duration of the run (``_ExitHooks``, over ``model.hooks.decoder_hooks``):
+after a layer ``l >= rule.min_layer`` a hook reads the new position's state ``h_l`` through the logit lens
 (``lens.lens_stats``, full vocabulary: generation has no label words), asks ``rule.stop_proba_online`` and, if
 the stop probability reaches ``rule.threshold``, the token is the lens's argmax at ``l``. What the layers above
 the exit do for that position is the **cache strategy**:
@@ -30,6 +30,7 @@ import copy
 import importlib
 import inspect
 import time
+from collections import ChainMap
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -39,11 +40,13 @@ import torch
 
 from ..common.checks import check_choice, check_finite, check_int
 from ..common.replay import layers_saved
+from ..features.online import GENERATION_FEATURES, online_features
+from ..model.hooks import StopForward, decoder_hooks, layer_input, layer_output
 from ..model.inputs import check_prompts, head_kwargs, tokenize_prompts
 from ..model.lens import lens_stats
 from ..model.loading import LensModel
 from ..rules.interface import OnlineState
-from .rules import GENERATION_FEATURES, check_rule
+from .rules import check_rule
 
 CACHE_STRATEGIES = ("skip", "propagate", "recompute")
 #: Families whose decoder layers have ``input_layernorm`` and ``self_attn.{k_proj, v_proj}`` with rotary
@@ -54,11 +57,6 @@ _EMPTY = torch.zeros(0, dtype=torch.long)
 
 class UnsupportedStrategyError(ValueError):
     """A cache strategy that this model's family does not support (``"propagate"`` outside Llama-style)."""
-
-
-class _StopForward(Exception):
-    """Raised by the last layer's wrapper in exit mode: the token is known, the final norm and head are not
-    needed."""
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -174,7 +172,7 @@ def eos_ids(model: LensModel) -> set[int]:
 
 
 # ---------------------------------------------------------------------------------------------------
-# The patched decoder layers
+# The hooks on the decoder layers
 
 
 def _set_arg(signature: inspect.Signature, args: tuple, kwargs: dict, name: str, value):
@@ -229,82 +227,87 @@ class _StepState:
     check_seconds: float = 0.0
 
 
-class _PatchedLayers:
-    """Context manager: every decoder layer's ``forward`` goes through ``_wrap`` while it is active. With
-    ``self.step`` None a layer runs as usual (the prompt, verification passes, the full model)."""
+class _ExitHooks:
+    """Context manager: the decoder-layer hooks of generation with an early exit under the cache ``strategy``
+    (``model.hooks.decoder_hooks``) while it is active. With ``self.step`` None every layer runs as usual (the
+    prompt, verification passes, the full model).
 
-    def __init__(self, model: LensModel):
-        self.model = model
+    In exit mode (one new token): ``after`` counts the layer, checks the state it returns and ends the forward
+    pass (``StopForward``) at ``L`` or, under "skip", at the exit (nothing above it runs); under "skip",
+    ``before`` lifts the attention mask of a single new position; under "propagate", ``bypass`` stands in for
+    the layers above the exit. A forward pre-hook cannot skip a layer, and each of those layers must be called
+    with the arguments the model gives it (Gemma-3 gives each layer its own rotary tables, built inside the
+    model's forward) to write its keys and values (``project_kv``) without running: hence the bypass."""
+
+    def __init__(self, model: LensModel, strategy: str):
+        self.model, self.strategy = model, strategy
         self.L = model.n_layers
         self.step: _StepState | None = None
-        self.saved: list = []
-        self.returns_tuple = False
+        self.signatures = [inspect.signature(layer.forward) for layer in model.layers]
+        self.returns_tuple = False  # whether the computed layers return tuples (a bypassed layer does the same)
+        self._hooks = None
 
-    def __enter__(self) -> _PatchedLayers:
-        for index, layer in enumerate(self.model.layers):
-            own = layer.__dict__.get("forward")
-            original = layer.forward
-            self.saved.append((layer, own))
-            layer.forward = self._wrap(index, layer, original)
+    def __enter__(self) -> _ExitHooks:
+        self._hooks = decoder_hooks(self.model, after=self.after,
+                                    before=self.before if self.strategy == "skip" else None,
+                                    bypass=self.bypass if self.strategy == "propagate" else None)
+        self._hooks.__enter__()
         return self
 
     def __exit__(self, *exc) -> None:
-        for layer, own in self.saved:
-            if own is None:
-                del layer.forward
-            else:
-                layer.forward = own
-        self.saved = []
+        self._hooks.__exit__(*exc)
+        self._hooks = None
 
-    def _wrap(self, index: int, layer, original):
-        number = index + 1
-        signature = inspect.signature(original)
+    def _computes(self, step: _StepState | None) -> bool:
+        """Whether the layers run for real now: before the exit, or always under "recompute"."""
+        return step is not None and (step.exit_layer is None or step.strategy == "recompute")
 
-        def forward(*args, **kwargs):
-            step = self.step
-            if step is None:
-                return original(*args, **kwargs)
-            hidden = args[0] if args else kwargs["hidden_states"]
-            if step.exit_layer is None or step.strategy == "recompute":
-                if step.strategy == "skip" and hidden.shape[1] == 1:
-                    # Upper layers may hold fewer positions than layer 1 (holes): a single new token attends to
-                    # every position its layer holds, which is the causal mask without the holes.
-                    args, kwargs = _set_arg(signature, args, kwargs, "attention_mask", None)
-                out = original(*args, **kwargs)
-                self.returns_tuple = isinstance(out, tuple)
-                step.layers_computed += 1
-                if step.exit_layer is None:
-                    state = out[0] if isinstance(out, tuple) else out
-                    self._check(step, number, state[:, -1], hidden[:, -1])
-                if number == self.L:
-                    raise _StopForward
-                return out
-            # a layer above the exit: the state is h_exit, copied upward
-            if step.strategy == "propagate":
-                project_kv(layer, hidden, kwargs.get("position_embeddings"), step.cache, index)
-            if number == self.L:
-                raise _StopForward
-            return (hidden,) if self.returns_tuple else hidden
+    def before(self, index: int, args: tuple, kwargs: dict):
+        step = self.step
+        if self._computes(step) and step.strategy == "skip" and layer_input(args, kwargs).shape[1] == 1:
+            # Upper layers may hold fewer positions than layer 1 (holes): a single new token attends to every
+            # position its layer holds, which is the causal mask without the holes.
+            return _set_arg(self.signatures[index], args, kwargs, "attention_mask", None)
+        return None
 
-        return forward
+    def bypass(self, index: int, args: tuple, kwargs: dict):
+        step = self.step
+        if step is None or self._computes(step):
+            return None
+        hidden = layer_input(args, kwargs)  # a layer above the exit: the state is h_exit, copied upward
+        if step.strategy == "propagate":
+            project_kv(self.model.layers[index], hidden, kwargs.get("position_embeddings"), step.cache, index)
+        if index + 1 == self.L:
+            raise StopForward
+        return (hidden,) if self.returns_tuple else hidden
+
+    def after(self, index: int, args: tuple, kwargs: dict, output) -> None:
+        step, number = self.step, index + 1
+        if not self._computes(step):  # the prompt, a full pass, or a bypassed layer
+            return
+        self.returns_tuple = isinstance(output, tuple)
+        step.layers_computed += 1
+        if step.exit_layer is None:
+            self._check(step, number, layer_output(output)[:, -1], layer_input(args, kwargs)[:, -1])
+            if step.exit_layer is not None and step.strategy == "skip":
+                raise StopForward  # "skip": the layers above the exit do nothing for this position
+        if number == self.L:
+            raise StopForward
 
     def _check(self, step: _StepState, layer: int, h: torch.Tensor, h_prev: torch.Tensor) -> None:
         due = layer == self.L or (layer >= step.min_layer and (layer - step.min_layer) % step.check_every == 0)
         if not due:
             return
         start = time.perf_counter()
-        stats = lens_stats(self.model, h.float(), _EMPTY, full_vocab=True, top_k=1)
+        h = h.float()  # the token comes from the full-vocabulary lens of the state in float32
+        stats = lens_stats(self.model, h, _EMPTY, full_vocab=True, top_k=1)
         check_finite((h, stats["top_prob"]), "the residual stream or its lens", model=self.model, layer=layer)
-        features = {"layer": np.array([layer]), "layer_frac": np.array([layer / self.L]),
-                    "top_prob": stats["top_prob"].cpu().numpy().astype(float),
-                    "gap": stats["gap"].cpu().numpy().astype(float),
-                    "entropy": stats["entropy"].cpu().numpy().astype(float),
-                    "cos_prev": torch.nn.functional.cosine_similarity(h.float(), h_prev.float(), dim=-1).cpu().numpy()}
+        features = online_features(layer, self.L, h, h_prev.float(), vocab_stats=lambda: stats)
         stop = layer == self.L
         if not stop:
             proba = np.asarray(step.rule.stop_proba_online(features, layer, step.state), dtype=float)
             stop = bool(proba.reshape(-1)[0] >= step.threshold)
-        step.state.history.append({**features, "layer": layer, "rows": step.state.rows})
+        step.state.history.append(ChainMap({"layer": layer, "rows": step.state.rows}, features))
         if stop:
             step.exit_layer = layer
             step.token = int(stats["top_ids"][0, 0])
@@ -330,16 +333,18 @@ def full_step(model: LensModel, tokens: Sequence[int], cache) -> torch.Tensor:
     return out.logits[0]
 
 
-def exit_step(model: LensModel, patched: _PatchedLayers, token: int, cache, rule, threshold: float, min_layer: int,
+def exit_step(model: LensModel, patched: _ExitHooks, token: int, cache, rule, threshold: float, min_layer: int,
               strategy: str, check_every: int) -> _StepState:
     """One new position (``token``) with the early exit; the cache is appended to as ``strategy`` says."""
+    if strategy != patched.strategy:
+        raise ValueError(f"exit_step(): strategy {strategy!r} under hooks for {patched.strategy!r}")
     step = _StepState(rule=rule, threshold=threshold, min_layer=min_layer, strategy=strategy, cache=cache,
                       check_every=check_every)
     patched.step = step
     input_ids = torch.tensor([[token]], dtype=torch.long, device=model.device)
     try:
         model.hf_model(input_ids=input_ids, cache=cache, use_cache=True, **head_kwargs(model))
-    except _StopForward:
+    except StopForward:
         pass
     finally:
         patched.step = None
@@ -419,11 +424,11 @@ def generate_early_exit(model: LensModel, prompt: str, rule, *, strategy: str = 
     ids, threshold, min_layer, stop = start_run(model, prompt, rule, max_new_tokens=max_new_tokens,
                                                 check_every=check_every, caller="generate_early_exit")
     L = model.n_layers
-    with _PatchedLayers(model) as patched:
+    with _ExitHooks(model, strategy) as patched:
         cache, token, prefill_seconds = timed_prefill(model, ids)
         start = time.perf_counter()
         tokens, exits, computed = [token], [L], [L]
-        features = {k: [v] for k, v in zip(GENERATION_FEATURES, [L, 1.0, np.nan, np.nan, np.nan, np.nan])}
+        features = {k: list(v) for k, v in _full_features(1, L).items()}  # the first token: the full model's
         while len(tokens) < max_new_tokens and tokens[-1] not in stop:
             step = exit_step(model, patched, tokens[-1], cache, rule, threshold, min_layer, strategy, check_every)
             tokens.append(step.token)

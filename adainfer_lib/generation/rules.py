@@ -12,11 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..common.checks import check_int
+from ..features.online import GENERATION_FEATURES
 from ..rules.interface import ExitRule
 from ..rules.plain import FeatureThresholdRule
-
-#: Features the generation loop computes at every checked layer (arrays of shape (1,): batch size 1).
-GENERATION_FEATURES = ("layer", "layer_frac", "top_prob", "gap", "entropy", "cos_prev")
 
 
 @dataclass

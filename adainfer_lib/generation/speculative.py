@@ -20,7 +20,7 @@ from ..model.loading import LensModel
 from .loop import (
     GENERATION_FEATURES,
     GenerationResult,
-    _PatchedLayers,
+    _ExitHooks,
     exit_step,
     full_step,
     shallow_copy_cache,
@@ -49,7 +49,7 @@ def speculative_generate(model: LensModel, prompt: str, rule, *, draft_tokens: i
                                                 check_every=check_every, caller="speculative_generate")
     check_int(draft_tokens, "draft_tokens", low=1)
     L = model.n_layers
-    with _PatchedLayers(model) as patched:
+    with _ExitHooks(model, "skip") as patched:
         cache, token, prefill_seconds = timed_prefill(model, ids)
         start = time.perf_counter()
         if hasattr(cache, "activate_past_recording"):  # sliding-window layers keep what a crop needs

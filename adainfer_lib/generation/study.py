@@ -14,6 +14,7 @@ import pandas as pd
 import torch
 
 from ..common.replay import oracle_exits
+from ..model.hooks import residual_states
 from ..model.loading import LensModel
 from .loop import GenerationResult, generate_early_exit, greedy_generate, sequence_nll
 from .speculative import speculative_generate
@@ -133,21 +134,8 @@ def token_settling(model: LensModel, result: GenerationResult, *, chunk: int = 2
 
     prompt, new = list(result.prompt_tokens), [int(t) for t in result.tokens]
     ids = torch.tensor([prompt + new[:-1]], dtype=torch.long, device=model.device)
-    states: list[torch.Tensor] = []
-
-    def first(_m, args, kwargs):
-        states.append((args[0] if args else kwargs["hidden_states"])[0, len(prompt) - 1:].detach())
-
-    def after(_m, _a, out):
-        states.append((out[0] if isinstance(out, tuple) else out)[0, len(prompt) - 1:].detach())
-
-    handles = [model.layers[0].register_forward_pre_hook(first, with_kwargs=True)]
-    handles += [layer.register_forward_hook(after) for layer in model.layers]
-    try:
+    with residual_states(model, lambda h: h[0, len(prompt) - 1:].detach()) as states:
         model.hf_model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False)
-    finally:
-        for h in handles:
-            h.remove()
     stacked = torch.stack(states)  # (L+1, T, H)
     layers, T = stacked.shape[:2]
     flat = stacked.reshape(layers * T, -1).float()

@@ -1,6 +1,6 @@
 """A model and its logit lens: the architecture registry, loading (offline aliases, local folders, hub
-names), where prompts enter a forward pass (``inputs``: checks, batches, the prompt-prefix KV cache), and
-the per-layer trace of the lens (``lens``)."""
+names), where prompts enter a forward pass (``inputs``: checks, batches, the prompt-prefix KV cache), the one
+hook mechanism on the decoder layers (``hooks``), and the per-layer trace of the lens (``lens``)."""
 
 from .inputs import label_token_ids, prefix_kv, prepare_prompts
 from .lens import CorruptCacheError, LayerTrace, lens_stats, trace

@@ -15,11 +15,11 @@ import json
 import logging
 import time
 import zipfile
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from io import BytesIO
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -29,6 +29,7 @@ from ..common.cache import atomic_write_bytes, content_key
 from ..common.checks import check_finite
 from ..common.paths import data_dir
 from . import parallel
+from .hooks import residual_states
 from .inputs import Batch, check_prompts, label_token_ids, prepare_prompts
 from .loading import LensModel
 
@@ -198,27 +199,13 @@ class LayerTrace:
 # ---- extraction ------------------------------------------------------------------------------------
 
 
-@contextmanager
-def record_last_states(model: LensModel, batch: Batch) -> Iterator[list[torch.Tensor]]:
+def record_last_states(model: LensModel, batch: Batch) -> AbstractContextManager[list[torch.Tensor]]:
     """Hooks that record, at each row's last real token (``batch.last``), the residual state entering layer 0
-    and leaving every layer. Yields a list that fills with L + 1 tensors (batch, hidden) during one forward, all
-    on ``model.lens_device`` (with a ``device_map`` the layers may sit on several devices)."""
-    states: list[torch.Tensor] = []
+    and leaving every layer (``hooks.residual_states``). Yields a list that fills with L + 1 tensors (batch,
+    hidden) during one forward, all on ``model.lens_device`` (with a ``device_map`` the layers may sit on
+    several devices)."""
     device = model.lens_device
-
-    def first_input(_module, args, kwargs):
-        states.append(batch.gather_last(args[0] if args else kwargs["hidden_states"]).detach().to(device))
-
-    def layer_output(_module, _args, output):
-        states.append(batch.gather_last(output[0] if isinstance(output, tuple) else output).detach().to(device))
-
-    handles = [model.layers[0].register_forward_pre_hook(first_input, with_kwargs=True)]
-    handles += [layer.register_forward_hook(layer_output) for layer in model.layers]
-    try:
-        yield states
-    finally:
-        for handle in handles:
-            handle.remove()
+    return residual_states(model, lambda h: batch.gather_last(h).detach().to(device))
 
 
 def batch_states(model: LensModel, batch: Batch) -> torch.Tensor:

@@ -109,8 +109,9 @@ def feature_matrix(source, features: Sequence[str], *, layer: int | None = None,
     if isinstance(source, pd.DataFrame):
         n = len(source)
     else:
-        lengths = [np.asarray(v).reshape(-1).size for k, v in source.items() if k in features]
-        n = max(lengths) if lengths else (len(next(iter(source.values()))) if source else 0)
+        # read only the features asked for: an online mapping computes a feature when it is read
+        lengths = [np.asarray(source[k]).reshape(-1).size for k in features if k in source]
+        n = max(lengths) if lengths else (len(source[next(iter(source))]) if source else 0)
     columns = [_feature_column(source, f, layer, n, n_layers) for f in features]
     X = np.column_stack(columns) if n else np.zeros((0, len(features)))
     bad = [f for j, f in enumerate(features) if not np.isfinite(X[:, j]).all()]
@@ -370,11 +371,6 @@ class ExitPolicy(ClassifierMixin, BaseEstimator):
         self.calibration_ = _table_calibration(X)
         self.metadata_ = fit_metadata(self, X, part, labels)
         return self
-
-    @property
-    def estimator_(self):
-        """The fitted scikit-learn pipeline (SVM, logistic), else None."""
-        return getattr(self.scorer_, "estimator", None)
 
     # ---- stop probabilities ----------------------------------------------------------------------------------
     def _check_fitted(self) -> None:

@@ -1,15 +1,16 @@
 """Real early exit: the forward pass stops at the exit layer, and the layers after it never run.
 
 ``run_early_exit(model, prompts, policy)`` runs the Hugging Face model itself (its own embeddings, masks
-and positions, inputs from ``inputs.prepare_prompts``) with hooks on the decoder layers:
+and positions, inputs from ``inputs.prepare_prompts``) with hooks on the decoder layers (``model.hooks``):
 
 - a **forward hook** on layer ``l`` (for ``l >= policy.min_layer`` only: below it there is no check at all)
-  reads the last-position state ``h_l``, computes its lens statistics with ``lens.lens_stats`` (the label
-  rows of the unembedding only, unless ``policy.needs_full_vocab``), the online features (calibrated label
-  features with the policy's calibration offsets at layer ``l``, ``cos_prev``, ``layer``, ``layer_frac``),
-  asks ``policy.stop_proba_online`` and marks the rows that stop (proba >= ``policy.threshold``; every row
-  stops at layer ``L``). When every row of the batch has stopped it raises a private exception that aborts
-  the forward pass, caught outside: no later layer executes, not even the final norm or the LM head;
+  reads the last-position state ``h_l`` and hands the rule its online features (``features.online_features``:
+  calibrated label features — ``Calibration.apply`` at layer ``l`` of the label rows of the unembedding, or
+  of the full-vocabulary lens ``lens.lens_stats`` when ``policy.needs_full_vocab`` —, ``cos_prev``, ``layer``,
+  ``layer_frac``; each computed when the rule reads it), asks ``policy.stop_proba_online`` and marks the rows
+  that stop (proba >= ``policy.threshold``; every row stops at layer ``L``). When every row of the batch has
+  stopped it raises ``hooks.StopForward``, which aborts the forward pass, caught outside: no later layer
+  executes, not even the final norm or the LM head;
 - with ``batch_size > 1``, a **forward pre-hook** on every layer keeps running only the unfinished rows: it
   slices the hidden states and every per-example tensor argument of the layer (the 4-D attention mask,
   ``position_embeddings`` (cos, sin), ``position_ids``: those with ``ndim >= 2`` whose first dimension is
@@ -24,7 +25,9 @@ The prediction is the argmax of the calibrated label scores at the exit layer, t
 
 from __future__ import annotations
 
+import functools
 import time
+from collections import ChainMap
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Iterator, Sequence
@@ -35,23 +38,15 @@ import torch
 
 from ..common.checks import check_finite
 from ..common.replay import layers_saved
-from ..data.calibration import Calibration, label_log_softmax
-from ..features.online import label_features
+from ..data.calibration import Calibration
+from ..features.online import ONLINE_FEATURES, online_features
 from ..model import parallel
+from ..model.hooks import StopForward, decoder_hooks, layer_input, layer_output, with_input
 from ..model.identity import check_rule_model
 from ..model.inputs import Batch, _find_cache, label_token_ids, prepare_prompts
 from ..model.lens import lens_stats
 from ..model.loading import LensModel
 from ..rules.interface import ExitRule, OnlineState
-
-#: Features ``run_early_exit`` computes at every checked layer (full-vocabulary ones are NaN unless the
-#: policy needs the full vocabulary, or ``full_vocab=True``).
-ONLINE_FEATURE_NAMES = ("layer", "layer_frac", "top_prob", "gap", "entropy", "cos_prev", "label_top_prob", "label_gap")
-
-
-class _StopForward(Exception):
-    """Raised inside a layer hook once every row of the batch has exited: aborts the forward pass."""
-
 
 # ---------------------------------------------------------------------------------------------------
 # Results
@@ -143,15 +138,16 @@ class FullResult:
 # Resolving what the policy carries
 
 
-def calibration_offsets(calibration: Calibration | str | None, *, n_layers: int, n_labels: int) -> np.ndarray:
-    """The offsets (L+1, C) subtracted from the label log-probabilities: those of ``calibration`` (a
-    ``Calibration``), zeros for ``"raw"``. ``ValueError`` for None (say which calibration), another string, or
-    offsets of another shape (fitted for another model or task); ``TypeError`` for anything else."""
+def resolve_calibration(calibration: Calibration | str | None, *, n_layers: int, n_labels: int) -> Calibration:
+    """The ``Calibration`` whose ``apply`` turns label logits into the scores a decision is made on:
+    ``calibration`` itself (a ``Calibration``), the zero offsets of ``"raw"``. ``ValueError`` for None (say which
+    calibration), another string, or offsets of another shape (fitted for another model or task);
+    ``TypeError`` for anything else."""
     if isinstance(calibration, str):
         if calibration != "raw":
             raise ValueError(f"calibration {calibration!r} is a method name, not offsets: pass the fitted Calibration "
                              "(e.g. task_trace.calibration) or 'raw'.")
-        return np.zeros((n_layers + 1, n_labels))
+        return Calibration("raw", np.zeros((n_layers + 1, n_labels)))
     if calibration is None:
         raise ValueError("the label scores need calibration offsets and the rule carries none (rule.calibration "
                          "is None): pass calibration=<task_trace.calibration | 'raw'>.")
@@ -161,7 +157,7 @@ def calibration_offsets(calibration: Calibration | str | None, *, n_layers: int,
     if offsets.shape != (n_layers + 1, n_labels):
         raise ValueError(f"calibration offsets have shape {offsets.shape}, expected {(n_layers + 1, n_labels)} "
                          "(L+1 layers x label words): fitted for another model or task?")
-    return offsets
+    return calibration
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -191,18 +187,18 @@ def _slice_rows(value, idx: torch.Tensor, batch: int, cache: dict):
 class _BatchRun:
     """Hook state for one batch: which original rows the running hidden states hold, who has exited."""
 
-    def __init__(self, model: LensModel, policy, *, inputs: Batch, offsets: np.ndarray, label_ids: torch.Tensor,
+    def __init__(self, model: LensModel, policy, *, inputs: Batch, calibration: Calibration, label_ids: torch.Tensor,
                  full_vocab: bool, min_layer: int, threshold: float, row_ids: np.ndarray):
         self.model, self.policy = model, policy
         self.L = model.n_layers
         self.inputs = inputs
         self.batch = batch = inputs.size
-        self.offsets, self.label_ids = offsets, label_ids
+        self.calibration, self.label_ids = calibration, label_ids
         self.full_vocab, self.min_layer, self.threshold = full_vocab, min_layer, threshold
         self.row_ids = np.asarray(row_ids)  # prompt index of each batch row
         self.rows = torch.arange(batch)  # original rows held by the running hidden states, in order
         self.done = np.zeros(batch, dtype=bool)
-        self.prev: torch.Tensor | None = None  # (batch, hidden) last state of the previous layer
+        self.prev: tuple[torch.Tensor, torch.Tensor] | None = None  # (rows, states (rows, hidden)) of the last layer
         self.slice_cache: dict = {}
         self.check_seconds = 0.0
         self.state = OnlineState(rows=self.row_ids)  # what the rule carries from layer to layer
@@ -212,105 +208,99 @@ class _BatchRun:
         self.label_logits = np.zeros((batch, C))
         self.scores = np.zeros((batch, C))
         self.states: list[torch.Tensor | None] = [None] * batch
-        self.features: dict[str, np.ndarray] = {k: np.full(batch, np.nan) for k in ONLINE_FEATURE_NAMES}
+        self.features: dict[str, np.ndarray] = {k: np.full(batch, np.nan) for k in ONLINE_FEATURES}
 
     # ---- hooks -----------------------------------------------------------------------------------
-    def pre_hook(self, index: int):
-        def hook(_module, args, kwargs):
-            hidden = args[0] if args else kwargs["hidden_states"]
-            if index == 0:
-                self._layer_state(0, self.inputs.gather_last(hidden, self.rows))
-            keep = ~self.done[self.rows.numpy()]
-            if not keep.all():  # rows exited since the last layer: drop them from the running states
-                positions = torch.from_numpy(np.flatnonzero(keep)).to(hidden.device)
-                hidden = hidden.index_select(0, positions)
-                self.rows = self.rows[torch.from_numpy(keep)]
-                self.slice_cache = {}
-            if len(self.rows) == self.batch:
-                return None
-            idx = self.rows
-            cache = _find_cache(args, kwargs)
-            if cache is not None and index < len(cache.layers):  # this layer's prefix keys/values: active rows only
-                layer_cache = cache.layers[index]
-                if getattr(layer_cache, "keys", None) is not None and layer_cache.keys.shape[0] == self.batch:
-                    layer_cache.batch_select_indices(idx.to(layer_cache.keys.device))  # transformers' own
-            if args:
-                args = (hidden, *_slice_rows(args[1:], idx, self.batch, self.slice_cache))
-            else:
-                kwargs = {**kwargs, "hidden_states": hidden}
-            kwargs = {k: (v if k == "hidden_states" else _slice_rows(v, idx, self.batch, self.slice_cache))
-                      for k, v in kwargs.items()}
-            return args, kwargs
+    def before(self, index: int, args: tuple, kwargs: dict):
+        """Pre-hook of decoder layer ``index``: layer 0's input is layer 0's state; rows that exited since the
+        last layer are dropped from the hidden states, the layer's per-example arguments and its prefix cache."""
+        hidden = layer_input(args, kwargs)
+        if index == 0:
+            self._layer_state(0, self.inputs.gather_last(hidden, self.rows))
+        keep = ~self.done[self.rows.numpy()]
+        if not keep.all():  # rows exited since the last layer: drop them from the running states
+            positions = torch.from_numpy(np.flatnonzero(keep)).to(hidden.device)
+            hidden = hidden.index_select(0, positions)
+            self.rows = self.rows[torch.from_numpy(keep)]
+            self.slice_cache = {}
+        if len(self.rows) == self.batch:
+            return None
+        idx = self.rows
+        cache = _find_cache(args, kwargs)
+        if cache is not None and index < len(cache.layers):  # this layer's prefix keys/values: active rows only
+            layer_cache = cache.layers[index]
+            if getattr(layer_cache, "keys", None) is not None and layer_cache.keys.shape[0] == self.batch:
+                layer_cache.batch_select_indices(idx.to(layer_cache.keys.device))  # transformers' own
+        args, kwargs = with_input(args, kwargs, hidden)
+        args = (args[0], *_slice_rows(args[1:], idx, self.batch, self.slice_cache)) if args else args
+        kwargs = {k: (v if k == "hidden_states" else _slice_rows(v, idx, self.batch, self.slice_cache))
+                  for k, v in kwargs.items()}
+        return args, kwargs
 
-        return hook
-
-    def post_hook(self, index: int):
-        layer = index + 1
-
-        def hook(_module, _args, output):
-            hidden = output[0] if isinstance(output, tuple) else output
-            self._layer_state(layer, self.inputs.gather_last(hidden, self.rows))
-
-        return hook
+    def after(self, index: int, _args: tuple, _kwargs: dict, output) -> None:
+        """Forward hook of decoder layer ``index``: its output is the state of layer ``index + 1``."""
+        self._layer_state(index + 1, self.inputs.gather_last(layer_output(output), self.rows))
 
     # ---- the check -------------------------------------------------------------------------------
     def _layer_state(self, layer: int, h: torch.Tensor) -> None:
-        """State ``h`` (active rows, hidden) after ``layer``: keep it for cos_prev; check if due."""
+        """State ``h`` (active rows, hidden) after ``layer``: check if due; keep it for the next cos_prev."""
         if layer >= self.min_layer:
             start = time.perf_counter()
             self._check(layer, h)
             self.check_seconds += time.perf_counter() - start
         if layer < self.L:
-            if self.prev is None:
-                self.prev = torch.zeros((self.batch, h.shape[-1]), dtype=h.dtype, device=h.device)
-            self.prev[self.rows.to(self.prev.device)] = h.to(self.prev.device)  # layers may sit on several devices
+            self.prev = (self.rows, h)  # a fresh tensor per layer: never written to, so features may read it later
         if self.done.all():
-            raise _StopForward
+            raise StopForward  # every row has exited: abort the forward pass
+
+    def _previous(self, layer: int) -> torch.Tensor | None:
+        """The running rows' states at ``layer - 1`` (None at layer 0): rows only leave, so the rows now running
+        are a subset of those then, in the same order."""
+        if self.prev is None or layer == 0:
+            return None
+        rows, h = self.prev
+        if rows is self.rows:
+            return h
+        return h.index_select(0, torch.searchsorted(rows, self.rows).to(h.device))
 
     def _check(self, layer: int, h: torch.Tensor) -> None:
         rows = self.rows.numpy()
         n = len(rows)
-        stats = lens_stats(self.model, h, self.label_ids, full_vocab=self.full_vocab, top_k=1)
-        check_finite((h, stats["label_logits"]), "the residual stream or its label logits", model=self.model,
-                     layer=layer)
-        label_logits = stats["label_logits"].double().cpu().numpy()
-        scores = label_log_softmax(label_logits) - self.offsets[layer]
-        feats = {"layer": np.full(n, float(layer)), "layer_frac": np.full(n, layer / self.L)}
-        for name in ("top_prob", "gap", "entropy"):
-            feats[name] = stats[name].double().cpu().numpy()
-        if self.prev is not None and layer > 0:
-            prev = self.prev[self.rows.to(self.prev.device)].to(h.device)
-            feats["cos_prev"] = torch.nn.functional.cosine_similarity(h, prev, dim=-1).double().cpu().numpy()
-        else:
-            feats["cos_prev"] = np.full(n, np.nan)
-        feats.update({k: np.asarray(v) for k, v in label_features(scores).items()})
+        check_finite(h, "the residual stream", model=self.model, layer=layer)
+        stats = functools.cache(lambda: lens_stats(self.model, h, self.label_ids, full_vocab=self.full_vocab, top_k=1))
+
+        @functools.cache
+        def label() -> tuple[np.ndarray, np.ndarray]:  # (raw label logits, calibrated scores), (n, C) each
+            logits = stats()["label_logits"].double().cpu().numpy()
+            check_finite(logits, "the label logits", model=self.model, layer=layer)
+            return logits, self.calibration.apply(logits, layer)
+
+        feats = online_features(layer, self.L, h, self._previous(layer), vocab_stats=stats if self.full_vocab else None,
+                                label_scores=lambda: label()[1])
         self.state.rows = self.row_ids[rows]
         proba = np.asarray(self.policy.stop_proba_online(feats, layer, self.state), dtype=np.float64).reshape(n)
-        self.state.history.append({**feats, "layer": layer, "rows": self.state.rows})
+        self.state.history.append(ChainMap({"layer": layer, "rows": self.state.rows}, feats))
         self.stop_proba[rows, layer] = proba
         stop = (proba >= self.threshold) | (layer >= self.L)
         for pos in np.flatnonzero(stop):
             row = rows[pos]
             self.exit_layer[row] = layer
-            self.label_logits[row] = label_logits[pos]
-            self.scores[row] = scores[pos]
+            self.label_logits[row], self.scores[row] = label()[0][pos], label()[1][pos]
             self.states[row] = h[pos].detach().float().cpu()
-            for name in ONLINE_FEATURE_NAMES:
+            for name in ONLINE_FEATURES:
                 self.features[name][row] = feats[name][pos]
         self.done[rows[stop]] = True
 
 
-def _layer_hooks(model: LensModel, run: _BatchRun) -> list:
-    """Register only the hooks this run needs: pre-hooks to slice rows (batch > 1) and for layer-0 work;
-    forward hooks from layer ``min_layer - 1`` on (the layer before the first check feeds cos_prev)."""
-    handles = []
+def _layer_hooks(model: LensModel, run: _BatchRun) -> dict:
+    """Only the hooks this run needs (``decoder_hooks`` arguments): pre-hooks to slice rows (batch > 1) and for
+    layer-0 work; forward hooks from layer ``min_layer - 1`` on (the layer before the first check feeds
+    cos_prev)."""
+    L = model.n_layers
+    before = [i for i in range(L) if run.batch > 1 or (i == 0 and run.min_layer <= 1)]
     first_post = max(1, run.min_layer - 1)
-    for index, layer in enumerate(model.layers):
-        if run.batch > 1 or (index == 0 and run.min_layer <= 1):
-            handles.append(layer.register_forward_pre_hook(run.pre_hook(index), with_kwargs=True))
-        if index + 1 >= first_post:
-            handles.append(layer.register_forward_hook(run.post_hook(index)))
-    return handles
+    return {"before": dict.fromkeys(before, run.before),
+            "after": dict.fromkeys([i for i in range(L) if i + 1 >= first_post], run.after)}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -338,7 +328,7 @@ def run_early_exit(
     it from the running batch; when no row is left the forward pass is aborted). ``policy`` is an
     ``ExitRule`` (``TypeError`` otherwise); its ``needs_full_vocab`` says whether a check needs the LM head over
     the full vocabulary or only the label rows of the unembedding (the cheap check). ``features`` passed to it
-    are arrays over the rows still running: ``ONLINE_FEATURE_NAMES`` plus ``pred``; ``state`` is the batch's
+    are arrays over the rows still running: ``ONLINE_FEATURES`` plus ``pred``; ``state`` is the batch's
     ``OnlineState`` (each running row's prompt index, the earlier checks, the rule's carried memory).
     ``calibration`` (a ``Calibration`` or ``"raw"``) overrides the rule's own. ``full_vocab=True`` computes the
     full-vocabulary features even when the rule does not need them (slower checks).
@@ -363,8 +353,8 @@ def run_early_exit(
         raise ValueError("run_early_exit needs the task's label words (label_words=task.label_words).")
     check_rule_model(policy, model, label_words=words, n_examples=len(prepared.texts))  # PolicyModelMismatchError
     L = model.n_layers
-    offsets = calibration_offsets(policy.calibration if calibration is None else calibration, n_layers=L,
-                                  n_labels=len(words))
+    calibration = resolve_calibration(policy.calibration if calibration is None else calibration, n_layers=L,
+                                      n_labels=len(words))
     label_ids = torch.tensor(label_token_ids(model.tokenizer, words, prepared.texts[0], owner=model.name),
                              dtype=torch.long, device=model.device)
     need_full = bool(policy.needs_full_vocab) if full_vocab is None else bool(full_vocab)
@@ -376,7 +366,7 @@ def run_early_exit(
     def work(b: int) -> dict:
         t0, c0 = time.perf_counter(), time.process_time()
         batch = prepared.batch(prepared.batches[b])
-        run = _BatchRun(model, policy, inputs=batch, offsets=offsets, label_ids=label_ids,
+        run = _BatchRun(model, policy, inputs=batch, calibration=calibration, label_ids=label_ids,
                         full_vocab=need_full, min_layer=min_layer, threshold=threshold, row_ids=prepared.batches[b])
         _run_batch(model, run, batch)
         return _batch_record(prepared.batches[b], run, time.perf_counter() - t0, time.process_time() - c0)
@@ -394,14 +384,11 @@ def run_early_exit(
 
 def _run_batch(model: LensModel, run: _BatchRun, batch: Batch) -> None:
     """One forward pass of ``batch`` with ``run``'s hooks (aborted once every row has exited)."""
-    handles = _layer_hooks(model, run)
-    try:
-        model.hf_model(**batch.forward_kwargs(model))
-    except _StopForward:
-        pass
-    finally:
-        for handle in handles:
-            handle.remove()
+    with decoder_hooks(model, **_layer_hooks(model, run)):
+        try:
+            model.hf_model(**batch.forward_kwargs(model))
+        except StopForward:
+            pass
     if (run.exit_layer < 0).any():  # cannot happen: layer L always stops every row
         raise RuntimeError("early exit: some rows never reached an exit (was the model's layer list changed?)")
 
@@ -421,7 +408,7 @@ class _Collected:
         self.exit_layers, self.stop_proba = np.full(n, -1), np.full((n, n_layers + 1), np.nan)
         self.label_logits, self.scores = np.zeros((n, n_labels)), np.zeros((n, n_labels))
         self.states: list[torch.Tensor | None] = [None] * n
-        self.features = {k: np.full(n, np.nan) for k in ONLINE_FEATURE_NAMES}
+        self.features = {k: np.full(n, np.nan) for k in ONLINE_FEATURES}
         self.seconds, self.cpu_seconds, self.check_seconds = np.zeros(n), np.zeros(n), np.zeros(n)
         self.batch_seconds: list[float] = []
 
@@ -436,7 +423,7 @@ class _Collected:
         self.check_seconds[idx] = record["check_seconds"] / len(idx)
         for name in ("exit_layers", "stop_proba", "label_logits", "scores"):
             getattr(self, name)[idx] = record[name]
-        for k in ONLINE_FEATURE_NAMES:
+        for k in ONLINE_FEATURES:
             self.features[k][idx] = record["features"][k]
         for pos, i in enumerate(idx):
             self.states[i] = record["states"][pos]
@@ -473,7 +460,7 @@ def run_full(
                          f"not {label_words!r}")
     words = list(label_words)
     L = model.n_layers
-    offsets = calibration_offsets(calibration, n_layers=L, n_labels=len(words))
+    calibration = resolve_calibration(calibration, n_layers=L, n_labels=len(words))
     label_ids = torch.tensor(label_token_ids(model.tokenizer, words, prepared.texts[0], owner=model.name),
                              dtype=torch.long, device=model.device)
     n = len(prepared.tokens)
@@ -493,7 +480,7 @@ def run_full(
         batch_seconds.append(elapsed)
         seconds[idx], cpu_seconds[idx] = elapsed / len(idx), cpu / len(idx)
     check_finite(label_logits, "the model's label logits", model=model, layer=L)
-    scores = label_log_softmax(label_logits) - offsets[L]
+    scores = calibration.apply(label_logits, L)
     return FullResult(predictions=scores.argmax(-1), label_logits=label_logits, scores=scores,
                       seconds=seconds, batch_seconds=batch_seconds, cpu_seconds=cpu_seconds)
 
@@ -518,25 +505,21 @@ def count_layer_rows(model: LensModel) -> Iterator[np.ndarray]:
     that fills in place. After ``run_early_exit`` it shows which layers really ran, and for how many rows."""
     counts = np.zeros(model.n_layers, dtype=int)
 
-    def hook(index):
-        def count(_module, _args, output):
-            counts[index] += (output[0] if isinstance(output, tuple) else output).shape[0]
-        return count
+    def count(index: int, _args, _kwargs, output) -> None:
+        counts[index] += layer_output(output).shape[0]
 
-    handles = [layer.register_forward_hook(hook(i)) for i, layer in enumerate(model.layers)]
-    try:
+    with decoder_hooks(model, after=count):
         yield counts
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
-def measure_check_cost(result: ExitResult, full_seconds: np.ndarray) -> float:
-    """Mean cost of one exit check as a fraction of one layer's cost: (check seconds per example /
-    checks per example) / (dense seconds per example / L). ``full_seconds``: the dense model's times on the
-    same prompts."""
-    checks = (np.isfinite(result.stop_proba).sum(1)).astype(float)
-    per_check = result.check_seconds.sum() / max(checks.sum(), 1.0)
-    per_layer = float(np.mean(full_seconds)) / result.n_layers
+def measure_check_cost(results: ExitResult | Sequence[ExitResult], full_seconds) -> float:
+    """Mean cost of one exit check as a fraction of one layer's cost: (check seconds / checks, over all
+    ``results``) / (the dense model's mean seconds per example / L). ``full_seconds``: the dense model's
+    seconds per example on the same prompts (an array, or their mean). The evaluation table's ``check_cost``
+    and ``benchmarks/early_exit_speed.py`` report it."""
+    results = [results] if isinstance(results, ExitResult) else list(results)
+    checks = sum(int(np.isfinite(r.stop_proba).sum()) for r in results)
+    per_check = sum(float(r.check_seconds.sum()) for r in results) / max(checks, 1)
+    per_layer = float(np.mean(full_seconds)) / results[0].n_layers
     return per_check / per_layer
 

@@ -36,13 +36,6 @@ def exercise_3(evaluations, task: str = "sentiment", method: str = "CRF · label
     return int(np.argmin(margin))
 
 
-def failure_example(evaluations, task: str = "sentiment", method: str = "CRF · label features") -> int | None:
-    """An example the full model gets right and ``method``'s early exit gets wrong (None if there is none)."""
-    evaluation = evaluations[task]
-    pairs = zip(evaluation.predictions[method], evaluation.predictions["full"], evaluation.gold)
-    return next((i for i, (early, full, gold) in enumerate(pairs) if early != gold and full == gold), None)
-
-
 #: Written answers to the exercises' "why" questions (the functions above compute the numbers).
 WHY = {
     1: "Every check runs the classifier (and for full-vocabulary features the LM head over the whole vocabulary) "
