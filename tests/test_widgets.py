@@ -128,10 +128,20 @@ def test_threshold_sweep_and_dataset_figure():
     assert {"threshold", "mean_exit_layer", "layers_saved", "accuracy", "consistency", "full_accuracy"} <= set(sweep)
     assert (np.diff(sweep["mean_exit_layer"]) >= 0).all()  # a higher threshold never exits earlier
     assert sweep["mean_exit_layer"].iloc[0] == 3  # threshold 0: everything stops at the minimum layer
-    assert sweep["consistency"].iloc[-1] <= 1.0
-    np.testing.assert_array_equal(views.exits_at(d, 0.5, 3), first_exit(P, 0.5, 3))
-    fig = views.dataset_figure(d, sweep, threshold=0.5, min_layer=3, title="synthetic")
-    assert len(fig.axes) == 2
+    last = sweep.iloc[-1]  # threshold 1: no stop probability in [0, 1) reaches it, all run to layer L
+    assert last.threshold == 1.0 and last.mean_exit_layer == 12 and last.consistency == 1.0
+    exits = views.exits_at(d, 0.5, 3)
+    np.testing.assert_array_equal(exits, first_exit(P, 0.5, 3))
+    fig = views.dataset_figure(d, sweep, threshold=0.5, min_layer=3, title="synthetic", certified=0.8)
+    left, right = fig.axes
+    (histogram,) = left.patches  # the exit layers at the threshold, one bin per layer
+    np.testing.assert_array_equal(histogram.get_data().values, np.bincount(exits, minlength=13))
+    np.testing.assert_array_equal(histogram.get_data().edges, np.arange(14) - 0.5)
+    assert any(np.allclose(line.get_xdata(), exits.mean()) for line in left.lines)
+    for column, line in zip(("accuracy", "consistency", "layers_saved"), right.lines):
+        np.testing.assert_allclose(line.get_xydata(), sweep[["threshold", column]].to_numpy())
+    marks = {line.get_label(): line.get_xdata()[0] for line in right.lines[3:]}
+    assert 0.5 in marks.values() and marks["certified 0.80"] == 0.8  # the slider's threshold, the certified one
     assert views.figure_png(fig)[:8] == b"\x89PNG\r\n\x1a\n"
     html = views.dataset_summary_html(d, threshold=0.5, min_layer=3)
     assert "n=40" in html and "threshold 0.50" in html
@@ -141,10 +151,15 @@ def test_layer_curves_figure(traces):
     tt = traces[1]
     table = views.example_table(views.slice_trace(tt.trace, 0), tt.calibration, gold=int(tt.gold[0]))
     assert len(table) == tt.n_layers + 1 and table["gold"].iloc[0] == tt.gold[0]
-    for lens in ("full", "labels"):
-        fig = views.layer_curves_figure(table, np.linspace(0, 1, tt.n_layers + 1), lens=lens, threshold=0.5,
-                                        min_layer=1, exit_layer=2, title="x")
-        assert len(fig.axes) == 1 and len(fig.axes[0].lines) >= 5  # 2 features, P(stop), threshold, exit
+    stop = np.linspace(0, 1, tt.n_layers + 1)
+    for lens, features in (("full", ("top_prob", "gap")), ("labels", ("label_top_prob", "label_gap"))):
+        fig = views.layer_curves_figure(table, stop, lens=lens, threshold=0.5, min_layer=1, exit_layer=2, title="x")
+        (ax,) = fig.axes
+        lines = {line.get_label(): line for line in ax.lines}
+        for name in features:  # the example's own feature rows, layer by layer
+            np.testing.assert_allclose(lines[name].get_xydata(), table[["layer", name]].to_numpy())
+        np.testing.assert_array_equal(lines["P(stop)"].get_ydata(), np.where(table["layer"] >= 1, stop, np.nan))
+        assert np.allclose(lines["threshold 0.50"].get_ydata(), 0.5) and np.allclose(lines["exit at 2"].get_xdata(), 2)
 
 
 def test_example_table_matches_the_dataset_feature_table(traces):
