@@ -248,6 +248,8 @@ def test_evaluation_table(llama):
     assert len(ev.dropped) == round(L * saved)
     assert row.loc["oracle", "consistency"] == 1.0
     assert row.loc["fixed", "mean_exit_layer"] == round(ev.exits["gap"].mean())
+    replayed = policy.exit_layers(tt)  # the trace's own replay of the same rule, next to the real run's exits
+    assert row.loc["gap", "trace_agreement"] == pytest.approx(np.mean(ev.exits["gap"] == replayed))
     assert row.loc["gap", "trace_agreement"] >= 0.5
     assert np.isfinite(row.measured_speedup).all() and (row.n_timed == 3).all()
     assert row.loc["gap", "check_cost"] > 0
