@@ -59,34 +59,71 @@ def test_navigation_check_detects_a_stale_line(tmp_path):
     assert stale_chapters(tmp_path) == []
 
 
-@pytest.fixture
-def flipping_trace():
-    rng = np.random.default_rng(0)
-    preds = (rng.random((40, 9)) < np.linspace(0.3, 0.9, 9)).astype(int)
-    preds[0] = [1, 1, 0, 0, 1, 1, 1, 1, 1]  # agrees at layer 0, flips, settles at 4
-    return task_trace_from_predictions(preds, gold=rng.integers(0, 2, 40))
+#: Decisions by layer (0..4) of six examples, with their gold labels. By hand, against gold: layer accuracy
+#: 3/6, 4/6, 3/6, 5/6, 5/6 — the first layer at >= 90% of the final 5/6 is layer 3. Each example's answer settles
+#: (equals the final one from there on) at layers 3, 0, 1, 2, 3, 2: the oracle saves 1 - (11/6)/4 = 13/24. Example
+#: 0 agrees with its final answer at layer 1, flips at 2 and settles at 3: the one example that flips back;
+#: example 5 agrees only at layer 0 (the embeddings, where no rule exits) and does not count.
+HAND_PREDS = [[0, 1, 0, 1, 1], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0], [0, 0, 1, 1, 1], [0, 0, 0, 1, 1], [0, 1, 0, 0, 0]]
+HAND_GOLD = [1, 1, 0, 0, 1, 0]
 
 
-def test_chapter_01_checkers(flipping_trace):
-    tt = flipping_trace
-    answer = ch01.exercise_1(tt)
-    assert exercises.check_01_first_layer_reaching(tt, answer)
-    assert not exercises.check_01_first_layer_reaching(tt, tt.n_layers + 5)
-    assert not exercises.check_01_first_layer_reaching(tt, ...)
-    wrong = answer + 1 if answer < tt.n_layers else answer - 1
-    assert not exercises.check_01_first_layer_reaching(tt, wrong)
+def rejected(feedback, *words: str) -> bool:
+    """``feedback`` is a ❌ whose message contains every one of ``words``."""
+    return not feedback and str(feedback).startswith("❌") and all(w in feedback.message for w in words)
 
-    raw = ch01.exercise_2(tt)
-    assert exercises.check_01_raw_oracle(tt, **raw)
-    assert not exercises.check_01_raw_oracle(tt, oracle_layers_saved=raw["oracle_layers_saved"] + 0.1,
-                                             accuracy_full=raw["accuracy_full"])
-    assert not exercises.check_01_raw_oracle(tt, oracle_layers_saved=..., accuracy_full=...)
 
-    example = ch01.exercise_3(tt)
-    assert example is not None and exercises.check_01_flip_example(tt, example)
-    never_flips = next(i for i in range(tt.n_examples) if not exercises.flips_back(tt, i))
-    feedback = exercises.check_01_flip_example(tt, never_flips)
-    assert not feedback and "never agrees" in str(feedback)
+def test_chapter_01_checkers_accept_the_hand_computed_answers_and_reject_the_near_misses():
+    tt = task_trace_from_predictions(HAND_PREDS, gold=HAND_GOLD)
+    np.testing.assert_allclose(tt.accuracy_by_layer(), [3 / 6, 4 / 6, 3 / 6, 5 / 6, 5 / 6])  # the hand numbers
+    check = exercises.check_01_first_layer_reaching
+    assert check(tt, 3) and check(tt, np.int64(3)) and ch01.exercise_1(tt) == 3
+    assert check(tt, 0, fraction=0.5) and rejected(check(tt, 3, fraction=0.5), "earlier")  # 3/6 >= 5/12 at layer 0
+    assert rejected(check(tt, 2), "layer 2 has accuracy 0.500", "does not reach the bar")  # one too early
+    assert rejected(check(tt, 4), "an earlier layer does too")  # one too late (counting from 1)
+    assert rejected(check(tt, 5), "between 0 and 4") and rejected(check(tt, ...), "between 0 and 4")
+    assert rejected(check(tt, "3"), "a layer number")
+
+    check = exercises.check_01_raw_oracle
+    assert check(tt, oracle_layers_saved=13 / 24, accuracy_full=5 / 6) and ch01.exercise_2(tt) == pytest.approx(
+        {"oracle_layers_saved": 13 / 24, "accuracy_full": 5 / 6})
+    assert check(tt, oracle_layers_saved=0.5417, accuracy_full=0.8333)  # rounded to the 4 digits a reader copies
+    assert rejected(check(tt, oracle_layers_saved=100 * 13 / 24, accuracy_full=5 / 6), "oracle saving is off")
+    assert rejected(check(tt, oracle_layers_saved=13 / 24, accuracy_full=500 / 6), "raw accuracy is off")
+    assert rejected(check(tt, oracle_layers_saved=(11 / 6) / 4, accuracy_full=5 / 6), "1 - mean")  # the depth
+    assert rejected(check(tt, oracle_layers_saved=5 / 6, accuracy_full=13 / 24), "raw accuracy is off")  # swapped
+    assert rejected(check(tt, oracle_layers_saved=..., accuracy_full=...), "raw accuracy is off")
+
+    check = exercises.check_01_flip_example
+    assert check(tt, 0) and "first agrees with the final answer at layer 1" in str(check(tt, 0))
+    assert "settles at layer 3" in str(check(tt, 0)) and ch01.exercise_3(tt) == 0
+    for never in (1, 2, 3, 4, 5):  # 5 agrees at layer 0 only
+        assert rejected(check(tt, never), "never agrees")
+    assert rejected(check(tt, 6), "between 0 and 5") and rejected(check(tt, ...), "between 0 and 5")
+
+
+def test_chapter_01_raw_oracle_is_computed_from_the_raw_decisions():
+    """On a trace whose raw decisions lean to one label (batch calibration removes the lean), the checker wants
+    the raw numbers — computed here with a loop over the raw argmax — and rejects the calibrated ones."""
+    from test_exercises import settling_trace
+
+    tt = settling_trace(seed=1, lean=2.0)
+    raw = tt.trace.label_logits.argmax(-1)  # (n, L+1), no calibration
+    L, gold = tt.n_layers, np.asarray(tt.gold)
+    settle = []
+    for row in raw:
+        layer = L
+        while layer > 0 and row[layer - 1] == row[-1]:
+            layer -= 1
+        settle.append(layer)
+    saved, accuracy = 1 - np.mean(settle) / L, float(np.mean(raw[:, -1] == gold))
+    own_saved = 1 - tt.earliest_consistent_layer().mean() / L
+    own_accuracy = float(np.mean(tt.final_predictions() == gold))
+    assert abs(own_saved - saved) > 0.01 and abs(own_accuracy - accuracy) > 0.01  # the two can be told apart
+    check = exercises.check_01_raw_oracle
+    assert check(tt, oracle_layers_saved=saved, accuracy_full=accuracy)
+    assert not check(tt, oracle_layers_saved=own_saved, accuracy_full=accuracy)
+    assert not check(tt, oracle_layers_saved=saved, accuracy_full=own_accuracy)
 
 
 def test_claims_record_and_fail_only_where_they_must():

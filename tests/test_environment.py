@@ -37,10 +37,12 @@ def test_environment_yml_matches_pyproject():
     assert conda_pins() == pyproject_pins()
 
 
-def test_torch_is_pinned_to_the_local_cpu_build():
-    assert pyproject_pins()["torch"] == "2.13.0"
-
-
 def test_installed_versions_match_pins():
-    for name, pinned in pyproject_pins().items():
-        assert version(name).split("+")[0] == pinned, name
+    """An environment check that guards the numbers: results/ and the checked claims were computed with these
+    versions, and the code follows their APIs (transformers 5.x renames, skops' trusted types). A package
+    installed at another version (a bumped pin without `make install`, a hand-made environment) is named with
+    both versions."""
+    wrong = {name: (version(name).split("+")[0], pinned) for name, pinned in pyproject_pins().items()
+             if version(name).split("+")[0] != pinned}
+    assert not wrong, "installed vs pinned: " + ", ".join(f"{n} {v} != {p}" for n, (v, p) in wrong.items()) + \
+        " — run `make install` (or pip install -e .[test])"

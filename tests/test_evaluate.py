@@ -247,6 +247,8 @@ def test_evaluation_table(llama):
     assert len(ev.dropped) == round(L * saved)
     assert row.loc["oracle", "consistency"] == 1.0
     assert row.loc["fixed", "mean_exit_layer"] == round(ev.exits["gap"].mean())
+    replayed = policy.exit_layers(tt)  # the trace's own replay of the same rule, next to the real run's exits
+    assert row.loc["gap", "trace_agreement"] == pytest.approx(np.mean(ev.exits["gap"] == replayed))
     assert row.loc["gap", "trace_agreement"] >= 0.5
     assert np.isfinite(row.measured_speedup).all() and (row.n_timed == 3).all()
     assert row.loc["gap", "check_cost"] > 0
@@ -258,14 +260,66 @@ def test_evaluation_table(llama):
 
     matplotlib.use("Agg")
     curves = pareto_curves(tt, {"gap": policy})
-    curves = pd.concat([curves, shortgpt_curve(llama, task, [1], n_influence=4, n_calibration=4,
-                                               full_predictions=tt.final_predictions())])
-    ax = plot_pareto(curves, accuracy_full=row.loc["full", "accuracy"], model="tiny", task=task.name, n=6)
-    assert "n=6" in ax.get_title()
-    plot_exit_layers(ev, model="tiny", task=task.name)
-    plot_speedup(table, model="tiny", task=task.name)
+    pruned = shortgpt_curve(llama, task, [1], n_influence=4, n_calibration=4, full_predictions=tt.final_predictions())
+    assert list(pruned.method) == ["shortgpt"] and pruned.layers_saved.item() == pytest.approx(1 / L)
+    ax = plot_pareto(pd.concat([curves, pruned]), accuracy_full=row.loc["full", "accuracy"], model="tiny",
+                     task=task.name, n=6)
+    (line,) = [line for line in ax.lines if line.get_label() == "shortgpt"]
+    np.testing.assert_allclose(line.get_xydata(), pruned[["layers_saved", "accuracy"]].to_numpy())
+    # the real evaluation's own figures: n comes from the evaluation (6 test prompts), not from the caller
+    assert plot_exit_layers(ev, model="tiny", task=task.name).get_title().endswith(f"{task.name}, n=6")
+    assert plot_speedup(table, model="tiny", task=task.name).get_title().endswith(f"{task.name}, n=6")
     with pytest.raises(ValueError, match="baselines"):
         run_evaluation(llama, task, {"gap": policy}, task_trace=tt, baselines=("nope",))
+
+
+def test_evaluation_figures_plot_the_evaluation():
+    """Chapter 04's figures show the evaluation's numbers: the exit-layer histogram counts each method's exits
+    per layer (the full model left out; n from the evaluation's gold labels), the speedup bars are the table's
+    ideal and measured speedups per method (n and the timed prompts from the table), and the Pareto plot draws
+    each method's sweep in order of layers saved, the oracle as a star, the full model's accuracy and one point
+    below it, and chance."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import to_hex
+
+    from adainfer_lib.evaluation.evaluate import Evaluation
+    from adainfer_lib.figures.plots import series_style
+
+    L = 6
+    exits = {"full": np.full(7, L), "a": np.array([1, 1, 2, 6, 6, 6, 3]), "b": np.array([2, 2, 2, 2, 5, 5, 6])}
+    ev = Evaluation(table=pd.DataFrame(), exits=exits, predictions={}, timings=pd.DataFrame(), gold=np.zeros(7, int),
+                    n_layers=L)
+    ax = plot_exit_layers(ev, model="tiny", task="toy")
+    assert ax.get_title().splitlines() == ["Exit layer distribution", "tiny", "toy, n=7"]
+    palette, _ = series_style(["a", "b"])
+    assert len(ax.lines) == 2  # no line for the full model
+    for method in ("a", "b"):
+        (line,) = [line for line in ax.lines if to_hex(line.get_color()) == palette[method].lower()]
+        np.testing.assert_array_equal(line.get_ydata()[: L + 1], np.bincount(exits[method], minlength=L + 1))
+
+    table = pd.DataFrame({"method": ["full", "a", "b"], "ideal_speedup_timed": [1.0, 2.0, 1.5],
+                          "measured_speedup": [1.0, 1.6, 1.1], "n_timed": 3, "n": 7})
+    ax = plot_speedup(table, model="tiny", task="toy")
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["a", "b"]
+    ideal, measured = ([bar.get_height() for bar in bars] for bars in ax.containers)
+    assert ideal == [2.0, 1.5] and measured == [1.6, 1.1]
+    assert ax.get_title().splitlines() == ["Wall-clock speedup, batch 1, on 3 timed prompts", "tiny", "toy, n=7"]
+
+    curves = pd.DataFrame({"method": ["gap", "gap", "gap", "fixed", "fixed", "oracle"],
+                           "layers_saved": [0.5, 0.1, 0.3, 0.6, 0.2, 0.7], "accuracy": [0.7, 0.8, 0.78, 0.6, 0.75,
+                                                                                       0.8]})
+    ax = plot_pareto(curves, accuracy_full=0.8, model="tiny", task="toy", n=7, chance=0.5)
+    for method, part in curves[curves.method != "oracle"].groupby("method"):
+        (line,) = [line for line in ax.lines if line.get_label() == method]
+        np.testing.assert_allclose(line.get_xydata(), part.sort_values("layers_saved")[["layers_saved", "accuracy"]])
+    (star,) = [c for c in ax.collections if c.get_label() == "oracle"]
+    np.testing.assert_allclose(star.get_offsets(), [[0.7, 0.8]])
+    levels = {line.get_label(): line.get_ydata()[0] for line in ax.lines if line.get_label() not in ("gap", "fixed")}
+    assert levels == pytest.approx({"full model": 0.8, "full model − 1 pt": 0.79, "chance (0.50)": 0.5})
+    plt.close("all")
 
 
 @pytest.mark.slow

@@ -1,5 +1,7 @@
-"""Exercise checkers of chapters 02–04: each accepts its solution (``notebooks/solutions``) on synthetic
-tables, traces and evaluations, and rejects the ``...`` placeholder and plausible wrong answers."""
+"""Exercise checkers of chapters 02–05: each accepts the right answer computed independently of the checker (by
+hand, or replayed here with a loop rather than the library's replay) and its solution (``notebooks/solutions``)
+on synthetic tables, traces and evaluations, and rejects the ``...`` placeholder and the plausible wrong answers
+(off by one, a percentage for a fraction, the train split for the test split, another criterion), naming them."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from sklearn.base import clone
+from sklearn.metrics import roc_auc_score
 
 import adainfer_lib as ai
 from adainfer_lib import exercises
@@ -20,7 +23,7 @@ from conftest import make_trace, synthetic_table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "notebooks"))
 
-from solutions import ch02, ch03, ch04  # noqa: E402
+from solutions import ch02, ch03, ch04, ch05  # noqa: E402
 
 LABEL = ("label_gap", "label_top_prob", "layer_frac")
 PAPER = ("gap", "top_prob")
@@ -53,6 +56,22 @@ def settling_trace(n: int = 60, L: int = 12, *, seed: int = 0, split: str = "tes
 def rejected(feedback, *words: str) -> bool:
     """``feedback`` is a ❌ whose message contains every one of ``words``."""
     return not feedback and str(feedback).startswith("❌") and all(w in feedback.message for w in words)
+
+
+def replay_by_hand(policy, table, threshold: float) -> dict:
+    """``policy`` at ``threshold`` on ``table``, replayed with a loop (not the library's replay): each example
+    exits at the first layer >= min_layer whose stop probability reaches the threshold (else L); its decision
+    there is compared with gold and with the final layer's."""
+    L = int(table["layer"].max())
+    stop = policy.stop_matrix(table)  # (n, L+1), examples in ascending order
+    preds = table.pivot(index="example", columns="layer", values="pred").to_numpy()
+    gold = table.groupby("example")["gold"].first().to_numpy()
+    exits = np.array([next((layer for layer in range(policy.min_layer, L + 1) if row[layer] >= threshold), L)
+                      for row in stop])
+    at_exit = preds[np.arange(len(preds)), exits]
+    return {"exits": exits, "layers_saved": 1 - exits.mean() / L,
+            "accuracy_change_pts": 100 * (np.mean(at_exit == gold) - np.mean(preds[:, -1] == gold)),
+            "consistency": np.mean(at_exit == preds[:, -1])}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -106,6 +125,18 @@ def test_chapter_02_raw_calibration_auc_undefined():
 def test_chapter_02_label_gap_change(table02):
     answer = ch02.exercise_3(table02)
     assert exercises.check_02_label_gap_change(table02, **answer)
+    # by hand: the (examples × layers) grid of label_gap, differenced along the layers; both pooled AUCs with
+    # scikit-learn over the decision rows 1 <= layer < L
+    n, L = table02.example.nunique(), int(table02.layer.max())
+    grid = table02["label_gap"].to_numpy().reshape(n, L + 1)
+    by_hand = np.concatenate([np.full((n, 1), np.nan), np.diff(grid, axis=1)], axis=1).reshape(-1)
+    rows = ((table02.layer >= 1) & (table02.layer < L)).to_numpy()
+    settled = table02["settled"].to_numpy()[rows]
+    distance = {name: abs(roc_auc_score(settled, values[rows]) - 0.5)
+                for name, values in (("change", by_hand), ("cos_prev", table02["cos_prev"].to_numpy()))}
+    assert exercises.check_02_label_gap_change(table02, by_hand, bool(distance["change"] > distance["cos_prev"]))
+    assert rejected(exercises.check_02_label_gap_change(table02, by_hand, distance["change"] <= distance["cos_prev"]),
+                    "not the comparison")
     column, beats = answer["label_gap_change"], answer["beats_cos_prev"]
     assert exercises.check_02_label_gap_change(table02, column.fillna(0).to_numpy(), beats)  # 0 at layer 0 is fine
     check = exercises.check_02_label_gap_change
@@ -142,10 +173,20 @@ def policies03(tables03):
 
 def test_chapter_03_operating_point(tables03, policies03):
     train, test = tables03
-    answer = ch03.exercise_1(train, test, policies03)
     check = exercises.check_03_operating_point
-    assert check(train, test, policies03, **answer)
-    saved, change = answer["layers_saved"], answer["accuracy_change_pts"]
+    assert check(train, test, policies03, **ch03.exercise_1(train, test, policies03))
+    svm = policies03["SVM · paper features"]
+    threshold, _ = ai.choose_threshold(svm, train, max_loss=0.03)  # the tuning step; the replay on test by hand
+    mine = replay_by_hand(svm, test, threshold)
+    saved, change = mine["layers_saved"], mine["accuracy_change_pts"]
+    assert check(train, test, policies03, layers_saved=saved, accuracy_change_pts=change)
+    on_train = replay_by_hand(svm, train, threshold)["layers_saved"]  # the threshold replayed on train, not test
+    assert abs(on_train - saved) > 2e-3
+    assert not check(train, test, policies03, layers_saved=on_train, accuracy_change_pts=change)
+    if abs(change) > 0.1:
+        assert rejected(check(train, test, policies03, layers_saved=saved, accuracy_change_pts=change / 100),
+                        "a fraction: answer points")
+    assert rejected(check(train, test, policies03, layers_saved=1 - saved, accuracy_change_pts=change), "layers saved")
     assert rejected(check(train, test, policies03, layers_saved=..., accuracy_change_pts=...), "replace the `...`")
     one_point = ai.simulate(policies03["SVM · paper features"], test,
                             ai.choose_threshold(policies03["SVM · paper features"], train, max_loss=0.01)[0])
@@ -161,6 +202,13 @@ def test_chapter_03_min_layer(tables03, policies03):
     answer = ch03.exercise_2(train, test, policies03, min_layers=(4, 8))
     check = exercises.check_03_min_layer
     assert check(train, test, policies03, answer)
+    by_hand = {}
+    for m in (4, 8):
+        refit = clone(policies03["CRF · label features"]).set_params(min_layer=m).fit(train)
+        threshold, _ = ai.choose_threshold(refit, train, metric="consistency", max_loss=0.01)
+        by_hand[m] = replay_by_hand(refit, test, threshold)["layers_saved"]
+        assert by_hand[m] <= 1 - m / 12 + 1e-12  # no exit before min_layer: at most 1 - m/L saved
+    assert check(train, test, policies03, by_hand)
     assert rejected(check(train, test, policies03, ...), "dict")
     assert rejected(check(train, test, policies03, {4: answer[4], 8: ...}), "min_layer=8")
     assert rejected(check(train, test, policies03, {4: answer[4], 30: 0.1}), "keys")
@@ -235,6 +283,10 @@ def test_chapter_04_affordable_checks(world04):
     answer = ch04.exercise_1(evaluations)
     check = exercises.check_04_affordable_checks
     assert answer > 0 and check(evaluations, answer)
+    ev = evaluations["sentiment"]  # by hand: layers saved per example / the 0.4 layers one check costs
+    by_hand = (ev.n_layers - np.mean(ev.exits["CRF · paper features"])) / 0.4
+    assert check(evaluations, by_hand) and by_hand == pytest.approx(answer)
+    assert rejected(check(evaluations, by_hand * 0.4), "divide by the cost of one check")
     assert check(evaluations, round(answer, 1) if answer > 10 else answer)
     assert rejected(check(evaluations, ...), "replace the `...`")
     row = evaluations["sentiment"].table.set_index("method").loc["CRF · paper features"]
@@ -250,6 +302,13 @@ def test_chapter_04_consistency_threshold(world04):
     answer = ch04.exercise_2(*args)
     check = exercises.check_04_consistency_threshold
     assert check(*args, answer)
+    crf = w["policies"]["sentiment"]["CRF · label features"]
+    train, test = (ai.feature_table(w[k]["sentiment"]) for k in ("train_traces", "test_traces"))
+    threshold, _ = ai.choose_threshold(crf, train, metric="consistency", max_loss=0.01)
+    by_hand = replay_by_hand(crf, test, threshold)
+    assert check(*args, by_hand["layers_saved"]) and by_hand["layers_saved"] == pytest.approx(answer)
+    on_train = replay_by_hand(crf, train, threshold)["layers_saved"]  # the threshold replayed on train, not test
+    assert abs(on_train - answer) > 2e-3 and not check(*args, on_train)
     assert rejected(check(*args, ...), "replace the `...`")
     policy = w["policies"]["sentiment"]["CRF · label features"]
     own = ai.simulate(policy, ai.feature_table(w["test_traces"]["sentiment"]))["layers_saved"]
@@ -272,3 +331,48 @@ def test_chapter_04_exit_before_settling(world04):
     later = np.flatnonzero(margin > margin.min())
     if len(later):
         assert rejected(check(evaluations, int(later[0])), "smaller difference")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Chapter 05 (the checkers read only the explorer's tables and controls: a stand-in with hand-made numbers)
+
+
+def explorer_standin(exit_layers, sweep=None, *, n_layers: int = 6, threshold: float = 0.4, tuned: float = 0.6):
+    """What ``check_05_*`` read of an ``ExitExplorer``: ``dataset_exits()``, ``dataset_sweep()``, the model's L,
+    the sliders and the policy's tuned threshold."""
+    from types import SimpleNamespace
+
+    names = np.array(["negative", "positive"])
+    n = len(exit_layers)
+    exits = pd.DataFrame({"text": [f"review {i}" for i in range(n)], "exit_layer": exit_layers,
+                          "gold": names[np.arange(n) % 2], "at_exit": names[np.zeros(n, int)],
+                          "full_model": names[np.arange(n) % 2]})
+    return SimpleNamespace(dataset_exits=lambda: exits, dataset_sweep=lambda: sweep,
+                           model=SimpleNamespace(n_layers=n_layers), threshold=SimpleNamespace(value=threshold),
+                           min_layer=SimpleNamespace(value=1), policy=SimpleNamespace(threshold=tuned),
+                           dataset_trace=SimpleNamespace(n_examples=n))
+
+
+def test_chapter_05_earliest_exit():
+    explorer = explorer_standin([4, 2, 6, 2, 5])  # by eye: examples 1 and 3 exit earliest, at layer 2
+    check = exercises.check_05_earliest_exit
+    assert check(explorer, 1) and check(explorer, np.int64(3)) and ch05.exercise_1(explorer) == 1
+    assert "exits at layer 2 of 6" in str(check(explorer, 1)) and "2 example(s) share" in str(check(explorer, 1))
+    assert rejected(check(explorer, 0), "example 0 exits at layer 4, but 2 example(s) exit at layer 2")
+    assert rejected(check(explorer, 2), "exits at layer 6")  # the latest, not the earliest
+    assert rejected(check(explorer, 5), "between 0 and 4") and rejected(check(explorer, True), "between 0 and 4")
+    assert rejected(check(explorer, ...), "replace the `...`")
+    assert rejected(check(explorer_standin([6, 6, 6]), 0), "no test example exits before the last layer")
+
+
+def test_chapter_05_threshold_within_one_point():
+    sweep = pd.DataFrame({"threshold": [0.0, 0.2, 0.4, 0.6, 0.8, 1.0], "full_accuracy": 0.8,
+                          "accuracy": [0.5, 0.7, 0.79, 0.8, 0.82, 0.8]})
+    explorer = explorer_standin([3, 2, 6], sweep)
+    check = exercises.check_05_threshold_within_one_point
+    # by hand: 0.4 loses exactly one point (0.79 vs 0.80: within), 0.2 loses ten
+    assert check(explorer, 0.4) and ch05.exercise_2(explorer) == 0.4
+    assert rejected(check(explorer, 0.2), "too low")  # one step too eager
+    assert rejected(check(explorer, 0.6), "tuned threshold (chosen on train)")  # the policy's own threshold
+    assert rejected(check(explorer, 0.0), "the smallest threshold of the sweep, whatever it loses")
+    assert rejected(check(explorer, 0.8), "too high") and rejected(check(explorer, ...), "replace the `...`")

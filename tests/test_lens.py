@@ -206,7 +206,7 @@ def test_default_model_separates_obvious_reviews(default_model):
     prompts = [demos + "Review: an absolute delight, funny and moving from start to finish.\nSentiment:",
                demos + "Review: boring, ugly and painfully stupid; the worst film of the year.\nSentiment:"]
     t = trace(default_model, prompts, label_words=[" negative", " positive"], progress=False)
-    assert t.n_layers == 30 and t.top_prob.shape == (2, 31)
+    assert t.n_layers == default_model.n_layers and t.top_prob.shape == (2, default_model.n_layers + 1)
     margin = t.label_logits[:, -1, 1] - t.label_logits[:, -1, 0]  # positive minus negative
     assert margin[0] > margin[1] + 1.0
     states, logits = last_states(default_model, prompts)

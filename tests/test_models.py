@@ -95,8 +95,24 @@ def test_label_word_must_be_one_token(tiny_model):
 
 
 @pytest.mark.slow
-def test_default_model_is_real_smollm2(default_model):
-    assert default_model.n_layers == 30
-    assert default_model.vocab_size == 49152
-    assert default_model.hf_model.config.hidden_size == 576
-    assert "Q4_1" in default_model.weights_note
+def test_default_model_is_the_trained_model_its_description_promises(default_model):
+    """``load_model()`` gives the model chapter 00 and the prose describe (the registry's description: layers,
+    hidden size, vocabulary; float32 weights dequantized from the GGUF file), and the weights are trained and
+    dequantized right: its greedy next token completes facts a 135M model knows."""
+    import re
+
+    from adainfer_lib.model.loading import DEFAULT_MODEL, OFFLINE_MODELS
+
+    offline = OFFLINE_MODELS[DEFAULT_MODEL]
+    layers, hidden, vocab = re.search(r"(\d+) layers, hidden (\d+), vocab ([\d,]+)", offline.description).groups()
+    model = default_model
+    assert model.n_layers == len(model.layers) == int(layers)
+    assert model.hf_model.config.hidden_size == int(hidden)
+    assert model.vocab_size == model.unembed.weight.shape[0] == len(model.tokenizer) == int(vocab.replace(",", ""))
+    assert model.weights_note == offline.weights_note and "float32" in offline.weights_note
+    assert {p.dtype for p in model.hf_model.parameters()} == {torch.float32}
+    for text, word in [("The capital of France is", " Paris"), ("One, two, three, four,", " five"),
+                       ("The opposite of hot is", " cold")]:
+        ids = model.tokenizer(text, return_tensors="pt")
+        top = model.hf_model(**ids).logits[0, -1].argmax()
+        assert model.tokenizer.decode([int(top)]) == word, text

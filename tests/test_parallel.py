@@ -1,8 +1,8 @@
 """Data-parallel traces under accelerate: two CPU processes give the single-process trace, and one cache file.
 
 ``accelerate launch --cpu --num_processes 2`` starts a single process in accelerate 1.15 (its CPU launcher
-needs mpirun for more; ``test_cpu_launcher_starts_one_process`` pins that), so the two CPU processes are
-started with ``--multi_gpu`` (torchrun underneath) and ``ACCELERATE_USE_CPU=true``: gloo on the CPU.
+needs mpirun for more), so the two CPU processes are started with ``--multi_gpu`` (torchrun underneath) and
+``ACCELERATE_USE_CPU=true``: gloo on the CPU (``test_the_launchers_start_the_processes_the_readme_says``).
 """
 from __future__ import annotations
 
@@ -98,15 +98,20 @@ def test_two_processes_trace_equals_one_and_write_each_cache_once(tmp_path, defa
         np.testing.assert_array_equal(getattr(cached, name), getattr(gathered, name))
 
 
-def test_cpu_launcher_starts_one_process(tmp_path):
-    """Why the test above does not use `accelerate launch --cpu --num_processes 2`: it starts one process."""
-    script = tmp_path / "count.py"
-    script.write_text("import os; print('WORLD_SIZE', os.environ.get('WORLD_SIZE', '1'))\n")
-    run = subprocess.run([ACCELERATE, "launch", "--cpu", "--num_processes", "2", "--num_machines", "1",
-                          "--mixed_precision", "no", "--dynamo_backend", "no", str(script)],
-                         env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=120)
+@pytest.mark.parametrize("launcher, processes", [("--cpu", 1), ("--multi_gpu", 2)])
+def test_the_launchers_start_the_processes_the_readme_says(tmp_path, launcher, processes):
+    """README: on CPUs only, `accelerate launch --cpu --num_processes 2` starts one process (accelerate 1.15's
+    CPU launcher needs mpirun for more) and `--multi_gpu --num_processes 2` — the command the slow tests above
+    use — starts two, each told its rank."""
+    script = tmp_path / "count.py"  # each process leaves a file: a child's stdout may not reach the launcher's
+    script.write_text("import os, sys\nrank, size = os.environ.get('RANK', '0'), os.environ.get('WORLD_SIZE', '1')\n"
+                      "open(f'{sys.argv[1]}.{rank}', 'w').write(size)\n")
+    command = [*LAUNCH[:2], launcher, *LAUNCH[3:], str(script), str(tmp_path / "rank")]
+    assert command[2] == launcher and "--num_processes" in command
+    run = subprocess.run(command, env=_env(tmp_path), capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr[-2000:]
-    assert run.stdout.count("WORLD_SIZE") == 1 and "WORLD_SIZE 1" in run.stdout
+    ranks = {path.name: path.read_text() for path in tmp_path.glob("rank.*")}
+    assert ranks == {f"rank.{r}": str(processes) for r in range(processes)}
 
 
 EXITS_SCRIPT = """

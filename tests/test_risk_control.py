@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 
 import adainfer_lib as ai
@@ -367,7 +368,47 @@ def test_certified_policy_runs_through_run_early_exit(default_tokenizer):
     assert (res.exit_layers == model.n_layers).all()
 
 
-def test_figures_are_titled_and_mark_the_certified_threshold():
+def test_certification_figure_plots_every_candidate_where_the_certification_puts_it():
+    """Each candidate's empirical risk (top) and p-value (bottom) at its threshold, in the colour of its status
+    with the count in the legend; δ and ε as lines, the certified threshold as a vertical line on both panels,
+    the layers saved on the second axis, n in the risk axis' label — all read from the ``Certification``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import to_hex
+
+    from adainfer_lib import plots_risk
+
+    train, pool = synthetic_table(120, 12, seed=12), synthetic_table(800, 12, seed=13)
+    policy = ai.ExitPolicy("threshold", features=("label_gap",)).fit(train)
+    _, cert = ai.certify_threshold(policy, pool.loc[pool.example < 400], delta=0.1)
+    frame = cert.to_frame()
+    assert cert.threshold is not None and set(frame.status) == {"certified", "failed", "not tested"}
+    fig = plots_risk.certification_figure(cert, title="t — m, sentiment, n=400")
+    top, bottom, saved = fig.axes
+    assert "n=400" in top.get_ylabel() and cert.risk in top.get_ylabel()
+    for status, part in frame.groupby("status"):
+        (points,) = [c for c in top.collections if c.get_label() == f"{status} ({len(part)})"]
+        np.testing.assert_allclose(points.get_offsets(), part[["threshold", "empirical_risk"]].to_numpy())
+        assert to_hex(points.get_facecolor()[0]) == plots_risk.STATUS_COLOURS[status]
+        (p_points,) = [c for c in bottom.collections if len(c.get_offsets()) == len(part)
+                       and np.allclose(c.get_offsets()[:, 0], part.threshold)]
+        np.testing.assert_allclose(p_points.get_offsets()[:, 1], np.clip(part.p_value, 1e-12, 1))
+    for ax, level in ((top, cert.delta), (bottom, cert.epsilon)):
+        assert any(np.allclose(line.get_ydata(), level) for line in ax.lines)  # δ on the risks, ε on the p-values
+        assert any(np.allclose(line.get_xdata(), cert.threshold) for line in ax.lines)  # the certified threshold
+    (saving,) = saved.lines
+    np.testing.assert_allclose(saving.get_xydata(), frame[["threshold", "layers_saved"]].to_numpy())
+    low, high = top.get_xlim()
+    assert low > high  # conservative thresholds (high) on the left
+    plt.close("all")
+
+
+def test_violations_and_price_figures_plot_the_summaries():
+    """A bar per rule at its violation rate, in the summary's order, with its s.e. and saving written beside
+    it, ε as a line; the price of the guarantee: one line per δ through the layers saved at each calibration
+    size, the oracle's saving as the ceiling."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -375,16 +416,23 @@ def test_figures_are_titled_and_mark_the_certified_threshold():
 
     from adainfer_lib import plots_risk
 
-    train, pool = synthetic_table(120, 12, seed=12), synthetic_table(800, 12, seed=13)
-    policy = ai.ExitPolicy("threshold", features=("label_gap",)).fit(train)
-    _, cert = ai.certify_threshold(policy, pool.loc[pool.example < 400], delta=0.1)
-    fig = plots_risk.certification_figure(cert, title="t — m, sentiment, n=400")
-    top = fig.axes[0]
-    assert top.get_title() == "t — m, sentiment, n=400"
-    assert any(np.allclose(line.get_xdata(), cert.threshold) for line in top.lines)  # the certified threshold
-    replay = ai.replay_exits(policy, pool)
-    summary = ai.violation_summary(ai.guarantee_check(replay, n_cal=400, n_draws=20, delta=0.1))
-    assert plots_risk.violations_figure(summary, title="v").axes[0].get_title() == "v"
-    price = ai.price_of_guarantee(replay, n_cals=[100, 400], deltas=[0.05, 0.1], n_draws=10)
-    assert plots_risk.price_figure(price, title="p").axes[0].get_title() == "p"
+    summary = pd.DataFrame({"rule": ["Learn-then-Test", "plug-in", "fixed 0.5"], "violation_rate": [0.04, 0.31, 0.0],
+                            "se": [0.01, 0.02, 0.0], "layers_saved": [0.2, 0.35, 0.1], "epsilon": 0.05,
+                            "delta": 0.02})
+    ax = plots_risk.violations_figure(summary, title="v").axes[0]
+    bars = sorted(ax.patches, key=lambda bar: bar.get_y())  # the first rule on top (inverted y axis)
+    np.testing.assert_allclose([bar.get_width() for bar in bars], summary.violation_rate)
+    assert [t.get_text() for t in ax.get_yticklabels()] == list(summary.rule)
+    assert [t.get_text() for t in ax.texts] == ["4.0% (saves 20.0%)", "31.0% (saves 35.0%)", "0.0% (saves 10.0%)"]
+    assert any(np.allclose(line.get_xdata(), 0.05) for line in ax.lines) and "δ = 2.0%" in ax.get_xlabel()
+
+    price = pd.DataFrame({"n_cal": [100, 400, 1200] * 2, "delta": [0.02] * 3 + [0.1] * 3,
+                          "layers_saved": [0.0, 0.12, 0.2, 0.1, 0.25, 0.3], "oracle_layers_saved": 0.42,
+                          "epsilon": 0.05})
+    ax = plots_risk.price_figure(price, title="p").axes[0]
+    for delta, part in price.groupby("delta"):
+        assert any(np.allclose(line.get_xydata(), part[["n_cal", "layers_saved"]].to_numpy()) for line in ax.lines
+                   if len(line.get_xdata()) == 3), delta
+    assert any(np.allclose(line.get_ydata(), 0.42) for line in ax.lines)
+    assert [t.get_text() for t in ax.get_legend().get_texts()][:2] == ["2%", "10%"]
     plt.close("all")

@@ -213,10 +213,29 @@ def test_zero_shot(prepared):
     assert task.prompts()[0] == task.template.render(task.test["text"][0])
 
 
-def test_label_words(tasks):
-    assert tasks["sentiment"].label_words == [" negative", " positive"]
-    assert tasks["topic"].label_words == [" business", " entertainment", " politics", " sports", " tech"]
-    assert tasks["mmlu"].label_words == [" A", " B", " C", " D"]
+def test_label_words_name_each_examples_answer(tasks):
+    """The word of an example's label is its answer as the data defines it: " positive" exactly for the reviews
+    the sentiment lexicon rates above zero, the topic folder the article was filed in, the letter in front of the
+    right choice of a question; and a demonstration is followed by the word of its own label."""
+    sentiment, topic, mmlu = tasks["sentiment"], tasks["topic"], tasks["mmlu"]
+    for ds in (sentiment.train, sentiment.test):
+        words = [sentiment.label_words[c] for c in ds["label"]]
+        assert [w == " positive" for w in words] == [r > 0 for r in ds["rating"]]
+    for ds in (topic.train, topic.test):
+        assert [topic.label_words[c].strip() for c in ds["label"]] == [d.split("/")[0] for d in ds["doc"]]
+    for ds in (mmlu.train, mmlu.test):
+        for text, label, choices in zip(ds["text"], ds["label"], ds["choices"]):
+            assert f"\n{mmlu.label_words[label].strip()}. {choices[label].strip()}" in text
+    for task in tasks.values():
+        for prompt, text in zip(task.prompts()[:5], task.test["text"][:5]):
+            if task.demos == "fixed":
+                demos = zip(task.demo_set["text"], task.demo_set["label"])
+            else:
+                demos = [(task.train[i]["text"], task.train[i]["label"]) for i in task.demo_indices(text)]
+            for demo_text, label in demos:  # the label line right after the demonstration's text
+                after = prompt[prompt.index(demo_text) + len(demo_text):]
+                line = next(x for x in after.splitlines() if x.startswith(LABEL_LINE[task.name]))
+                assert line == LABEL_LINE[task.name] + task.label_words[label], (task.name, demo_text[:40])
 
 
 # --------------------------------------------------------------------------- errors

@@ -1,7 +1,10 @@
 """The interactive exit explorer, driven from Python: set widget values, click, check the views follow.
 
-Fast tests use a tiny random Llama (3 layers) on a small real sentiment task; one slow test runs the
-default model at quick-mode sizes and times the first render and a slider move.
+Fast tests use a tiny random Llama (3 layers) on a small real sentiment task. Properties over many settings
+(exits never fall as the threshold rises, never come before the minimum layer) are checked on the widget-free
+``ExplorerState`` (milliseconds per setting); the widget tests check its wiring with a few moves and one
+render of every view. One slow test runs the default model at quick-mode sizes and prints the first render's
+and a slider move's time (printed only: timings are measured in benchmarks/, not asserted).
 """
 
 from __future__ import annotations
@@ -125,10 +128,20 @@ def test_threshold_sweep_and_dataset_figure():
     assert {"threshold", "mean_exit_layer", "layers_saved", "accuracy", "consistency", "full_accuracy"} <= set(sweep)
     assert (np.diff(sweep["mean_exit_layer"]) >= 0).all()  # a higher threshold never exits earlier
     assert sweep["mean_exit_layer"].iloc[0] == 3  # threshold 0: everything stops at the minimum layer
-    assert sweep["consistency"].iloc[-1] <= 1.0
-    np.testing.assert_array_equal(views.exits_at(d, 0.5, 3), first_exit(P, 0.5, 3))
-    fig = views.dataset_figure(d, sweep, threshold=0.5, min_layer=3, title="synthetic")
-    assert len(fig.axes) == 2
+    last = sweep.iloc[-1]  # threshold 1: no stop probability in [0, 1) reaches it, all run to layer L
+    assert last.threshold == 1.0 and last.mean_exit_layer == 12 and last.consistency == 1.0
+    exits = views.exits_at(d, 0.5, 3)
+    np.testing.assert_array_equal(exits, first_exit(P, 0.5, 3))
+    fig = views.dataset_figure(d, sweep, threshold=0.5, min_layer=3, title="synthetic", certified=0.8)
+    left, right = fig.axes
+    (histogram,) = left.patches  # the exit layers at the threshold, one bin per layer
+    np.testing.assert_array_equal(histogram.get_data().values, np.bincount(exits, minlength=13))
+    np.testing.assert_array_equal(histogram.get_data().edges, np.arange(14) - 0.5)
+    assert any(np.allclose(line.get_xdata(), exits.mean()) for line in left.lines)
+    for column, line in zip(("accuracy", "consistency", "layers_saved"), right.lines):
+        np.testing.assert_allclose(line.get_xydata(), sweep[["threshold", column]].to_numpy())
+    marks = {line.get_label(): line.get_xdata()[0] for line in right.lines[3:]}
+    assert 0.5 in marks.values() and marks["certified 0.80"] == 0.8  # the slider's threshold, the certified one
     assert views.figure_png(fig)[:8] == b"\x89PNG\r\n\x1a\n"
     html = views.dataset_summary_html(d, threshold=0.5, min_layer=3)
     assert "n=40" in html and "threshold 0.50" in html
@@ -138,10 +151,15 @@ def test_layer_curves_figure(traces):
     tt = traces[1]
     table = views.example_table(views.slice_trace(tt.trace, 0), tt.calibration, gold=int(tt.gold[0]))
     assert len(table) == tt.n_layers + 1 and table["gold"].iloc[0] == tt.gold[0]
-    for lens in ("full", "labels"):
-        fig = views.layer_curves_figure(table, np.linspace(0, 1, tt.n_layers + 1), lens=lens, threshold=0.5,
-                                        min_layer=1, exit_layer=2, title="x")
-        assert len(fig.axes) == 1 and len(fig.axes[0].lines) >= 5  # 2 features, P(stop), threshold, exit
+    stop = np.linspace(0, 1, tt.n_layers + 1)
+    for lens, features in (("full", ("top_prob", "gap")), ("labels", ("label_top_prob", "label_gap"))):
+        fig = views.layer_curves_figure(table, stop, lens=lens, threshold=0.5, min_layer=1, exit_layer=2, title="x")
+        (ax,) = fig.axes
+        lines = {line.get_label(): line for line in ax.lines}
+        for name in features:  # the example's own feature rows, layer by layer
+            np.testing.assert_allclose(lines[name].get_xydata(), table[["layer", name]].to_numpy())
+        np.testing.assert_array_equal(lines["P(stop)"].get_ydata(), np.where(table["layer"] >= 1, stop, np.nan))
+        assert np.allclose(lines["threshold 0.50"].get_ydata(), 0.5) and np.allclose(lines["exit at 2"].get_xdata(), 2)
 
 
 def test_example_table_matches_the_dataset_feature_table(traces):
@@ -172,45 +190,19 @@ def test_explorer_builds_and_shows_every_view(explorer, tiny):
     assert "application/vnd.jupyter.widget-view+json" in bundle
 
 
-def test_exit_layer_non_decreasing_as_the_threshold_rises(explorer):
-    for position, name in enumerate(explorer.policies):
-        explorer.policy_choice.value = name
-        for index in (position, position + 3):
-            explorer.example.value = index
-            exits = []
-            for t in THRESHOLDS:
-                explorer.threshold.value = float(t)
-                assert explorer.error is None, explorer.error
-                exits.append(shown_exit(explorer)[0])
-            assert all(a <= b for a, b in zip(exits, exits[1:])), (name, index, exits)
-            assert exits[0] == explorer.min_layer.value  # threshold 0: stop at the first checked layer
-        sweep = explorer.dataset_sweep()
-        assert (np.diff(sweep["mean_exit_layer"]) >= 0).all()
-
-
-def test_dataset_view_moves_with_the_threshold(explorer):
-    explorer.threshold.value = 0.0
-    low_text, low_png = explorer.dataset_summary.value, explorer.dataset_plot.value
-    explorer.threshold.value = 1.0
-    assert explorer.dataset_summary.value != low_text and explorer.dataset_plot.value != low_png
-    mean_exit = float(re.search(r"mean exit layer <b>([\d.]+) /", explorer.dataset_summary.value).group(1))
-    assert mean_exit == explorer.n_layers  # no label_gap reaches 1.0 on a random model: nobody stops early
-
-
-def test_min_layer_slider_is_respected(explorer, tiny):
-    L = tiny.n_layers
-    for name in ("threshold", "crf"):  # the CRF's stop probabilities themselves depend on the minimum layer
-        explorer.policy_choice.value = name
-        for m in range(L + 1):
-            explorer.min_layer.value = m
-            explorer.threshold.value = 0.0
-            assert shown_exit(explorer)[0] == m
-            for t in (0.5, 0.9):
-                explorer.threshold.value = t
-                assert shown_exit(explorer)[0] >= m
-            decisions, _ = explorer.state.dataset_decisions(name, m)
-            assert (views.exits_at(decisions, float(explorer.threshold.value), m) >= m).all()
-            assert f"min layer {m}" in explorer.dataset_summary.value
+def test_threshold_and_min_layer_sliders_show_the_states_answer(explorer):
+    """The widget's wiring, one move per control: the summary shows the exit layer the state computes for the
+    input, and the dataset line the mean exit the state computes for the split, at the sliders' values."""
+    state = explorer.state
+    for threshold, min_layer in ((0.0, 1), (1.0, 1), (0.5, 2)):
+        explorer.threshold.value, explorer.min_layer.value = threshold, min_layer
+        assert explorer.error is None, explorer.error
+        name = explorer.policy_choice.value
+        found = state.example_exit(state.example_trace(0), state.gold[0], name, threshold, min_layer)
+        assert shown_exit(explorer) == (found.exit_layer, state.n_layers)
+        mean_exit = state.dataset_exits(name, threshold, min_layer)["exit_layer"].mean()
+        shown = re.search(r"mean exit layer <b>([\d.]+) /", explorer.dataset_summary.value).group(1)
+        assert shown == f"{mean_exit:.1f}" and f"min layer {min_layer}" in explorer.dataset_summary.value
 
 
 def test_switching_policy_takes_its_threshold_and_min_layer(explorer, policies):
@@ -366,9 +358,7 @@ def test_explorer_on_the_default_model_is_interactive(default_model):
     assert explorer.error is None, explorer.error
     print(f"explorer on {default_model.name}: first render {first_render:.2f}s, slider move median "
           f"{np.median(moves):.2f}s (max {max(moves):.2f}s), typed text {typed:.2f}s (trace "
-          f"{explorer.timings['trace']:.2f}s)")
-    # interactive: well under a second on an idle 2-core machine; generous here for shared CI runners
-    assert np.median(moves) < 2.0
+          f"{explorer.timings['trace']:.2f}s)")  # printed, never asserted: timings belong in benchmarks/
 
 
 def test_explorer_state_answers_without_any_widget(tiny, task, policies, traces, monkeypatch):
@@ -394,3 +384,50 @@ def test_explorer_state_answers_without_any_widget(tiny, task, policies, traces,
     assert state.certify(name, 2, 0.1, 0.1) is state.certify(name, 2, 0.1, 0.1)  # once per setting
     with pytest.raises(ValueError, match="empty"):
         state.trace_text("   ")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Monotone properties, on the state (no widget, no render: milliseconds per setting)
+
+
+@pytest.fixture(scope="module")
+def state(tiny, task, traces, policies):
+    return ExplorerState(tiny, policies["threshold"], task, policies=policies, dataset_trace=traces[1])
+
+
+def test_exit_layer_never_falls_as_the_threshold_rises(state):
+    """For every policy, on several test examples and on the whole split: a higher threshold never exits
+    earlier, threshold 0 stops at the first checked layer, and the input's exit equals its row of the split's
+    exits (the explorer's two views agree)."""
+    for name, policy in state.policies.items():
+        m = policy.min_layer
+        decisions, sweep = state.dataset_decisions(name, m)
+        split_exits = np.stack([views.exits_at(decisions, float(t), m) for t in THRESHOLDS])  # (thresholds, n)
+        assert (np.diff(split_exits, axis=0) >= 0).all(), name
+        assert (split_exits[0] == m).all()  # threshold 0: every example stops at the minimum layer
+        assert (np.diff(sweep["mean_exit_layer"]) >= 0).all() and sweep["mean_exit_layer"].iloc[0] == m
+        for index in (0, 3, 7):
+            layer_trace = state.example_trace(index)
+            exits = [state.example_exit(layer_trace, state.gold[index], name, float(t), m).exit_layer
+                     for t in THRESHOLDS]
+            np.testing.assert_array_equal(exits, split_exits[:, index], err_msg=f"{name}, example {index}")
+
+
+def test_no_exit_before_the_minimum_layer(state):
+    """Every minimum layer 0..L, for a feature threshold and for the CRF (whose stop probabilities themselves
+    depend on the minimum layer: its filtering starts there): threshold 0 exits exactly at it, higher
+    thresholds never before it, for the input and for every example of the split."""
+    L = state.n_layers
+    layer_trace = state.example_trace(0)
+    for name in ("threshold", "crf"):
+        for m in range(L + 1):
+            assert state.example_exit(layer_trace, state.gold[0], name, 0.0, m).exit_layer == m
+            decisions, sweep = state.dataset_decisions(name, m)
+            assert (views.exits_at(decisions, 0.0, m) == m).all() and sweep["mean_exit_layer"].iloc[0] == m
+            for t in (0.5, 0.9):
+                assert state.example_exit(layer_trace, state.gold[0], name, t, m).exit_layer >= m
+                assert (views.exits_at(decisions, t, m) >= m).all()
+                assert (state.dataset_exits(name, t, m)["exit_layer"] >= m).all()
+    crf = state.policies["crf"]
+    moved = state.policy_at("crf", crf.min_layer + 1)
+    assert moved is not crf and moved.min_layer == crf.min_layer + 1 and crf.min_layer == 2  # the original kept

@@ -83,4 +83,5 @@ def test_certification_view_functions():
     assert "not one of the tested candidates" in views.certification_html(cert, min(cert.threshold + 0.005, 1.0))
     sweep = views.threshold_sweep_frame(decisions, 2)
     fig = views.dataset_figure(decisions, sweep, threshold=0.5, min_layer=2, title="t", certified=cert.threshold)
-    assert any(line.get_label().startswith("certified") for line in fig.axes[1].lines)
+    (marked,) = [line for line in fig.axes[1].lines if line.get_label().startswith("certified")]
+    assert np.allclose(marked.get_xdata(), cert.threshold) and marked.get_label() == f"certified {cert.threshold:.2f}"
