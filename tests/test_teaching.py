@@ -47,3 +47,61 @@ def test_the_header_check_catches_a_missing_line(tmp_path):
     nbformat.write(nb, tmp_path / path.name)
     with pytest.raises(AssertionError, match="add one line"):
         test_every_exercise_says_difficulty_why_and_minutes(tmp_path / path.name)
+
+
+# ---- docs/teaching.md: the lesson plan and instructor notes ------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parent.parent
+TEACHING = ROOT / "docs" / "teaching.md"
+LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
+PLAN = re.compile(r"<!-- plan:start -->(?P<table>.*?)<!-- plan:end -->", re.S)
+
+
+def broken_links(text: str, base: Path) -> list[str]:
+    """The relative link targets in markdown ``text`` that name no file or folder under ``base`` (web addresses
+    and in-page anchors are not checked; a ``#fragment`` is dropped)."""
+    targets = (target.split("#")[0] for target in LINK.findall(text)
+               if not re.match(r"^[a-z][a-z0-9+.-]*:", target) and not target.startswith("#"))
+    return [target for target in targets if target and not (base / target).exists()]
+
+
+def plan_minutes(text: str) -> list[int]:
+    """The minutes of each row of the plan table (first column) between the ``plan:start`` and ``plan:end``
+    markers; raises AssertionError when the markers or the minutes are missing."""
+    match = PLAN.search(text)
+    assert match, "docs/teaching.md: the plan table must sit between <!-- plan:start --> and <!-- plan:end -->"
+    rows = [line for line in match["table"].splitlines() if line.startswith("|")][2:]   # past header and rule
+    minutes = [line.split("|")[1].strip() for line in rows]
+    assert rows and all(m.isdigit() for m in minutes), f"the plan's first column must be whole minutes: {minutes}"
+    return [int(m) for m in minutes]
+
+
+def test_teaching_notes_exist_and_are_linked():
+    assert TEACHING.is_file(), "docs/teaching.md is missing"
+    assert "docs/teaching.md" in (ROOT / "README.md").read_text(encoding="utf-8")
+    index = nbformat.read(ROOT / "notebooks" / "00_index.ipynb", as_version=4)
+    assert any("../docs/teaching.md" in c.source for c in index.cells if c.cell_type == "markdown")
+
+
+def test_teaching_notes_link_only_to_files_that_exist():
+    assert broken_links(TEACHING.read_text(encoding="utf-8"), TEACHING.parent) == []
+
+
+def test_teaching_notes_name_every_chapter():
+    text = TEACHING.read_text(encoding="utf-8")
+    missing = [p.name for p in NOTEBOOKS if p.name not in text]
+    assert not missing, f"docs/teaching.md does not name {missing}"
+
+
+def test_teaching_plan_fits_in_90_minutes():
+    minutes = plan_minutes(TEACHING.read_text(encoding="utf-8"))
+    assert sum(minutes) <= 90, f"the plan takes {sum(minutes)} minutes: {minutes}"
+
+
+def test_the_teaching_checks_catch_a_broken_link_and_a_long_plan():
+    assert broken_links("[a](../README.md) [b](../no_such_file.md#x) [c](https://example.org) [d](#plan)",
+                        TEACHING.parent) == ["../no_such_file.md"]
+    long_plan = "<!-- plan:start -->\n| minutes | chapter |\n| --- | --- |\n| 60 | 01 |\n| 40 | 03 |\n<!-- plan:end -->"
+    assert plan_minutes(long_plan) == [60, 40]
+    with pytest.raises(AssertionError, match="plan table"):
+        plan_minutes("no plan here")
