@@ -376,3 +376,34 @@ def test_chapter_05_threshold_within_one_point():
     assert rejected(check(explorer, 0.6), "tuned threshold (chosen on train)")  # the policy's own threshold
     assert rejected(check(explorer, 0.0), "the smallest threshold of the sweep, whatever it loses")
     assert rejected(check(explorer, 0.8), "too high") and rejected(check(explorer, ...), "replace the `...`")
+
+
+def test_whole_number_answers_are_read_as_numbers_not_types():
+    """Issue 23 §5: a float 20.0 where 20 is expected was rejected as "answer a layer number ... got 20.0" (as if
+    it were not a layer number); a fraction, a boolean and an out-of-range value each get their own message."""
+    from adainfer_lib.course.exercises import _whole_number
+
+    assert _whole_number(20.0, "a layer number", 0, 30) == (20, None)
+    assert _whole_number(np.int64(7), "a layer number", 0, 30) == (7, None)
+    for answer, says in [(20.5, "20.5 is not a whole number"), (True, "got True"), (31, "between 0 and 30, got 31"),
+                         ("20", "got '20'"), (..., "replace the `...`"), (float("nan"), "got nan")]:
+        value, problem = _whole_number(answer, "a layer number", 0, 30)
+        assert value is None and not problem and says in str(problem), (answer, str(problem))
+
+
+def test_chapter_01_checkers_take_a_whole_float_and_name_a_percentage():
+    from adainfer_lib.course.exercises import check_01_first_layer_reaching, check_01_raw_oracle, first_layer_reaching
+    from conftest import task_trace_from_predictions
+
+    preds = np.array([[0, 1, 1, 1], [0, 0, 1, 1], [1, 0, 0, 0], [0, 1, 1, 1]])
+    tt = task_trace_from_predictions(preds, gold=[1, 1, 0, 1])
+    right = first_layer_reaching(tt)
+    assert check_01_first_layer_reaching(tt, float(right)) and check_01_first_layer_reaching(tt, right)
+    raw = tt.with_calibration("raw")
+    accuracy = float((raw.final_predictions() == raw.gold).mean())
+    saved = 1 - raw.earliest_consistent_layer().mean() / raw.n_layers
+    assert check_01_raw_oracle(tt, oracle_layers_saved=saved, accuracy_full=accuracy)
+    feedback = check_01_raw_oracle(tt, oracle_layers_saved=saved, accuracy_full=100 * accuracy)
+    assert not feedback and "looks like a percentage" in str(feedback)
+    feedback = check_01_raw_oracle(tt, oracle_layers_saved=100 * saved, accuracy_full=accuracy)
+    assert not feedback and "oracle saving" in str(feedback) and "percentage" in str(feedback)

@@ -45,6 +45,21 @@ def _close(answer: object, reference: float, tol: float) -> bool:
 # ---- chapter 01 -------------------------------------------------------------------------------------
 
 
+def _whole_number(answer: object, what: str, low: int, high: int) -> tuple[int | None, Feedback | None]:
+    """``answer`` as a whole number in ``[low, high]`` (``20.0`` or ``np.int64(20)`` count as 20), else a ❌ that
+    says what was wrong: the ``...`` placeholder, not a number, a fraction, or out of range."""
+    if answer is Ellipsis:
+        return None, Feedback(False, f"replace the `...` with {what} between {low} and {high}.")
+    value = None if isinstance(answer, (bool, np.bool_)) else _as_number(answer)
+    if value is None or not np.isfinite(value):
+        return None, Feedback(False, f"answer {what} (a whole number between {low} and {high}), got {answer!r:.60}.")
+    if value != round(value):
+        return None, Feedback(False, f"{value:g} is not a whole number: answer {what}.")
+    if not low <= value <= high:
+        return None, Feedback(False, f"answer {what} between {low} and {high}, got {value:g}.")
+    return int(value), None
+
+
 def first_layer_reaching(tt: TaskTrace, fraction: float = 0.9) -> int:
     """Reference: the first layer whose accuracy is at least ``fraction`` of the final layer's."""
     accuracy = tt.accuracy_by_layer()
@@ -55,11 +70,12 @@ def check_01_first_layer_reaching(tt: TaskTrace, answer: int, fraction: float = 
     """Exercise 01.1: the first layer that reaches ``fraction`` of the final accuracy."""
     reference = first_layer_reaching(tt, fraction)
     accuracy = tt.accuracy_by_layer()
+    answer, problem = _whole_number(answer, "a layer number", 0, tt.n_layers)
+    if problem is not None:
+        return problem
     if answer == reference:
         return Feedback(True, f"layer {reference} is the first with accuracy ≥ {fraction:.0%} of the final "
                               f"{accuracy[-1]:.3f} ({accuracy[reference]:.3f}, {tt.task_name}, n={tt.n_examples}).")
-    if not isinstance(answer, (int, np.integer)) or not 0 <= answer <= tt.n_layers:
-        return Feedback(False, f"answer a layer number between 0 and {tt.n_layers}, got {answer!r}.")
     if accuracy[answer] < fraction * accuracy[-1]:
         return Feedback(False, f"layer {answer} has accuracy {accuracy[answer]:.3f} < {fraction:.0%} × "
                                f"{accuracy[-1]:.3f}: it does not reach the bar.")
@@ -71,6 +87,10 @@ def check_01_raw_oracle(tt: TaskTrace, oracle_layers_saved: float, accuracy_full
     raw = tt.with_calibration("raw")
     saved = layers_saved(raw.earliest_consistent_layer(), raw.n_layers)
     accuracy = float((raw.final_predictions() == raw.gold).mean())
+    for given, right, what in ((accuracy_full, accuracy, "accuracy"), (oracle_layers_saved, saved, "oracle saving")):
+        if _close(given, 100 * right, 0.1) and not _close(given, right, 1e-3):
+            return Feedback(False, f"the {what} {given!r} looks like a percentage: answer a fraction between 0 and 1 "
+                                   f"(e.g. {right:.3f}, not {100 * right:.1f}).")
     if not _close(accuracy_full, accuracy, 1e-3):
         return Feedback(False, f"the raw accuracy is off (got {accuracy_full!r}); use "
                                "tt.with_calibration('raw').final_predictions() against tt.gold.")
@@ -100,8 +120,9 @@ def flips_back(tt: TaskTrace, example: int) -> bool:
 
 def check_01_flip_example(tt: TaskTrace, example: int) -> Feedback:
     """Exercise 01.3: an example that agrees with the final answer early, then flips away and back."""
-    if not isinstance(example, (int, np.integer)) or not 0 <= example < tt.n_examples:
-        return Feedback(False, f"answer an example index between 0 and {tt.n_examples - 1}, got {example!r}.")
+    example, problem = _whole_number(example, "an example index", 0, tt.n_examples - 1)
+    if problem is not None:
+        return problem
     if flips_back(tt, example):
         preds = tt.predictions()[example]
         first = 1 + int(np.argmax(preds[1:] == preds[-1]))
@@ -528,11 +549,9 @@ def check_04_exit_before_settling(evaluations, example, task: str = "sentiment",
     exits, oracle = np.asarray(ev.exits[method]), np.asarray(ev.exits["oracle"])
     margin = exits - oracle
     best = np.flatnonzero(margin == margin.min())
-    if example is Ellipsis:
-        return Feedback(False, f"replace the `...` with an index into the {task} test examples.")
-    if isinstance(example, (bool, np.bool_)) or not isinstance(example, (int, np.integer)) \
-            or not 0 <= example < len(exits):
-        return Feedback(False, f"answer an example index between 0 and {len(exits) - 1}, got {example!r:.60}.")
+    example, problem = _whole_number(example, f"an index into the {task} test examples", 0, len(exits) - 1)
+    if problem is not None:
+        return problem
     if example not in best:
         return Feedback(False, f"example {example} exits at layer {exits[example]}, its answer settles at layer "
                                f"{oracle[example]} (exit − settle = {margin[example]:+d}); another example has a "
@@ -560,11 +579,10 @@ def check_05_earliest_exit(explorer, example) -> Feedback:
     exits = explorer.dataset_exits()
     layers = exits["exit_layer"].to_numpy()
     first = np.flatnonzero(layers == layers.min())
-    if example is Ellipsis:
-        return Feedback(False, "replace the `...` with an index into the test examples (a row of dataset_exits()).")
-    if isinstance(example, (bool, np.bool_)) or not isinstance(example, (int, np.integer)) \
-            or not 0 <= example < len(layers):
-        return Feedback(False, f"answer an example index between 0 and {len(layers) - 1}, got {example!r:.60}.")
+    example, problem = _whole_number(example, "an index into the test examples (a row of dataset_exits())", 0,
+                                     len(layers) - 1)
+    if problem is not None:
+        return problem
     if layers.min() >= explorer.model.n_layers:
         return Feedback(False, "no test example exits before the last layer at these settings: lower the threshold "
                                "or the minimum layer, or pick another policy, then ask again.")
