@@ -274,7 +274,8 @@ def phony_targets() -> list[str]:
 
 def make_commands(target: str, *extra: str, env: dict | None = None) -> list[list[str]]:
     """The simple commands ``make -n -B target`` would run (every recipe, up to date or not), as argv lists."""
-    run = _run(["make", "-n", "-B", target, *extra], env=env)
+    # --no-print-directory: under `make test` (MAKELEVEL set) make prints "make[1]: Entering directory" lines
+    run = _run(["make", "--no-print-directory", "-n", "-B", target, *extra], env=env)
     assert run.returncode == 0, f"make -n {target}: {run.stderr}"
     commands = []
     for line in run.stdout.splitlines():
