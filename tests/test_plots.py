@@ -111,7 +111,7 @@ def test_top_token_heatmap_cells_are_the_lens_top_tokens():
 def test_feature_trajectories_follow_each_groups_mean():
     """Examples split at the median oracle exit; each panel's line for a group is that group's mean feature per
     layer, and the dotted line its median oracle exit."""
-    from adainfer_lib.features.table import synthetic_table
+    from conftest import synthetic_table
 
     table = synthetic_table(20, 6, seed=0)
     groups = pf.exit_groups(table)
@@ -133,7 +133,7 @@ def test_auc_by_layer_draws_identical_series_once():
     """With two labels the label gap and the label top probability rank the rows alike: one line named after
     both, through their per-layer AUCs; the other feature its own line; chance at 0.5."""
     from adainfer_lib.features.study import per_layer_auc
-    from adainfer_lib.features.table import synthetic_table
+    from conftest import synthetic_table
 
     auc = per_layer_auc(synthetic_table(20, 6, seed=0), ["label_gap", "label_top_prob", "gap"], label="settled")
     fig = pf.auc_by_layer(auc, title="t")
@@ -184,3 +184,18 @@ def test_tradeoff_and_exit_histogram_draw_the_sweeps_points_and_means():
     dots = [c.get_offsets() for c in ax.collections if c.get_label() != "mean exit layer" and len(c.get_offsets())]
     assert sorted(np.concatenate(dots)[:, 0].tolist()) == sorted(exits.layer.tolist())  # one dot per example
     assert ax.get_xlabel() == "exit layer (L = 6: ran the full model)"
+
+
+def test_layer_curves_label_each_panel_with_its_own_measure():
+    """Issue 23 §5: the consistency panel shared the accuracy panel's y axis and showed no label of its own, so
+    the only y-label a reader saw beside both curves was "accuracy"."""
+    import pandas as pd
+
+    from adainfer_lib.figures.plots import layer_curves
+
+    summary = pd.DataFrame({"task": ["a"] * 4, "layer": range(4), "accuracy": [0.5, 0.6, 0.7, 0.8],
+                            "consistency": [0.4, 0.6, 0.8, 1.0], "chance": 0.5})
+    fig = layer_curves(summary, title="t")
+    shown = [ax.get_ylabel() for ax in fig.axes[:2] if ax.yaxis.label.get_visible()]
+    assert shown == ["accuracy", "consistency"]
+    np.testing.assert_allclose(fig.axes[1].lines[0].get_ydata(), summary["consistency"])

@@ -128,6 +128,8 @@ def layer_curves(summary: pd.DataFrame, *, title: str):
         ax.set(title=f"{measure} of the lens's decision at layer l"
                      + (" (dash-dot: chance)" if measure == "accuracy" and "chance" in summary else ""),
                ylim=(0, 1.02), ylabel=measure)
+        ax.yaxis.label.set_visible(True)  # a shared y axis hides the right panel's label: it is not accuracy
+        ax.tick_params(axis="y", labelleft=True)
     legend_outside(axes[1], title="task")
     fig.suptitle(title)
     fig.tight_layout()
