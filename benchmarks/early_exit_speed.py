@@ -12,7 +12,9 @@ On the default model and N 4-shot sentiment test prompts (default 40), batch siz
    interleaved (per prompt, both in alternating order), ``--repeats`` times, fastest kept per prompt;
 3. print the measured speedup (total full time / total early-exit time), the ideal speedup
    (L / mean exit layer), their ratio (target >= 0.9), and the cost of one exit check as a fraction of one
-   layer's cost (check seconds measured inside the hooks / (full-model seconds / L)).
+   layer's cost (check seconds measured inside the hooks / (full-model seconds / L));
+4. check the real run against the replay of the same policy on the traced test prompts: exit layers and
+   answers equal for how many of the prompts (a faster check must not change a decision).
 
 Usage: ``python benchmarks/early_exit_speed.py [--n 40] [--n-train 250] [--classifier crf|svm|logistic|gap]
 [--features label_gap,label_top_prob,layer_frac] [--repeats 2] [--threads 0]``.
@@ -39,6 +41,18 @@ def fit_policy(model, task, classifier: str, features: list[str] | None, min_lay
         return GapThresholdPolicy.fit(train, max_drop=max_loss), train
     spec = {"classifier": classifier, "features": features}
     return fit_policies(train, {"policy": spec}, min_layer=min_layer, max_loss=max_loss)["policy"], train
+
+
+def replay_agreement(model, task, policy, exits: np.ndarray, predictions: np.ndarray) -> tuple[int, int]:
+    """How many prompts' (exit layer, answer) of the real run equal the policy's replay on the traced test split."""
+    from adainfer_lib.data.task_trace import trace_task
+    from adainfer_lib.features.table import feature_table
+    from adainfer_lib.rules.interface import exit_layers
+
+    test = trace_task(model, task, split="test", full_vocab=True, progress=False)
+    replayed = exit_layers(policy, feature_table(test))
+    answers = test.predictions()[np.arange(len(replayed)), replayed]
+    return int(np.sum(replayed == exits)), int(np.sum(answers == predictions))
 
 
 def main() -> None:
@@ -133,6 +147,9 @@ def main() -> None:
     cpu_speedup = cpu_full / cpu_exit
     print(f"(process CPU time of the same runs: speedup {cpu_speedup:.3f}x, ratio {cpu_speedup / ideal:.3f})")
     print(f"one exit check   {check_cost:.3f} of one layer's cost")
+    same_exits, same_answers = replay_agreement(model, task, policy, exits, pred_exit)
+    print(f"real run == replay on the traced test prompts: exit layers {same_exits}/{len(prompts)}, answers "
+          f"{same_answers}/{len(prompts)}")
 
 
 if __name__ == "__main__":

@@ -25,6 +25,26 @@ def test_batch_calibration_removes_a_constant_bias():
     np.testing.assert_allclose(batch.apply(logits[:, 2], layer=2), batch.apply(logits)[:, 2])
 
 
+def test_softmaxes_are_scipys_bit_for_bit():
+    """Written out for speed (an exit check calls them three times), they must stay scipy's: same values on
+    every scale, on float32 and float64, on 3-D arrays, and on rows with infinite or NaN logits."""
+    from scipy.special import log_softmax, softmax
+
+    from adainfer_lib.common import numerics
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2000, 4, 3)) * rng.choice([1e-4, 1.0, 50.0, 1e4], size=(2000, 1, 1))
+    x[0, 0] = [-np.inf, 0.0, 1.0]
+    x[0, 1] = -np.inf
+    x[0, 2] = [np.inf, 0.0, 1.0]
+    x[0, 3] = [np.nan, 0.0, 1.0]
+    x[1, 0, 1] = x[1, 0, 0]  # a tie
+    for values in (x, x.astype(np.float32), x[:, 0, :2]):
+        with np.errstate(invalid="ignore"):
+            np.testing.assert_array_equal(label_log_softmax(values), log_softmax(values, axis=-1))
+            np.testing.assert_array_equal(numerics.softmax(values), softmax(values, axis=-1))
+
+
 def test_contextual_calibration_uses_the_content_free_input():
     content_free = np.array([[[0.0, 2.0], [0.0, 4.0]]])  # (1 input, 2 layers, 2 labels)
     cal = fit_calibration("contextual", content_free=content_free)

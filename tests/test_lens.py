@@ -29,6 +29,16 @@ def test_label_lens_equals_full_lens_rows(tiny_model):
     torch.testing.assert_close(tiny_model.label_lens(states[3], ids), tiny_model.lens(states[3])[:, ids])
 
 
+def test_label_head_equals_label_lens_exactly(tiny_model):
+    """The runner's label head (rows of the unembedding read once per run) gives label_lens's numbers exactly."""
+    states, _ = last_states(tiny_model, PROMPTS[:2])
+    ids = torch.tensor(tiny_model.label_token_ids([" positive", " negative"], "Sentiment:"))
+    head = tiny_model.label_head(ids)
+    for layer in (0, 2, tiny_model.n_layers):
+        torch.testing.assert_close(head(states[layer]), tiny_model.label_lens(states[layer], ids), rtol=0, atol=0)
+        torch.testing.assert_close(head(states[layer]), tiny_model.lens(states[layer])[:, ids])
+
+
 def test_padded_batch_equals_one_by_one(tiny_model):
     words = [" positive", " negative"]
     batched = trace(tiny_model, PROMPTS, label_words=words, batch_size=4, progress=False)

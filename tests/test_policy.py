@@ -204,6 +204,20 @@ def test_online_probabilities_equal_predict_proba(classifier, fitted, test_table
     np.testing.assert_array_equal([np.flatnonzero(s).max() for s in seen], exits)
 
 
+def test_crf_forward_step_is_scipys_logsumexp_bit_for_bit(fitted):
+    """The forward recursion's logsumexp (numpy's logaddexp.reduce, for speed) equals scipy's exactly: the same
+    stop probabilities, so the same exits, as before the change — on ties and on any scale of the messages."""
+    from scipy.special import logsumexp
+
+    scorer = fitted["crf"].scorer_
+    rng = np.random.default_rng(0)
+    alpha = rng.standard_normal((5000, 2)) * rng.choice([1e-3, 1.0, 40.0], size=(5000, 1))
+    alpha[:50, 1] = alpha[:50, 0]  # ties
+    matrix = rng.random((5000, len(scorer.mean)))
+    expected = scorer.design(matrix) @ scorer.W + logsumexp(alpha[:, :, None] + scorer.T[None], axis=1)
+    np.testing.assert_array_equal(scorer.step(alpha, matrix), expected)
+
+
 def test_crf_online_carries_its_forward_state_one_step_per_layer(fitted, test_table, monkeypatch):
     """The CRF's online score steps its forward recursion once per checked layer (linear in depth), with the
     messages carried in the OnlineState, and equals the offline filtering marginals at every layer."""

@@ -19,7 +19,7 @@ import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -202,15 +202,32 @@ class LensModel:
         ``lens(h)[:, token_ids]``. When accelerate has offloaded the unembedding (weight on the meta device)
         its rows cannot be read: the module is called (its hook brings the weight in) and the columns picked.
         """
-        normed = self._to_unembed(self.normed(h))
+        return self.label_head(token_ids)(h)
+
+    def label_head(self, token_ids: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+        """``label_lens`` for many states under the same weights (one early-exit run): the rows of the
+        unembedding and the devices are read once, and the function ``(batch, hidden) -> (batch, C)`` it
+        returns computes ``label_lens(h, token_ids)`` — the same operations, so the same numbers. Build it again
+        after changing the weights."""
+        lens_device, unembed_device = self.lens_device, module_device(self.unembed)
         weight = self.unembed.weight
-        if weight.device.type == "meta":
-            logits = self.unembed(normed)
-            return apply_softcap(logits[:, token_ids.to(logits.device)], self.softcap)
+
+        def normed(h: torch.Tensor) -> torch.Tensor:
+            h = self.final_norm(h.to(lens_device))
+            for module in self.post_norm:
+                h = module(h)
+            return h.to(unembed_device)
+
+        if weight.device.type == "meta":  # offloaded: the module's hook brings the weight in at every call
+            def offloaded(h: torch.Tensor) -> torch.Tensor:
+                logits = self.unembed(normed(h))
+                return apply_softcap(logits[:, token_ids.to(logits.device)], self.softcap)
+
+            return offloaded
         ids = token_ids.to(weight.device)
         bias = getattr(self.unembed, "bias", None)
-        logits = nn.functional.linear(normed.to(weight.device), weight[ids], None if bias is None else bias[ids])
-        return apply_softcap(logits, self.softcap)
+        rows, bias = weight[ids], None if bias is None else bias[ids]
+        return lambda h: apply_softcap(nn.functional.linear(normed(h).to(weight.device), rows, bias), self.softcap)
 
     def _to_unembed(self, h: torch.Tensor) -> torch.Tensor:
         """``h`` on the unembedding's device (a no-op where the final norm is on it already)."""

@@ -110,11 +110,12 @@ def feature_matrix(source, features: Sequence[str], *, layer: int | None = None,
         n = len(source)
     else:
         # read only the features asked for: an online mapping computes a feature when it is read
-        lengths = [np.asarray(source[k]).reshape(-1).size for k in features if k in source]
+        lengths = [np.size(source[k]) for k in features if k in source]
         n = max(lengths) if lengths else (len(source[next(iter(source))]) if source else 0)
     columns = [_feature_column(source, f, layer, n, n_layers) for f in features]
     X = np.column_stack(columns) if n else np.zeros((0, len(features)))
-    bad = [f for j, f in enumerate(features) if not np.isfinite(X[:, j]).all()]
+    finite = np.isfinite(X).all(axis=0)
+    bad = [f for f, ok in zip(features, finite) if not ok]
     if bad:
         hint = ""
         if set(bad) & set(FULL_VOCAB_FEATURES):

@@ -25,12 +25,11 @@ The prediction is the argmax of the calibrated label scores at the exit layer, t
 
 from __future__ import annotations
 
-import functools
 import time
 from collections import ChainMap
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -188,12 +187,14 @@ class _BatchRun:
     """Hook state for one batch: which original rows the running hidden states hold, who has exited."""
 
     def __init__(self, model: LensModel, policy, *, inputs: Batch, calibration: Calibration, label_ids: torch.Tensor,
+                 label_head: Callable[[torch.Tensor], torch.Tensor],
                  full_vocab: bool, min_layer: int, threshold: float, row_ids: np.ndarray):
         self.model, self.policy = model, policy
         self.L = model.n_layers
         self.inputs = inputs
         self.batch = batch = inputs.size
         self.calibration, self.label_ids = calibration, label_ids
+        self.label_head = label_head  # the label rows of the unembedding, read once per run
         self.full_vocab, self.min_layer, self.threshold = full_vocab, min_layer, threshold
         self.row_ids = np.asarray(row_ids)  # prompt index of each batch row
         self.rows = torch.arange(batch)  # original rows held by the running hidden states, in order
@@ -263,18 +264,32 @@ class _BatchRun:
             return h
         return h.index_select(0, torch.searchsorted(rows, self.rows).to(h.device))
 
+    def _lens(self, layer: int, h: torch.Tensor) -> tuple[Callable[[], dict], Callable[[], tuple]]:
+        """What a check at ``layer`` reads of the lens of ``h``, each computed once, when first asked for: the
+        full-vocabulary statistics (``lens.lens_stats``) and the label logits with their calibrated scores,
+        (n, C) each — ``Calibration.apply`` of the label logits, read from the full-vocabulary lens or, for a
+        check on label rows only, from the run's ``label_head``."""
+        memo: dict = {}
+
+        def stats() -> dict:
+            if "stats" not in memo:
+                memo["stats"] = lens_stats(self.model, h, self.label_ids, full_vocab=True, top_k=1)
+            return memo["stats"]
+
+        def label() -> tuple[np.ndarray, np.ndarray]:
+            if "label" not in memo:
+                logits = (stats()["label_logits"] if self.full_vocab else self.label_head(h)).double().cpu().numpy()
+                check_finite(logits, "the label logits", model=self.model, layer=layer)
+                memo["label"] = logits, self.calibration.apply(logits, layer)
+            return memo["label"]
+
+        return stats, label
+
     def _check(self, layer: int, h: torch.Tensor) -> None:
         rows = self.rows.numpy()
         n = len(rows)
         check_finite(h, "the residual stream", model=self.model, layer=layer)
-        stats = functools.cache(lambda: lens_stats(self.model, h, self.label_ids, full_vocab=self.full_vocab, top_k=1))
-
-        @functools.cache
-        def label() -> tuple[np.ndarray, np.ndarray]:  # (raw label logits, calibrated scores), (n, C) each
-            logits = stats()["label_logits"].double().cpu().numpy()
-            check_finite(logits, "the label logits", model=self.model, layer=layer)
-            return logits, self.calibration.apply(logits, layer)
-
+        stats, label = self._lens(layer, h)
         feats = online_features(layer, self.L, h, self._previous(layer), vocab_stats=stats if self.full_vocab else None,
                                 label_scores=lambda: label()[1])
         self.state.rows = self.row_ids[rows]
@@ -361,12 +376,13 @@ def run_early_exit(
     min_layer = int(min(max(int(policy.min_layer), 0), L))
     threshold = float(policy.threshold)
 
+    head = model.label_head(label_ids)
     collected = _Collected(len(prepared.tokens), L, len(words))
 
     def work(b: int) -> dict:
         t0, c0 = time.perf_counter(), time.process_time()
         batch = prepared.batch(prepared.batches[b])
-        run = _BatchRun(model, policy, inputs=batch, calibration=calibration, label_ids=label_ids,
+        run = _BatchRun(model, policy, inputs=batch, calibration=calibration, label_ids=label_ids, label_head=head,
                         full_vocab=need_full, min_layer=min_layer, threshold=threshold, row_ids=prepared.batches[b])
         _run_batch(model, run, batch)
         return _batch_record(prepared.batches[b], run, time.perf_counter() - t0, time.process_time() - c0)
