@@ -373,3 +373,22 @@ def test_non_finite_states_are_an_error_in_a_real_exit(default_tokenizer):
                                batch_size=batch_size)
     with pytest.raises(NonFiniteError, match=rf"label logits at layer {model.n_layers} of tiny-llama \(float16\)"):
         run_full(model, PROMPTS, label_words=WORDS, batch_size=2)
+
+
+def test_a_non_finite_full_vocabulary_lens_is_an_error_for_a_rule_that_reads_it(default_tokenizer):
+    """The runner computes features lazily: a rule on the full-vocabulary ``top_prob`` reads the lens statistics,
+    not the label logits, so a finite state with a NaN row of the unembedding (not a label word's) must still be
+    an error at the checked layer, not a NaN feature that never stops."""
+    from adainfer_lib import NonFiniteError, TopProbRule
+    from adainfer_lib.model.inputs import label_token_ids
+    from conftest import make_tiny_model
+
+    model = make_tiny_model("llama", default_tokenizer)
+    labels = set(label_token_ids(model.tokenizer, WORDS, PROMPTS[0]))
+    other = next(i for i in range(model.hf_model.config.vocab_size) if i not in labels)
+    with torch.no_grad():
+        model.hf_model.get_output_embeddings().weight[other] = float("nan")
+    rule = TopProbRule(0.99, min_layer=1)
+    assert rule.needs_full_vocab
+    with pytest.raises(NonFiniteError, match=r"full-vocabulary lens at layer 1 of tiny-llama"):
+        run_early_exit(model, PROMPTS, rule, label_words=WORDS, calibration="raw")

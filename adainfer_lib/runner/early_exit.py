@@ -274,6 +274,8 @@ class _BatchRun:
         def stats() -> dict:
             if "stats" not in memo:
                 memo["stats"] = lens_stats(self.model, h, self.label_ids, full_vocab=True, top_k=1)
+                check_finite((memo["stats"]["top_prob"], memo["stats"]["label_logits"]), "the full-vocabulary lens",
+                             model=self.model, layer=layer)
             return memo["stats"]
 
         def label() -> tuple[np.ndarray, np.ndarray]:
