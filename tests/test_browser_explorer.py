@@ -69,7 +69,12 @@ def test_threshold_slider_moves_the_exit_layer_in_jupyterlab(tmp_path):
             expect(page.locator(".adainfer-error")).to_have_count(0)
             dataset = page.locator(".adainfer-dataset-summary")
             expect(dataset).to_have_count(1)
-            min_layer = int(_slider(page, "min layer").locator(".widget-readout").inner_text())
+            # the readout is filled when the slider view renders, and JupyterLab renders cells outside the
+            # viewport lazily (an empty inner_text failed CI once): bring it into view, wait for a number
+            min_readout = _slider(page, "min layer").locator(".widget-readout")
+            min_readout.scroll_into_view_if_needed()
+            expect(min_readout).to_have_text(re.compile(r"^\s*\d+\s*$"))
+            min_layer = int(min_readout.text_content().strip())
 
             threshold = _slider(page, "threshold")
             expect(threshold).to_have_count(1)
