@@ -89,6 +89,24 @@ def test_adainfer_idea_marks_where_the_gap_rule_stops():
     assert any(np.allclose(line.get_xdata(), 1) for line in ax.lines) and "exit at layer 1:" in ax.texts[0].get_text()
 
 
+def test_early_exit_example_is_the_earliest_agreeing_gap_exit():
+    """Chapter 00's example: among the examples the gap rule stops before the last layer with the full model's
+    answer, the one it stops earliest (checked against a loop over the examples written out here)."""
+    from test_exercises import settling_trace
+
+    tt = settling_trace(seed=0)
+    probs = np.exp(tt.scores()) / np.exp(tt.scores()).sum(-1, keepdims=True)
+    gap, preds, L = np.abs(probs[..., 1] - probs[..., 0]), tt.predictions(), tt.n_layers
+    best = None
+    for e in range(tt.n_examples):
+        stop = next((layer for layer in range(1, L + 1) if gap[e, layer] >= 0.4), L)
+        if stop < L and preds[e, stop] == preds[e, L] and (best is None or stop < best[1]):
+            best = (e, stop)
+    assert best is not None and plots.early_exit_example(tt, gap_threshold=0.4) == best[0]
+    with pytest.raises(ValueError, match="lower gap_threshold"):
+        plots.early_exit_example(tt, gap_threshold=1.01)
+
+
 def test_top_token_heatmap_cells_are_the_lens_top_tokens():
     n, L = 2, 3
     trace = make_trace(np.zeros((n, L + 1, 2)))

@@ -168,6 +168,22 @@ def earliest_layer_hist(earliest: pd.DataFrame, n_layers: int, *, title: str):
     return fig
 
 
+def early_exit_example(tt: TaskTrace, *, gap_threshold: float = 0.4, min_layer: int = 1) -> int:
+    """The example of ``tt`` that the gap rule (stop at the first layer ``>= min_layer`` whose label-word gap is
+    ``>= gap_threshold``) stops earliest while reading the full model's answer: the example ``adainfer_idea``
+    draws. Ties go to the lowest index. ``ValueError`` when the rule stops no example before the last layer
+    with the full model's answer (lower ``gap_threshold``)."""
+    feats = label_features(tt.scores())  # (n, L+1) each
+    exits = first_exit(feats["label_gap"], gap_threshold, min_layer)
+    n, L = tt.n_examples, tt.n_layers
+    agrees = feats["pred"][np.arange(n), exits] == feats["pred"][:, L]
+    candidates = np.where(agrees & (exits < L), exits, L + 1)
+    if n == 0 or candidates.min() > L:
+        raise ValueError(f"the gap rule at threshold {gap_threshold} stops none of the {n} examples before layer {L} "
+                         f"with the full model's answer: choose a lower gap_threshold")
+    return int(candidates.argmin())
+
+
 def adainfer_idea(tt: TaskTrace, example: int, *, gap_threshold: float = 0.4, title: str):
     """The idea of AdaInfer on one real example: the label-word ``top_prob`` and ``gap`` grow over the
     layers; a rule that stops once the gap crosses a threshold skips every layer after it."""
@@ -182,9 +198,10 @@ def adainfer_idea(tt: TaskTrace, example: int, *, gap_threshold: float = 0.4, ti
     ax.axhline(gap_threshold, ls=":", c="gray", label=f"gap threshold {gap_threshold}")
     ax.axvspan(stop + 0.5, tt.n_layers + 0.5, color="tab:red", alpha=0.08, label="layers skipped")
     ax.axvline(stop, c="tab:red", lw=2)
+    right_half = stop > tt.n_layers / 2  # the note grows away from the legend on the right of the axes
     ax.text(stop, 1.02, f" exit at layer {stop}: '{tt.label_names[preds[stop]]}'\n"
                         f" full model (layer {tt.n_layers}): '{tt.label_names[preds[-1]]}'",
-            va="bottom", fontsize=9)
+            va="bottom", ha="right" if right_half else "left", fontsize=9)
     ax.set(xlabel="layer", ylabel="probability", ylim=(0, 1.2), xlim=(-0.5, tt.n_layers + 0.5), title=title)
     legend_outside(ax)
     fig.tight_layout()
