@@ -85,10 +85,10 @@ def test_threshold_slider_moves_the_exit_layer_in_jupyterlab(tmp_path):
             handle.focus()
 
             t_move = time.monotonic()
-            handle.press("End")  # threshold 1: no stop probability reaches it, every input runs all layers
-            expect(readout).to_have_text("1.00")
+            handle.press("End")  # threshold 1.01 (never stop early): every input runs all layers
+            expect(readout).to_have_text("1.01")
             expect(exit_line).to_have_text(f"exit layer: {N_LAYERS} / {N_LAYERS}")
-            expect(dataset).to_contain_text("threshold 1.00")
+            expect(dataset).to_contain_text("threshold 1.01")
             expect(dataset).to_contain_text(f"mean exit layer {N_LAYERS}.0 / {N_LAYERS}")
             timings["move_end"] = time.monotonic() - t_move
 

@@ -160,6 +160,13 @@ def test_layer_curves_figure(traces):
             np.testing.assert_allclose(lines[name].get_xydata(), table[["layer", name]].to_numpy())
         np.testing.assert_array_equal(lines["P(stop)"].get_ydata(), np.where(table["layer"] >= 1, stop, np.nan))
         assert np.allclose(lines["threshold 0.50"].get_ydata(), 0.5) and np.allclose(lines["exit at 2"].get_xdata(), 2)
+    # a policy's own inputs are drawn whatever the lens: what its stop probability is computed from
+    for lens in ("full", "labels"):
+        fig = views.layer_curves_figure(table, stop, lens=lens, threshold=0.5, min_layer=1, exit_layer=2, title="x",
+                                        features=("label_gap", "layer_frac", "cos_prev"))
+        drawn = {line.get_label() for line in fig.axes[0].lines} & {"top_prob", "gap", "label_top_prob", "label_gap",
+                                                                    "layer_frac", "cos_prev"}
+        assert drawn == {"label_gap"}
 
 
 def test_example_table_matches_the_dataset_feature_table(traces):
@@ -212,6 +219,17 @@ def test_switching_policy_takes_its_threshold_and_min_layer(explorer, policies):
     assert explorer.min_layer.value == policies["crf"].min_layer == 2
     assert "policy: crf" in explorer.summary.value and explorer.exit_layer >= 2
     assert explorer.policy is policies["crf"]
+
+
+def test_a_never_exit_threshold_shows_as_such(tiny, task, traces, policies):
+    """A tuned threshold of 1.01 (never stop early) is shown as 1.01, not clipped to 1.00 — where a stop
+    probability of exactly 1 would stop — and every example runs all layers."""
+    never = policies["threshold"].with_threshold(1.01)
+    explorer = ExitExplorer(tiny, policies["logistic"], task, policies={"never": never}, dataset_trace=traces[1])
+    explorer.policy_choice.value = "never"
+    assert explorer.threshold.value == pytest.approx(1.01) and explorer.threshold.max == pytest.approx(1.01)
+    assert "threshold 1.01" in explorer.dataset_summary.value
+    assert (explorer.dataset_exits()["exit_layer"] == tiny.n_layers).all()
 
 
 def test_typed_text_updates_the_token_table_and_is_cached(explorer, monkeypatch):
@@ -326,6 +344,23 @@ def test_load_saved_policies_keeps_this_model_and_task(tmp_path, tiny, policies,
     assert load_saved_policies(tiny, "topic", tmp_path) == {}
     assert load_saved_policies(other, "sentiment", tmp_path) == {}
     assert load_saved_policies(tiny, "sentiment", tmp_path / "missing") == {}
+
+
+def test_load_saved_policies_skips_policies_of_other_train_prompts_or_calibration(tmp_path, tiny, task, traces,
+                                                                                  policies):
+    """A policy saved by a smaller run (other train prompts) or under another calibration is not offered beside
+    this run's: chapter 05 once offered a quick-mode policy (40 train prompts) in a full-mode run."""
+    train, _ = traces
+    table = feature_table(train)
+    policies["logistic"].save(tmp_path / f"{tiny.cache_id}-sentiment-logistic.policy")  # fitted on `table`
+    fewer = trace_task(tiny, load_task("sentiment", n=10, n_train=8, shots=2, seed=0), split="train", cache=False,
+                       progress=False)
+    ExitPolicy("threshold", threshold=0.3).fit(feature_table(fewer)).save(tmp_path / "fewer.policy")
+    raw = ExitPolicy("threshold", threshold=0.3).fit(feature_table(train.with_calibration("raw")))
+    raw.save(tmp_path / "raw.policy")
+    assert len(load_saved_policies(tiny, "sentiment", tmp_path)) == 3  # without a train table: all three
+    found = load_saved_policies(tiny, "sentiment", tmp_path, train_table=table)
+    assert list(found) == ["saved: sentiment-logistic (logistic · consistent)"]
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -83,6 +83,7 @@ def feature_table(task_trace) -> pd.DataFrame:
         "weights": tr.meta.get("weights"),
         "task": tt.task_name,
         "split": getattr(tt, "split", None),
+        "prompts_key": tr.meta.get("prompts_key"),  # which prompts (content hash): a policy records its train set
         "n_layers": int(L),
         "n_examples": int(n),
         "full_vocab": bool(tr.meta.get("full_vocab", not np.isnan(tr.top_prob).all())),

@@ -54,21 +54,32 @@ def snippet(text: str) -> str:
     return text if len(text) <= SNIPPET_CHARS else text[: SNIPPET_CHARS - 1] + "…"
 
 
-def load_saved_policies(model, task_name: str, directory: str | Path | None = None) -> dict:
+def load_saved_policies(model, task_name: str, directory: str | Path | None = None, *,
+                        train_table: pd.DataFrame | None = None) -> dict:
     """Policies saved with ``ExitPolicy.save`` under ``directory`` (default ``data/policies``, searched
     recursively for ``*.policy``) that were fitted on ``model``'s weights and on ``task_name``, sorted by file:
     ``"saved: <file stem without the model's cache id> (<classifier · label scheme>)"`` → policy. Files of
-    another model or task, or unreadable ones, are skipped."""
+    another model or task, or unreadable ones, are skipped.
+
+    With ``train_table`` (the ``feature_table`` of the train split the caller uses), only policies fitted on
+    those same prompts (``prompts_key``) with the same calibration method are kept: a policy saved by a quick
+    run (40 train prompts) or under another calibration is not offered beside this run's."""
     folder = Path(directory) if directory is not None else data_dir() / "policies"
+    wanted = None if train_table is None else (train_table.attrs.get("prompts_key"),
+                                               (train_table.attrs.get("calibration") or {}).get("method"))
     found = {}
     for path in sorted(folder.rglob("*.policy")) if folder.exists() else []:
         try:
             policy = ExitPolicy.load(path, model=model)
         except Exception:  # noqa: BLE001 - another model's policy, a stale format, not a policy at all
             continue
-        if policy.metadata.get("task") == task_name and policy.metadata.get("model_cache_id"):
-            stem = path.stem.removeprefix(f"{model.cache_id}-")
-            found[f"saved: {stem} ({policy_label(policy)})"] = policy
+        meta = policy.metadata
+        if meta.get("task") != task_name or not meta.get("model_cache_id"):
+            continue
+        if wanted is not None and (meta.get("prompts_key"), meta.get("calibration_method")) != wanted:
+            continue
+        stem = path.stem.removeprefix(f"{model.cache_id}-")
+        found[f"saved: {stem} ({policy_label(policy)})"] = policy
     return found
 
 

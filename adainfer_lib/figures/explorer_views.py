@@ -30,6 +30,7 @@ import pandas as pd
 from ..common.replay import Decisions, first_exit, metrics_at, sweep
 from ..data.calibration import Calibration
 from ..data.task_trace import TaskTrace
+from ..features.online import UNIT_INTERVAL_FEATURES
 from ..features.table import feature_table
 from ..model.lens import LayerTrace
 from .plots import visible_token
@@ -162,19 +163,29 @@ def token_table_html(frame: pd.DataFrame, *, stop_proba: np.ndarray | None = Non
             f'{caption}<thead><tr><th>layer</th>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>')
 
 
-def layer_curves_figure(table: pd.DataFrame, stop_proba: np.ndarray, *, lens: str = "full", threshold: float,
-                        min_layer: int, exit_layer: int, title: str):
-    """Confidence features of one example across layers — ``top_prob`` and ``gap`` (``lens="full"``) or
-    ``label_top_prob`` and ``label_gap`` (``lens="labels"``) — with the policy's stop probability, the
-    threshold (dashed), the layers below ``min_layer`` (grey) and the exit layer (red line). ``table``: the
-    example's L+1 feature-table rows (``example_table``); ``stop_proba`` (L+1,). Returns a ``Figure``."""
-    from matplotlib.figure import Figure
-
+def curve_features(features: Sequence[str], lens: str) -> tuple[str, ...]:
+    """The features ``layer_curves_figure`` draws: the policy's own inputs on the probability scale (those of
+    ``UNIT_INTERVAL_FEATURES`` but ``layer_frac``), what its stop probability is computed from; for a policy
+    with none of them, the lens's confidence pair (``top_prob``, ``gap`` for ``lens="full"``, ``label_top_prob``,
+    ``label_gap`` for ``"labels"``). ``ValueError`` for an unknown ``lens``."""
     if lens not in LENS_MODES:
         raise ValueError(f"lens must be one of {LENS_MODES}, not {lens!r}")
+    own = tuple(f for f in features if f in UNIT_INTERVAL_FEATURES and f != "layer_frac")
+    return own or (("top_prob", "gap") if lens == "full" else ("label_top_prob", "label_gap"))
+
+
+def layer_curves_figure(table: pd.DataFrame, stop_proba: np.ndarray, *, lens: str = "full", threshold: float,
+                        min_layer: int, exit_layer: int, title: str, features: Sequence[str] = ()):
+    """The policy's input features of one example across layers (``curve_features(features, lens)``: the
+    policy's probability-scale ``features``, else the lens's confidence pair) with the policy's stop
+    probability, the threshold (dashed), the layers below ``min_layer`` (grey) and the exit layer (red line).
+    ``table``: the example's L+1 feature-table rows (``example_table``); ``stop_proba`` (L+1,). Returns a
+    ``Figure``."""
+    from matplotlib.figure import Figure
+
+    names = curve_features(features, lens)
     layers = table["layer"].to_numpy()
     L = int(layers.max())
-    names = ("top_prob", "gap") if lens == "full" else ("label_top_prob", "label_gap")
     fig = Figure(figsize=(7.2, 3.6))
     ax = fig.add_subplot()
     for name, style in zip(names, ("-", "--")):

@@ -27,6 +27,7 @@ from typing import Mapping
 
 import numpy as np
 
+from ..common.checks import THRESHOLD_RANGE
 from . import explorer_views as views
 from .explorer_state import ExplorerState, load_saved_policies, policy_label, snippet
 from .plots import figure_title
@@ -58,8 +59,11 @@ def build_controls(state: ExplorerState, policy, max_examples: int, delta: float
                                 tooltips=["top-k tokens over the whole vocabulary",
                                           "the task's label words, calibrated"],
                                 style={"button_width": "120px"}),  # labelled in the layout
-        "threshold": w.FloatSlider(value=float(np.clip(policy.threshold, 0, 1)), min=0.0, max=1.0, step=0.01,
-                                   description="threshold", readout_format=".2f", **slider),
+        # up to 1.01 = "never stop early" (what a threshold choice returns when no threshold keeps its criterion):
+        # clipped to 1.00 it would read as a rule that stops where the stop probability is exactly 1
+        "threshold": w.FloatSlider(value=float(np.clip(policy.threshold, *THRESHOLD_RANGE)), min=THRESHOLD_RANGE[0],
+                                   max=THRESHOLD_RANGE[1], step=0.01, description="threshold", readout_format=".2f",
+                                   **slider),
         "min_layer": w.IntSlider(value=int(np.clip(policy.min_layer, 0, state.n_layers)), min=0, max=state.n_layers,
                                  step=1, description="min layer", **slider),
         "delta": w.BoundedFloatText(value=delta, step=0.005, description="δ (risk)", **level,
@@ -248,7 +252,7 @@ class ExitExplorer:
         policy = self.policies[change["new"]]
         self._busy += 1
         try:  # the policy's own threshold and minimum layer, one render afterwards
-            self.threshold.value = float(np.clip(policy.threshold, 0, 1))
+            self.threshold.value = float(np.clip(policy.threshold, *THRESHOLD_RANGE))
             self.min_layer.value = int(np.clip(policy.min_layer, 0, self.n_layers))
         finally:
             self._busy -= 1
@@ -282,7 +286,7 @@ class ExitExplorer:
             threshold=threshold, min_layer=min_layer, policy_name=name, source=self._source)
         title = figure_title("layer by layer", self.model.name, self.task.name, 1)
         fig = views.layer_curves_figure(table, stop, lens=lens, threshold=threshold, min_layer=min_layer,
-                                        exit_layer=exit_layer, title=title)
+                                        exit_layer=exit_layer, title=title, features=self.policy.features_)
         self.curves.value = views.figure_png(fig)
         self.table, self.stop_proba, self.exit_layer = table, stop, exit_layer
         self.error = None

@@ -90,7 +90,8 @@ def _provenance(table: pd.DataFrame) -> dict:
     """What a feature table says about where it comes from (the ``attrs`` ``feature_table`` writes)."""
     attrs = table.attrs
     return {"model": attrs.get("model"), "model_cache_id": attrs.get("model_cache_id"), "weights": attrs.get("weights"),
-            "task": attrs.get("task"), "split": attrs.get("split"), "label_words": attrs.get("label_words"),
+            "task": attrs.get("task"), "split": attrs.get("split"), "prompts_key": attrs.get("prompts_key"),
+            "label_words": attrs.get("label_words"),
             "label_names": attrs.get("label_names"),
             "calibration_method": (attrs.get("calibration") or {}).get("method")}
 
