@@ -105,3 +105,36 @@ def test_the_teaching_checks_catch_a_broken_link_and_a_long_plan():
     assert plan_minutes(long_plan) == [60, 40]
     with pytest.raises(AssertionError, match="plan table"):
         plan_minutes("no plan here")
+
+
+def test_the_set_up_cell_detects_colab_and_prepares_what_is_missing(monkeypatch):
+    """On Colab (``google.colab`` imported) the set-up cell picks class mode unless told otherwise and prepares
+    the chapter's offline model and the task data when they are missing (the runtime's disk starts empty)."""
+    import types
+
+    from adainfer_lib.course import notebook
+    from adainfer_lib.data import sources
+    from adainfer_lib.model import loading
+
+    assert notebook.hosted_notebook({}) is None
+    assert notebook.hosted_notebook({"google.colab": types.ModuleType("google.colab")}) == "colab"
+    prepared, missing = [], {"gemma3-270m"}
+    monkeypatch.setattr(loading, "is_prepared", lambda alias: alias not in missing)
+    monkeypatch.setattr(loading, "prepare_offline_model", lambda alias: prepared.append(alias))
+    monkeypatch.setattr(sources, "prepare_sources", lambda: prepared.append("tasks"))
+    environ: dict[str, str] = {}
+    notebook.prepare_hosted("smollm2-135m", environ)
+    assert environ == {"ADAINFER_MODE": "class"} and prepared == ["tasks"]  # the default model is there already
+    environ = {"ADAINFER_MODE": "quick"}
+    notebook.prepare_hosted("gemma3-270m", environ)
+    assert environ == {"ADAINFER_MODE": "quick"} and prepared == ["tasks", "gemma3-270m", "tasks"]
+    notebook.prepare_hosted("meta-llama/Llama-2-7b-hf", {})  # a hub model is not an offline alias: nothing to convert
+    assert prepared[-1] == "tasks"
+
+    monkeypatch.setitem(__import__("sys").modules, "google.colab", types.ModuleType("google.colab"))
+    calls = []
+    monkeypatch.setattr(notebook, "prepare_hosted", lambda model: calls.append(model))
+    monkeypatch.setenv("ADAINFER_MODE", "quick")
+    monkeypatch.delenv("ADAINFER_MODEL", raising=False)
+    notebook.setup_notebook("smollm2-135m")
+    assert calls == ["smollm2-135m"]

@@ -114,6 +114,36 @@ class NotebookSettings:
         return load_model(self.model, **kwargs)
 
 
+def hosted_notebook(modules: Mapping[str, object] | None = None) -> str | None:
+    """``"colab"`` when this kernel runs on Google Colab (``google.colab`` is imported there before any cell,
+    the test ARENA's set-up cells use), else None. ``modules`` defaults to ``sys.modules``."""
+    import sys
+
+    return "colab" if "google.colab" in (sys.modules if modules is None else modules) else None
+
+
+def prepare_hosted(model: str, environ: dict[str, str] | None = None) -> list[str]:
+    """What ``setup_notebook`` does on a hosted runtime (Colab), whose disk starts empty and is wiped when
+    recycled: class mode unless ``ADAINFER_MODE``/``ADAINFER_QUICK`` say otherwise (set in ``environ``,
+    default ``os.environ``), then the chapter's offline ``model`` and the task data prepared where they are
+    missing (``data.prepare``'s steps; minutes the first time). Returns the lines it printed."""
+    from ..data.sources import prepare_sources
+    from ..model.loading import OFFLINE_MODELS, is_prepared, prepare_offline_model
+
+    environ = os.environ if environ is None else environ
+    said = []
+    if not (environ.get("ADAINFER_MODE") or environ.get("ADAINFER_QUICK")):
+        environ["ADAINFER_MODE"] = "class"
+        said.append("hosted notebook (Colab): class mode (set ADAINFER_MODE before setup_notebook to change it)")
+    if model in OFFLINE_MODELS and not is_prepared(model):
+        said.append(f"hosted notebook (Colab): preparing {model} (once per runtime, a few minutes)")
+        prepare_offline_model(model)
+    prepare_sources()  # idempotent: a second call only checks the prepared files
+    for line in said:
+        print(line)
+    return said
+
+
 def setup_notebook(model: str = DEFAULT_MODEL, *, seed: int = 0) -> NotebookSettings:
     """Seed everything, set the seaborn theme, turn gradients off; returns the run's settings.
 
@@ -130,6 +160,8 @@ def setup_notebook(model: str = DEFAULT_MODEL, *, seed: int = 0) -> NotebookSett
     - ``ADAINFER_ONLINE=1`` — allows hub access (a hub model, ``source="hub"`` data); off by default;
     - ``ADAINFER_DATA=<dir>`` — where prepared models, task files and traces live (default ``data/``).
     """
+    if hosted_notebook():   # Colab: the runtime's disk is empty; docs/teaching.md has the install cell before this
+        prepare_hosted(os.environ.get("ADAINFER_MODEL", model))
     settings = NotebookSettings.from_environ(model, seed=seed)   # a bad ADAINFER_* value fails here, first
     import numpy as np
     import seaborn as sns
