@@ -92,7 +92,7 @@ def _provenance(table: pd.DataFrame) -> dict:
     return {"model": attrs.get("model"), "model_cache_id": attrs.get("model_cache_id"), "weights": attrs.get("weights"),
             "task": attrs.get("task"), "split": attrs.get("split"), "label_words": attrs.get("label_words"),
             "label_names": attrs.get("label_names"),
-            "calibration_method": (attrs.get("calibration") or {}).get("method")}
+            "calibration_method": (attrs.get("calibration") or {}).get("method"), "reader": attrs.get("reader")}
 
 
 def _table_calibration(table: pd.DataFrame) -> Calibration | None:
