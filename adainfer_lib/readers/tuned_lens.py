@@ -9,13 +9,14 @@ one learning rate suits every layer) and ``T_l`` one of
 - ``"affine"``: ``T(x) = b + x A`` with A (d, d) (the original's full translator; a d × d map has far more
   parameters than a few hundred prompts constrain).
 
-Every translator starts at zero, i.e. at the logit lens. Training: full-batch Adam on the train split's states
-at the answer position, minimising the sum over layers of KL(q ‖ p_l), where q is the final layer's calibrated
-label distribution (the full model's decision: ``softmax`` of its calibrated label scores at L) and p_l the
-calibrated label distribution the translated state gives at l (the task's calibration offsets at l, as
-decisions are made). No gold labels. Deterministic under ``seed`` (V's initialisation; CPU float32), seconds on
-a laptop for bias and low rank. The original trains on next-token KL over the whole vocabulary at every
-position of a large corpus (SGD with Nesterov momentum, 250 steps × 262k tokens): not a laptop recipe.
+Every translator starts at zero, i.e. at the logit lens. Training: full-batch Adam (learning rate decayed
+linearly to 0) on the train split's states at the answer position, minimising the sum over layers of KL(q ‖ p_l),
+where q is the final layer's calibrated label distribution (the full model's decision: ``softmax`` of its
+calibrated label scores at L) and p_l the calibrated label distribution the translated state gives at l (the
+task's calibration offsets at l, as decisions are made). No gold labels. Deterministic under ``seed`` (V's
+initialisation; CPU float32), seconds on a laptop for bias and low rank. The original trains on next-token KL
+over the whole vocabulary at every position of a large corpus (SGD with Nesterov momentum, 250 steps × 262k
+tokens): not a laptop recipe.
 
 ``choose_translator`` fits several translators on part of the train split and keeps the one with the best
 held-out agreement with the full model (then refits it on the whole split): "bias, low rank or affine" is
@@ -111,6 +112,7 @@ class TunedLensReader(Reader):
         offsets = torch.from_numpy(np.asarray(data.calibration.offsets[:L], dtype=np.float32))
         params = [p[k].requires_grad_(True) for k in trained]
         opt = torch.optim.Adam(params, lr=self.lr)
+        decay = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1 - step / max(self.steps, 1))  # to 0 at the end
         dtype = _model_dtype(model)
         with torch.enable_grad():
             for _ in range(self.steps):
@@ -125,6 +127,7 @@ class TunedLensReader(Reader):
                 for param, grad in zip(params, grads):
                     param.grad = grad
                 opt.step()
+                decay.step()
         return {k: v.detach().numpy().astype(np.float32) for k, v in p.items()}
 
     def _layer_logits(self, model, label_head, arrays: dict) -> LayerLogits:

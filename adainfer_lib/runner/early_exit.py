@@ -59,7 +59,8 @@ class ExitResult:
     - ``exit_layers`` (n,): the layer each prompt exited at (1..L; ``L`` = ran the full model);
     - ``stop_proba`` (n, L+1): the policy's stop probability at every visited layer (NaN elsewhere: layers
       below ``min_layer`` are never checked, layers after the exit never run);
-    - ``label_logits`` (n, C): raw label-word logits at the exit layer; ``scores`` (n, C): calibrated;
+    - ``label_logits`` (n, C): raw label-word logits at the exit layer; ``scores`` (n, C): calibrated (run with
+      a ``reader``: its raw and decision scores; ``meta["reader"]`` names it);
     - ``exit_states`` (n, hidden): the residual state at the last position at the exit layer;
     - ``exit_features``: the online features at the exit layer, name -> (n,);
     - ``seconds`` (n,): wall-clock per example (the batch's time divided by its size; exact at batch
