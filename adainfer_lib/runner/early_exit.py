@@ -357,13 +357,10 @@ def run_early_exit(
     ``calibration`` (a ``Calibration`` or ``"raw"``) overrides the rule's own. ``full_vocab=True`` computes the
     full-vocabulary features even when the rule does not need them (slower checks).
 
-    ``reader`` (a fitted ``readers.Reader``: probe, tuned lens, logit lens) reads the label scores at each
-    checked layer instead of the lens's label rows: the label features the rule sees and the prediction at the
-    exit (the argmax of its scores) are the reader's, and its cost is part of each check; at layer L the model's
-    own calibrated output decides, as without a reader. ``ReaderModelMismatchError`` for a reader of another
-    model or other label words; ``PolicyModelMismatchError`` for a rule fitted on another reader's table (a
-    rule fitted on a lens table needs no reader, or the logit lens). With a reader, ``label_logits`` are its raw
-    scores and ``calibration`` is not used.
+    ``reader`` (a fitted ``readers.Reader``) reads the label scores at each check instead of the lens's label
+    rows: the rule's label features and the prediction (argmax) are the reader's, its cost part of each check; at
+    L the model's calibrated output decides. ``ReaderModelMismatchError`` for a reader of another model or label
+    words, ``PolicyModelMismatchError`` for a rule fitted on another reader's table (a lens rule: no reader).
 
     Inputs go through ``inputs.prepare_prompts`` (the same checks, label-word resolution and right padding
     as ``lens.trace``); with ``prefix_cache`` the prompts' shared token prefix runs once (outside the timed
@@ -383,23 +380,15 @@ def run_early_exit(
     words = list(label_words or policy.label_words or [])
     if not words:
         raise ValueError("run_early_exit needs the task's label words (label_words=task.label_words).")
-    used = replace(identity_of(model), label_words=tuple(words))  # the model's cache id, read once
-    check_rule_model(policy, used, n_examples=len(prepared.texts),  # PolicyModelMismatchError
-                     reader="logit_lens" if reader is None else reader.reader_id)
+    calibration = _check_reading(model, policy, reader, words, calibration, len(prepared.texts))
     L = model.n_layers
-    if reader is not None:
-        reader.check_model(used)  # ReaderModelMismatchError: another model or other label words
-        calibration = reader.calibration
-    calibration = resolve_calibration(policy.calibration if calibration is None else calibration, n_layers=L,
-                                      n_labels=len(words))
     label_ids = torch.tensor(label_token_ids(model.tokenizer, words, prepared.texts[0], owner=model.name),
                              dtype=torch.long, device=model.device)
     need_full = bool(policy.needs_full_vocab) if full_vocab is None else bool(full_vocab)
-    min_layer = int(min(max(int(policy.min_layer), 0), L))
-    threshold = float(policy.threshold)
+    min_layer, threshold = int(min(max(int(policy.min_layer), 0), L)), float(policy.threshold)
 
-    head = model.label_head(label_ids)
-    bound = None if reader is None else reader.bind(model, head)
+    head = model.label_head(label_ids)  # the label rows, read once per run; a reader is bound to this run once
+    bound_reader = None if reader is None else reader.bind(model, head)
     collected = _Collected(len(prepared.tokens), L, len(words))
 
     def work(b: int) -> dict:
@@ -407,7 +396,7 @@ def run_early_exit(
         batch = prepared.batch(prepared.batches[b])
         run = _BatchRun(model, policy, inputs=batch, calibration=calibration, label_ids=label_ids, label_head=head,
                         full_vocab=need_full, min_layer=min_layer, threshold=threshold, row_ids=prepared.batches[b],
-                        reader=bound)
+                        reader=bound_reader)
         _run_batch(model, run, batch)
         return _batch_record(prepared.batches[b], run, time.perf_counter() - t0, time.process_time() - c0)
 
@@ -421,6 +410,19 @@ def run_early_exit(
             "reader": "logit_lens" if reader is None else reader.reader_id}
     return collected.result(model_name=model.name, n_layers=L, label_words=words, batch_size=batch_size,
                             min_layer=min_layer, threshold=threshold, meta=meta)
+
+
+def _check_reading(model: LensModel, policy, reader, words: list[str], calibration, n_examples: int) -> Calibration:
+    """Refuse a rule or reader fitted for another model, label words or reader (``PolicyModelMismatchError``,
+    ``ReaderModelMismatchError``), then the ``Calibration`` of the run (``resolve_calibration``: the reader's, the
+    given one, or the rule's)."""
+    used = replace(identity_of(model), label_words=tuple(words))  # the model's cache id, read once
+    check_rule_model(policy, used, n_examples=n_examples, reader="logit_lens" if reader is None else reader.reader_id)
+    if reader is not None:
+        reader.check_model(used)  # another model or other label words
+        calibration = reader.calibration
+    return resolve_calibration(policy.calibration if calibration is None else calibration, n_layers=model.n_layers,
+                               n_labels=len(words))
 
 
 def _run_batch(model: LensModel, run: _BatchRun, batch: Batch) -> None:
