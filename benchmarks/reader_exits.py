@@ -92,24 +92,25 @@ def study(model, name, args) -> None:
     c, c_table = choose_probe_c(model, train, st_train, args.cs)
     print(f"\n=== {name}: n_test={test.n_examples}, n_train={train.n_examples}, L={model.n_layers}")
     print("probe C by out-of-fold agreement on train:\n" + c_table.to_string(index=False))
-    tuned, t_table = choose_translator(model, train, st_train)
+    candidates = [{"translator": t} for t in args.translators]
+    tuned, t_table = choose_translator(model, train, st_train, candidates=candidates)
     print("tuned-lens translator on a held-out quarter of train:\n" + t_table[
         ["translator", "rank", "held_out_agreement", "held_out_kl", "chosen"]].to_string(index=False))
     readers = {"logit lens": LogitLensReader().fit(model, train), f"probe C={c:g}": ProbeReader(C=c).fit(
         model, train, st_train), f"tuned lens ({tuned.translator})": tuned}
     agreement = pd.DataFrame({k: r.read(model, test, st_test).consistency_by_layer()[args.layers]
                               for k, r in readers.items()}, index=pd.Index(args.layers, name="layer"))
-    print("agreement with the full model on test:\n" + agreement.round(3).to_string())
-    rows, keep = [], {}
-    for k, r in readers.items():
-        row, keep[k] = exit_rows(k, r, model, train, test, st_train, st_test, args.max_loss)
-        row.update(certify(keep[k][0], keep[k][2], args.delta))
-        rows.append(row)
+    print("agreement with the full model on test:\n" + agreement.round(3).to_string(), flush=True)
+    keep = {}
     cols = ["reader", "threshold", "layers_saved", "consistency", "accuracy", "full_accuracy", "accuracy_change_pts",
             "reader_oracle_layers_saved", "certified_threshold", "held_layers_saved", "held_consistency",
             "held_accuracy_change_pts"]
-    print(f"threshold on the reader's confidence (max consistency loss {args.max_loss} out of fold on train), "
-          "test:\n" + pd.DataFrame(rows)[cols].round(4).to_string(index=False))
+    print(f"threshold on the reader's confidence (max consistency loss {args.max_loss} out of fold on train), test; "
+          f"certified (LTT, disagreement, delta={args.delta}) on the first half of test, held_* on the second half:")
+    for k, r in readers.items():
+        row, keep[k] = exit_rows(k, r, model, train, test, st_train, st_test, args.max_loss)
+        row.update(certify(keep[k][0], keep[k][2], args.delta))
+        print(pd.DataFrame([row])[cols].round(4).to_string(index=False), flush=True)
     probe_name = next(k for k in readers if k.startswith("probe"))
     print("real run:", real_run(model, task, readers[probe_name], keep[probe_name][0], keep[probe_name][1], args.real))
 
@@ -123,10 +124,12 @@ def main() -> None:
     parser.add_argument("--delta", type=float, default=0.05)
     parser.add_argument("--cs", default="0.01,0.05,0.2,1.0")
     parser.add_argument("--layers", default="5,10,15,20,25")
+    parser.add_argument("--translators", default="bias,low_rank,affine")
     parser.add_argument("--real", type=int, default=12)
     args = parser.parse_args()
     args.cs = [float(v) for v in args.cs.split(",")]
     args.layers = [int(v) for v in args.layers.split(",")]
+    args.translators = args.translators.split(",")
     model = ai.load_model()
     for name in args.tasks.split(","):
         study(model, name, args)

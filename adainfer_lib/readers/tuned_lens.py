@@ -147,13 +147,17 @@ class TunedLensReader(Reader):
 
 
 def choose_translator(model, task_trace, states, *, candidates: Sequence[dict] | None = None,
-                      holdout: float = 0.25, seed: int = 0) -> tuple[TunedLensReader, pd.DataFrame]:
+                      holdout: float = 0.25, tolerance: float = 0.01,
+                      seed: int = 0) -> tuple[TunedLensReader, pd.DataFrame]:
     """Fit each candidate ``TunedLensReader`` (parameter dicts; default bias, low rank 8, affine) on the train
     split minus a random ``holdout`` share of its prompts, measure on the held-out prompts its agreement with the
     full model (mean over layers 0..L-1 of the share whose argmax is the full model's decision) and the mean KL,
-    keep the best agreement (ties: the earlier, simpler candidate) and refit it on the whole split.
-    Returns (the refitted reader, one row per candidate). ``ValueError`` for ``holdout`` outside (0, 1)."""
+    keep the first candidate (give them simplest first) within ``tolerance`` of the best agreement — a bigger map
+    must earn its parameters by more than the held-out noise — and refit it on the whole split.
+    Returns (the refitted reader, one row per candidate). ``ValueError`` for ``holdout`` outside (0, 1) or a
+    negative ``tolerance``."""
     check_number(holdout, "holdout", low=0.0, high=1.0)
+    check_number(tolerance, "tolerance", low=0.0)
     if not 0 < holdout < 1:
         raise ValueError(f"holdout must be in (0, 1), not {holdout}")
     candidates = list(candidates or ({"translator": "bias"}, {"translator": "low_rank", "rank": 8},
@@ -172,6 +176,7 @@ def choose_translator(model, task_trace, states, *, candidates: Sequence[dict] |
         rows.append({**reader.get_params(), "held_out_agreement": float((scores.argmax(-1) == target[:, None]).mean()),
                      "held_out_kl": float(kl), "n_fit": len(fit_idx), "n_held_out": len(held)})
     table = pd.DataFrame(rows)
-    best = int(np.argmax(table["held_out_agreement"].to_numpy()))
+    agreement = table["held_out_agreement"].to_numpy()
+    best = int(np.flatnonzero(agreement >= agreement.max() - tolerance - 1e-12)[0])
     table["chosen"] = np.arange(len(table)) == best
     return TunedLensReader(**candidates[best]).fit_data(model, data), table
