@@ -2,7 +2,8 @@
 
 The sub-packages follow the data flow, and this namespace re-exports their public API in the same order:
 ``model`` (load a model, its logit lens, traces) → ``data`` (tasks, calibration, traced tasks) → ``features``
-(per-layer features, the feature table) → ``rules`` (exit rules, their fitting and threshold choice) →
+(per-layer features, the feature table) → ``readers`` (learned readers of the residual states: probe, tuned
+lens, beside the logit lens) → ``rules`` (exit rules, their fitting and threshold choice) →
 ``runner`` (real early exit) → ``certification`` (guaranteed exits) → ``generation`` (exits while generating)
 → ``evaluation`` (baselines, evaluation, seeds) → ``figures`` (plots, explorer) → ``course`` (set-up cell,
 exercise checkers). ``common`` holds the shared paths, cache, argument checks and the replay kernel."""
@@ -102,6 +103,19 @@ from .model import (
                     trace,
 )
 from .model.identity import ModelMismatchError, PolicyModelMismatchError
+from .readers import (
+                    LogitLensReader,
+                    ProbeReader,
+                    Reader,
+                    ReaderModelMismatchError,
+                    ReaderTrace,
+                    ResidualStates,
+                    TunedLensReader,
+                    choose_translator,
+                    out_of_fold_trace,
+                    residual_states,
+                    task_states,
+)
 from .rules import (
                     ExitPolicy,
                     ExitRule,
@@ -130,7 +144,12 @@ __all__ = [
     "calibration_report",
     # exits
     "ONLINE_FEATURES", "label_features", "feature_table", "feature_auc", "per_layer_auc", "feature_correlations",
-    "permutation_importance_table", "split_by_example", "lens_check_cost", "ExitRule", "FeatureThresholdRule",
+    "permutation_importance_table", "split_by_example", "lens_check_cost",
+    # readers
+    "Reader", "LogitLensReader", "ProbeReader", "TunedLensReader", "choose_translator", "ReaderTrace",
+    "ReaderModelMismatchError", "ResidualStates", "residual_states", "task_states", "out_of_fold_trace",
+    # rules, runs, certification
+    "ExitRule", "FeatureThresholdRule",
         "OnlineState", "ExitPolicy", "GapThresholdPolicy", "ModelMismatchError",
     "PolicyModelMismatchError", "Decisions", "metrics_at", "simulate",
     "simulate_exits", "oracle_exit_layers", "threshold_sweep", "choose_threshold", "tune_threshold",

@@ -16,8 +16,8 @@ import adainfer_lib as ai
 ROOT = Path(__file__).resolve().parent.parent
 LIB = ROOT / "adainfer_lib"
 #: Sub-packages in data-flow order: each may import only from itself and the ones before it.
-LAYERS = ("common", "model", "data", "features", "rules", "runner", "certification", "generation", "evaluation",
-          "figures", "course")
+LAYERS = ("common", "model", "data", "features", "readers", "rules", "runner", "certification", "generation",
+          "evaluation", "figures", "course")
 MAX_FUNCTION_LINES, MAX_CLASS_LINES = 80, 250
 
 

@@ -62,6 +62,13 @@ class TaskTrace:
     def calibration(self) -> Calibration:
         return self.calibrations[self.method]
 
+    @property
+    def reader(self) -> str:
+        """What reads the residual states as label scores here: ``"logit_lens"`` (the model's own final norm and
+        label rows, calibrated). ``readers.ReaderTrace`` overrides it with a learned reader's ``reader_id``; a
+        table and the rules fitted on it record it (``identity.ModelIdentity.reader``)."""
+        return "logit_lens"
+
     def with_calibration(self, method: str) -> TaskTrace:
         """The same trace, deciding with another calibration method."""
         return replace(self, method=method)

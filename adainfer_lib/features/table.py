@@ -16,7 +16,12 @@ One row per example × layer (layers 0..L) with
   ``oracle_exit`` (the example's earliest settled layer, ``TaskTrace.earliest_consistent_layer``).
 
 The table's ``attrs`` carry what a policy fitted on it must remember (model and its cache id, task,
-label words, calibration method and offsets, n_layers) — plain JSON-able values only.
+label words, calibration method and offsets, n_layers, the ``reader`` of the label scores: ``"logit_lens"``
+or a learned reader's id, ``readers``) — plain JSON-able values only.
+
+The label features and decisions come from ``task_trace.scores()``: for a ``readers.ReaderTrace`` they are a
+learned reader's (probe, tuned lens) instead of the lens's, and every column and rule downstream reads them
+the same way.
 
 The helpers for studying features are in ``study.py``, the online feature names in ``online.py``.
 """
@@ -90,6 +95,7 @@ def feature_table(task_trace) -> pd.DataFrame:
         "label_words": list(tr.label_words),
         "label_names": list(tt.label_names),
         "calibration": tt.calibration.to_dict(),
+        "reader": str(getattr(tt, "reader", "logit_lens")),
     })
     return table
 

@@ -231,6 +231,10 @@ def _check_identity(state: PolicyState, path: Path) -> None:
     model_id = state.metadata.get("model_cache_id")
     if model_id is not None and not isinstance(model_id, str):
         raise ValueError(f"{path}: config.json metadata.model_cache_id {model_id!r} is not a cache id string")
+    reader = state.metadata.get("reader")
+    if reader is not None and not (isinstance(reader, str) and reader):
+        raise ValueError(f"{path}: config.json metadata.reader {reader!r} is not a reader id string ('logit_lens' "
+                         "or a learned reader's reader_id)")
 
 
 def _check_calibration(state: PolicyState, path: Path) -> None:

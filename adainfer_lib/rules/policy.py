@@ -93,7 +93,7 @@ def _provenance(table: pd.DataFrame) -> dict:
             "task": attrs.get("task"), "split": attrs.get("split"), "prompts_key": attrs.get("prompts_key"),
             "label_words": attrs.get("label_words"),
             "label_names": attrs.get("label_names"),
-            "calibration_method": (attrs.get("calibration") or {}).get("method")}
+            "calibration_method": (attrs.get("calibration") or {}).get("method"), "reader": attrs.get("reader")}
 
 
 def _table_calibration(table: pd.DataFrame) -> Calibration | None:

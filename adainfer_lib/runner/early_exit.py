@@ -28,7 +28,7 @@ from __future__ import annotations
 import time
 from collections import ChainMap
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
@@ -41,7 +41,7 @@ from ..data.calibration import Calibration
 from ..features.online import ONLINE_FEATURES, online_features
 from ..model import parallel
 from ..model.hooks import StopForward, decoder_hooks, layer_input, layer_output, with_input
-from ..model.identity import check_rule_model
+from ..model.identity import check_rule_model, identity_of
 from ..model.inputs import Batch, _find_cache, label_token_ids, prepare_prompts
 from ..model.lens import lens_stats
 from ..model.loading import LensModel
@@ -59,7 +59,8 @@ class ExitResult:
     - ``exit_layers`` (n,): the layer each prompt exited at (1..L; ``L`` = ran the full model);
     - ``stop_proba`` (n, L+1): the policy's stop probability at every visited layer (NaN elsewhere: layers
       below ``min_layer`` are never checked, layers after the exit never run);
-    - ``label_logits`` (n, C): raw label-word logits at the exit layer; ``scores`` (n, C): calibrated;
+    - ``label_logits`` (n, C): raw label-word logits at the exit layer; ``scores`` (n, C): calibrated (run with
+      a ``reader``: its raw and decision scores; ``meta["reader"]`` names it);
     - ``exit_states`` (n, hidden): the residual state at the last position at the exit layer;
     - ``exit_features``: the online features at the exit layer, name -> (n,);
     - ``seconds`` (n,): wall-clock per example (the batch's time divided by its size; exact at batch
@@ -188,13 +189,15 @@ class _BatchRun:
 
     def __init__(self, model: LensModel, policy, *, inputs: Batch, calibration: Calibration, label_ids: torch.Tensor,
                  label_head: Callable[[torch.Tensor], torch.Tensor],
-                 full_vocab: bool, min_layer: int, threshold: float, row_ids: np.ndarray):
+                 full_vocab: bool, min_layer: int, threshold: float, row_ids: np.ndarray,
+                 reader: Callable[[torch.Tensor, int], tuple[np.ndarray, np.ndarray]] | None = None):
         self.model, self.policy = model, policy
         self.L = model.n_layers
         self.inputs = inputs
         self.batch = batch = inputs.size
         self.calibration, self.label_ids = calibration, label_ids
         self.label_head = label_head  # the label rows of the unembedding, read once per run
+        self.reader = reader  # a learned reader bound to this run (readers.Reader.bind), or None: the lens
         self.full_vocab, self.min_layer, self.threshold = full_vocab, min_layer, threshold
         self.row_ids = np.asarray(row_ids)  # prompt index of each batch row
         self.rows = torch.arange(batch)  # original rows held by the running hidden states, in order
@@ -268,7 +271,7 @@ class _BatchRun:
         """What a check at ``layer`` reads of the lens of ``h``, each computed once, when first asked for: the
         full-vocabulary statistics (``lens.lens_stats``) and the label logits with their calibrated scores,
         (n, C) each — ``Calibration.apply`` of the label logits, read from the full-vocabulary lens or, for a
-        check on label rows only, from the run's ``label_head``."""
+        check on label rows only, from the run's ``label_head``; with a reader, its raw and decision scores."""
         memo: dict = {}
 
         def stats() -> dict:
@@ -279,6 +282,9 @@ class _BatchRun:
             return memo["stats"]
 
         def label() -> tuple[np.ndarray, np.ndarray]:
+            if "label" not in memo and self.reader is not None:
+                memo["label"] = self.reader(h, layer)
+                check_finite(memo["label"], "the reader's label scores", model=self.model, layer=layer)
             if "label" not in memo:
                 logits = (stats()["label_logits"] if self.full_vocab else self.label_head(h)).double().cpu().numpy()
                 check_finite(logits, "the label logits", model=self.model, layer=layer)
@@ -337,6 +343,7 @@ def run_early_exit(
     prefix: str | None = None,
     progress: bool = False,
     distributed: bool | None = None,
+    reader=None,
 ) -> ExitResult:
     """Run ``prompts`` through ``model``, stopping each at the first layer ``>= policy.min_layer`` whose
     ``policy.stop_proba_online(features, layer, state)`` is ``>= policy.threshold`` (else at ``L``).
@@ -349,6 +356,11 @@ def run_early_exit(
     ``OnlineState`` (each running row's prompt index, the earlier checks, the rule's carried memory).
     ``calibration`` (a ``Calibration`` or ``"raw"``) overrides the rule's own. ``full_vocab=True`` computes the
     full-vocabulary features even when the rule does not need them (slower checks).
+
+    ``reader`` (a fitted ``readers.Reader``) reads the label scores at each check instead of the lens's label
+    rows: the rule's label features and the prediction (argmax) are the reader's, its cost part of each check; at
+    L the model's calibrated output decides. ``ReaderModelMismatchError`` for a reader of another model or label
+    words, ``PolicyModelMismatchError`` for a rule fitted on another reader's table (a lens rule: no reader).
 
     Inputs go through ``inputs.prepare_prompts`` (the same checks, label-word resolution and right padding
     as ``lens.trace``); with ``prefix_cache`` the prompts' shared token prefix runs once (outside the timed
@@ -368,24 +380,23 @@ def run_early_exit(
     words = list(label_words or policy.label_words or [])
     if not words:
         raise ValueError("run_early_exit needs the task's label words (label_words=task.label_words).")
-    check_rule_model(policy, model, label_words=words, n_examples=len(prepared.texts))  # PolicyModelMismatchError
+    calibration = _check_reading(model, policy, reader, words, calibration, len(prepared.texts))
     L = model.n_layers
-    calibration = resolve_calibration(policy.calibration if calibration is None else calibration, n_layers=L,
-                                      n_labels=len(words))
     label_ids = torch.tensor(label_token_ids(model.tokenizer, words, prepared.texts[0], owner=model.name),
                              dtype=torch.long, device=model.device)
     need_full = bool(policy.needs_full_vocab) if full_vocab is None else bool(full_vocab)
-    min_layer = int(min(max(int(policy.min_layer), 0), L))
-    threshold = float(policy.threshold)
+    min_layer, threshold = int(min(max(int(policy.min_layer), 0), L)), float(policy.threshold)
 
-    head = model.label_head(label_ids)
+    head = model.label_head(label_ids)  # the label rows, read once per run; a reader is bound to this run once
+    bound_reader = None if reader is None else reader.bind(model, head)
     collected = _Collected(len(prepared.tokens), L, len(words))
 
     def work(b: int) -> dict:
         t0, c0 = time.perf_counter(), time.process_time()
         batch = prepared.batch(prepared.batches[b])
         run = _BatchRun(model, policy, inputs=batch, calibration=calibration, label_ids=label_ids, label_head=head,
-                        full_vocab=need_full, min_layer=min_layer, threshold=threshold, row_ids=prepared.batches[b])
+                        full_vocab=need_full, min_layer=min_layer, threshold=threshold, row_ids=prepared.batches[b],
+                        reader=bound_reader)
         _run_batch(model, run, batch)
         return _batch_record(prepared.batches[b], run, time.perf_counter() - t0, time.process_time() - c0)
 
@@ -395,9 +406,23 @@ def run_early_exit(
     for _, record in done:
         collected.add(record)
     meta = {"weights": model.weights_note, "full_vocab_checks": need_full,
-            "prefix_tokens": 0 if prepared.prefix is None else prepared.prefix.length}
+            "prefix_tokens": 0 if prepared.prefix is None else prepared.prefix.length,
+            "reader": "logit_lens" if reader is None else reader.reader_id}
     return collected.result(model_name=model.name, n_layers=L, label_words=words, batch_size=batch_size,
                             min_layer=min_layer, threshold=threshold, meta=meta)
+
+
+def _check_reading(model: LensModel, policy, reader, words: list[str], calibration, n_examples: int) -> Calibration:
+    """Refuse a rule or reader fitted for another model, label words or reader (``PolicyModelMismatchError``,
+    ``ReaderModelMismatchError``), then the ``Calibration`` of the run (``resolve_calibration``: the reader's, the
+    given one, or the rule's)."""
+    used = replace(identity_of(model), label_words=tuple(words))  # the model's cache id, read once
+    check_rule_model(policy, used, n_examples=n_examples, reader="logit_lens" if reader is None else reader.reader_id)
+    if reader is not None:
+        reader.check_model(used)  # another model or other label words
+        calibration = reader.calibration
+    return resolve_calibration(policy.calibration if calibration is None else calibration, n_layers=model.n_layers,
+                               n_labels=len(words))
 
 
 def _run_batch(model: LensModel, run: _BatchRun, batch: Batch) -> None:

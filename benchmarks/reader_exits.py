@@ -1,0 +1,139 @@
+"""Learned readers vs the logit lens on the default model: agreement with the full model per layer, and exits.
+
+For each task (default sentiment and topic; seed 0, the suite's fixed demonstrations, ``--n`` test and
+``--n-train`` train prompts):
+1. trace both splits and cache the residual states at every layer (``readers.task_states``);
+2. readers fitted on the TRAIN split only: the logit lens; a probe (``ProbeReader``, C chosen among ``--cs`` by
+   5-fold out-of-fold agreement on train); a tuned lens (``choose_translator``: bias / low rank 8 / affine,
+   decided on a held-out quarter of train);
+3. agreement with the full model's decision per layer on TEST, at ``--layers``;
+4. exits: one confidence threshold (``label_top_prob`` of the reader's scores, ``ExitPolicy("threshold")``)
+   chosen on the OUT-OF-FOLD train table for at most ``--max-loss`` of consistency (``choose_threshold``), then
+   replayed on test: layers saved, consistency, accuracy change; the oracle of the lens and of each reader;
+5. Learn-then-Test (disagreement risk, δ = ``--delta``, ε = 0.05) on the first half of the test prompts as the
+   calibration split, evaluated on the second half;
+6. a real compute-skipping run of the probe rule on ``--real`` test prompts: exits and answers equal the replay's.
+
+No timing is measured. Usage: ``python benchmarks/reader_exits.py [--tasks sentiment,topic] [--n 200]
+[--n-train 250] [--max-loss 0.015]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import pandas as pd
+
+import adainfer_lib as ai
+from adainfer_lib.certification import certify_threshold
+from adainfer_lib.common.replay import layers_saved
+from adainfer_lib.readers import LogitLensReader, ProbeReader, choose_translator, out_of_fold_trace, task_states
+from adainfer_lib.rules.policy import DEFAULT_THRESHOLDS
+from adainfer_lib.rules.tuning import choose_threshold, simulate
+
+#: The default grid (0.00, 0.01, ..., 1.00, 1.01 = never) refined near 1, where a probe's confidences crowd.
+THRESHOLDS = sorted(set(DEFAULT_THRESHOLDS) | {round(float(t), 4) for t in np.arange(0.9, 1.0, 0.001)}
+                    | {0.9995, 0.9999})
+
+
+def choose_probe_c(model, train, states, cs) -> tuple[float, pd.DataFrame]:
+    """The probe's C with the best mean out-of-fold agreement with the full model over layers 1..L-1 (train)."""
+    rows = []
+    for c in cs:
+        reader = ProbeReader(C=c).fit(model, train, states)
+        agreement = out_of_fold_trace(reader, model, train, states, cv=5).consistency_by_layer()[1:-1].mean()
+        rows.append({"C": c, "oof_mean_agreement": float(agreement)})
+    table = pd.DataFrame(rows)
+    return float(table.loc[table["oof_mean_agreement"].idxmax(), "C"]), table
+
+
+def exit_rows(name, reader, model, train, test, train_states, test_states, max_loss) -> tuple[dict, object]:
+    """The threshold-on-confidence rule of ``reader``, tuned out of fold on train, replayed on test."""
+    oof = out_of_fold_trace(reader, model, train, train_states, cv=5)
+    read = reader.read(model, test, test_states)
+    rule = ai.ExitPolicy("threshold", features=("label_top_prob",), min_layer=1).fit(ai.feature_table(oof))
+    threshold, _ = choose_threshold(rule, ai.feature_table(oof), max_loss=max_loss, metric="consistency",
+                                    thresholds=THRESHOLDS)
+    rule = rule.with_threshold(threshold)
+    test_table = ai.feature_table(read)
+    row = {"reader": name, "threshold": threshold, **simulate(rule, test_table),
+           "reader_oracle_layers_saved": layers_saved(ai.oracle_exit_layers(test_table), model.n_layers)}
+    return row, (rule, read, test_table)
+
+
+def certify(rule, table, delta) -> dict:
+    """LTT on the first half of the test table's prompts, evaluated on the second half."""
+    examples = np.sort(table["example"].unique())
+    half = len(examples) // 2
+    calib = table[table["example"].isin(examples[:half])]
+    held = table[table["example"].isin(examples[half:])]
+    certified, cert = certify_threshold(rule, calib, delta=delta, epsilon=0.05)
+    return {"certified_threshold": cert.threshold, "n_calibration": cert.n,
+            **{f"held_{k}": v for k, v in simulate(certified, held).items()
+               if k in ("layers_saved", "consistency", "accuracy_change_pts", "n")}}
+
+
+def real_run(model, task, reader, rule, read, n) -> dict:
+    """A real run of ``rule`` with ``reader`` on the first ``n`` test prompts vs the replay."""
+    res = ai.run_early_exit(model, task.prompts("test")[:n], rule, reader=reader, prefix=task.prefix, batch_size=4)
+    exits = rule.exit_layers(ai.feature_table(read))[:n]
+    preds = read.predictions()[np.arange(n), exits]
+    return {"real_n": n, "real_exits_equal": int((res.exit_layers == exits).sum()),
+            "real_answers_equal": int((res.predictions == preds).sum()), "real_layers_saved": res.layers_saved}
+
+
+def study(model, name, args) -> None:
+    task = ai.load_task(name, n=args.n, n_train=args.n_train, seed=0)
+    train = ai.trace_task(model, task, split="train", progress=False)
+    test = ai.trace_task(model, task, progress=False)
+    st_train, st_test = task_states(model, task, "train", progress=False), task_states(model, task, "test",
+                                                                                          progress=False)
+    c, c_table = choose_probe_c(model, train, st_train, args.cs)
+    print(f"\n=== {name}: n_test={test.n_examples}, n_train={train.n_examples}, L={model.n_layers}")
+    print("probe C by out-of-fold agreement on train:\n" + c_table.to_string(index=False))
+    candidates = [{"translator": t} for t in args.translators]
+    tuned, t_table = choose_translator(model, train, st_train, candidates=candidates)
+    print("tuned-lens translator on a held-out quarter of train:\n" + t_table[
+        ["translator", "rank", "held_out_agreement", "held_out_kl", "chosen"]].to_string(index=False))
+    readers = {"logit lens": LogitLensReader().fit(model, train), f"probe C={c:g}": ProbeReader(C=c).fit(
+        model, train, st_train), f"tuned lens ({tuned.translator})": tuned}
+    agreement = pd.DataFrame({k: r.read(model, test, st_test).consistency_by_layer()[args.layers]
+                              for k, r in readers.items()}, index=pd.Index(args.layers, name="layer"))
+    print("agreement with the full model on test:\n" + agreement.round(3).to_string(), flush=True)
+    keep = {}
+    cols = ["reader", "threshold", "layers_saved", "consistency", "accuracy", "full_accuracy", "accuracy_change_pts",
+            "reader_oracle_layers_saved", "certified_threshold", "held_layers_saved", "held_consistency",
+            "held_accuracy_change_pts"]
+    print(f"threshold on the reader's confidence (max consistency loss {args.max_loss} out of fold on train), test; "
+          f"certified (LTT, disagreement, delta={args.delta}) on the first half of test, held_* on the second half:")
+    for k, r in readers.items():
+        row, keep[k] = exit_rows(k, r, model, train, test, st_train, st_test, args.max_loss)
+        row.update(certify(keep[k][0], keep[k][2], args.delta))
+        print(pd.DataFrame([row])[cols].round(4).to_string(index=False), flush=True)
+    probe_name = next(k for k in readers if k.startswith("probe"))
+    print("real run:", real_run(model, task, readers[probe_name], keep[probe_name][0], keep[probe_name][1], args.real))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--tasks", default="sentiment,topic")
+    parser.add_argument("--n", type=int, default=200)
+    parser.add_argument("--n-train", type=int, default=250)
+    parser.add_argument("--max-loss", type=float, default=0.015)
+    parser.add_argument("--delta", type=float, default=0.05)
+    parser.add_argument("--cs", default="0.01,0.05,0.2,1.0")
+    parser.add_argument("--layers", default="5,10,15,20,25")
+    parser.add_argument("--translators", default="bias,low_rank,affine")
+    parser.add_argument("--real", type=int, default=12)
+    args = parser.parse_args()
+    args.cs = [float(v) for v in args.cs.split(",")]
+    args.layers = [int(v) for v in args.layers.split(",")]
+    args.translators = args.translators.split(",")
+    model = ai.load_model()
+    for name in args.tasks.split(","):
+        study(model, name, args)
+
+
+if __name__ == "__main__":
+    main()
