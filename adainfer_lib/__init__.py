@@ -26,7 +26,7 @@ from .certification import (
 from .common import paths
 from .common.checks import NonFiniteError
 from .common.replay import Decisions, metrics_at
-from .course import NotebookSettings, claims, exercises, setup_notebook
+from .course import NotebookSettings, exercises, prose, setup_notebook
 from .data import (
                     CALIBRATION_METHODS,
                     Calibration,
@@ -169,6 +169,6 @@ __all__ = [
     "ExitExplorer", "load_saved_policies", "NotebookSettings", "setup_notebook",
     # modules used as namespaces in the notebooks
     "early_exit", "risk_control", "baselines", "seeds", "plots", "plots_features", "plots_risk", "exercises",
-    "claims",
+    "prose",
     "paths",
 ]

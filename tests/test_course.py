@@ -126,52 +126,31 @@ def test_chapter_01_raw_oracle_is_computed_from_the_raw_decisions():
     assert not check(tt, oracle_layers_saved=saved, accuracy_full=own_accuracy)
 
 
-def test_claims_record_and_fail_only_where_they_must():
-    import nbformat
+def test_prose_shows_a_smaller_run_beside_the_published_full_mode_value():
+    """``prose.beside_full`` reads ``results/`` for the run's model: the value alone in full mode, with the caveat and
+    the full-mode value in quick and class mode, a plain note where nothing is published."""
+    import pandas as pd
 
-    from adainfer_lib.course.claims import CLAIM_MIME, claim, claims_in
+    from adainfer_lib import NotebookSettings
+    from adainfer_lib.course import prose
 
-    adaptive = claim("a", False, "{x} above", "{x} below", show=False, x=1)
-    assert adaptive.text == "1 below" and not adaptive.failed
-    firm_full = claim("b", False, "{x} holds", show=False, x=2)
-    assert firm_full.failed and "does not hold" in str(firm_full)
-    firm_quick = claim("c", False, "{x} holds", basis="quick", show=False, x=3)
-    assert not firm_quick.failed
-    assert claim("d", False, "equal", basis="quick", strict=True, show=False).failed
-    bundle = firm_full._repr_mimebundle_()
-    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x", outputs=[
-        nbformat.v4.new_output("display_data", data=bundle)])])
-    nb = nbformat.reads(nbformat.writes(nb), as_version=4)   # what an executed notebook on disk holds
-    (record,) = claims_in(nb)
-    assert record["failed"] and record["key"] == "b" and CLAIM_MIME in bundle
-
-
-def test_reproduce_names_the_firm_claims_that_fail():
-    import nbformat
-    from reproduce import failed_claims
-
-    from adainfer_lib.course.claims import claim
-
-    outputs = [nbformat.v4.new_output("display_data", data=c._repr_mimebundle_()) for c in (
-        claim("ch99.holds", True, "{x} holds", show=False, x=1),
-        claim("ch99.adaptive", False, "up", "down", show=False),
-        claim("ch99.quick_noise", False, "noise", basis="quick", show=False),
-        claim("ch99.broken", False, "{x} is above 2", show=False, x=1))]
-    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x", outputs=outputs)])
-    nb = nbformat.reads(nbformat.writes(nb), as_version=4)
-    assert failed_claims(nb) == ["ch99.broken: 1 is above 2"]
-
-
-def test_claim_references_read_the_saved_results():
-    from adainfer_lib import setup_notebook
-    from adainfer_lib.course.claims import quick_and_full, reference
-
-    settings = setup_notebook("smollm2-135m")
-    batch = reference(settings, "01_calibration", "accuracy_full", task="sentiment", calibration="batch")
-    assert batch is not None and 0 < batch <= 1
-    assert reference(settings, "no_such_result", "accuracy_full") is None
-    quick = type(settings)(mode="quick", model=settings.model, seed=0)
-    assert "full mode" in quick_and_full(quick, 0.5, batch, n=24, ref_n=500)
+    saved = pd.read_csv(ROOT / "results" / "01_calibration.csv").set_index(["task", "calibration"])
+    batch, n = saved.loc[("sentiment", "batch"), "accuracy_full"], int(saved.loc[("sentiment", "batch"), "n"])
+    where = dict(task="sentiment", calibration="batch")
+    quick, klass, full = (NotebookSettings(mode=m, model="smollm2-135m", seed=0) for m in ("quick", "class", "full"))
+    assert prose.full_mode(quick, "01_calibration", "accuracy_full", **where) == (pytest.approx(batch), n)
+    text = prose.beside_full(quick, 0.5, "01_calibration", "accuracy_full", n=24, **where)
+    assert text == f"0.500 (quick mode, n = 24: noise; full mode {batch:.3f}, n = {n})"
+    assert "class mode, n = 200: noisier than full mode" in prose.beside_full(klass, 0.5, "01_calibration",
+                                                                              "accuracy_full", n=200, **where)
+    assert prose.beside_full(full, 0.5, "01_calibration", "accuracy_full", n=500, **where) == "0.500 (n = 500)"
+    assert "not saved for smollm2-135m" in prose.beside_full(quick, 0.5, "no_such_result", "auc")
+    assert prose.full_mode(quick, "01_calibration", "accuracy_full", task="no such task") is None
+    assert prose.note(full, 24, "x") == "" and prose.note(quick, 24) == " (quick mode, n = 24: noise)"
+    assert prose.threshold_text(1.01) == prose.threshold_text(None) == "never exits (> 1)"
+    assert prose.threshold_text(0.4) == "0.40"
+    shown = prose.show_thresholds(pd.DataFrame({"threshold": [0.5, 1.01, float("nan")]}), missing="none")
+    assert shown.threshold.tolist() == ["0.50", "never exits (> 1)", "none"]
 
 
 @pytest.mark.parametrize("chapter", ["ch01", "ch02", "ch03", "ch04", "ch05", "ch06"])
@@ -191,29 +170,3 @@ def test_solutions_answer_the_why_questions_in_words(chapter):
              if re.search(r"\b(why|explain|argue|what does that say)\b", m.group(2), re.I)}
     answered = {k for k, v in getattr(module, "WHY", {}).items() if isinstance(v, str) and len(v) > 80}
     assert asked <= answered, f"{chapter}: exercises {sorted(asked - answered)} ask why but WHY does not answer"
-
-
-def test_chapter_07_claims_follow_their_numbers():
-    """The generation chapter's sentences come from the study's numbers: collapse or not, cache or decisions,
-    and speculative decoding's identical output is a firm claim that fails when one output differs."""
-    import numpy as np
-    import pandas as pd
-
-    from adainfer_lib.course import claims
-
-    def study(skip_nll: float, skip_agree: float) -> pd.DataFrame:
-        row = {"n": 10, "nll_full": 1.2, "repetition": 0.3, "repetition_full": 0.1}
-        return pd.DataFrame([{**row, "method": "skip", "nll": skip_nll, "agree_tokens": skip_agree},
-                             {**row, "method": "recompute", "nll": 1.5, "agree_tokens": 5.0}])
-
-    collapse, decisions = claims.ch07_strategies(study(6.0, 4.8))
-    assert collapse.held and "collapses" in collapse.text and decisions.held and "not the cache" in decisions.text
-    collapse, decisions = claims.ch07_strategies(study(1.6, 1.0))
-    assert not collapse.held and "No collapse" in collapse.text and "The cache matters" in decisions.text
-    assert claims.ch07_settling(np.array([29, 30, 28]), 30, 24).held
-    assert "early enough" in claims.ch07_settling(np.array([3, 5, 30]), 30, 24).text
-    spec = pd.DataFrame({"method": ["speculative"] * 2, "full_match_rate": [1.0, 0.9], "measured_speedup": [0.5, 1.2],
-                         "acceptance_rate": [0.2, 0.9], "n": [4, 4]})
-    identical, slower = claims.ch07_speculative(spec)
-    assert identical.firm and identical.strict and not identical.held  # one output differed: the test would fail
-    assert not slower.held and "faster" in slower.text

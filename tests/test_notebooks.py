@@ -1,5 +1,6 @@
-"""Every chapter executes top to bottom in quick mode, its checked claims hold, and it is committed without
-outputs."""
+"""Every chapter executes top to bottom in quick mode — its exact identities are ``assert``s in the cells, so a
+broken one is an error here — and it is committed without outputs. The firm facts the prose states are checked on
+the published tables by ``tests/test_results.py``."""
 
 from __future__ import annotations
 
@@ -8,8 +9,6 @@ from pathlib import Path
 
 import nbformat
 import pytest
-
-from adainfer_lib.course.claims import claims_in
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 
@@ -39,7 +38,5 @@ def test_executes_in_quick_mode(path, model, tmp_path):
         os.environ.clear()
         os.environ.update(env_before)
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.get("output_type") == "error"]
-    assert not errors
-    failed = [c["text"] for c in claims_in(nb) if c["failed"]]
-    assert not failed, f"{path.name} on {model}: checked claims that do not hold: {failed}"
+    assert not errors, f"{path.name} on {model}: " + "; ".join(f"{e['ename']}: {e['evalue'][:300]}" for e in errors)
     nbformat.write(nb, tmp_path / path.name)

@@ -18,9 +18,10 @@ copy and an HTML rendering under ``build/<mode>/executed/<model>/``, and record 
 ``--model gemma3-270m`` runs the chapters on another model (``ADAINFER_MODEL``): its tables and times go to a
 sub-folder named after it (``results/gemma3-270m/``). ``ADAINFER_N`` caps every n, as in a notebook.
 
-A chapter whose **firm checked claim** does not hold on its full-mode numbers (``adainfer_lib.course.claims``:
-the prose states something the numbers contradict) fails the run: the other chapters still run, and the script
-exits with status 1, naming each chapter and claim. A cell that raises fails the run the same way.
+A chapter whose cell raises — an exact identity ``assert``ed in a cell included — fails the run: the other chapters
+still run, and the script exits with status 1, naming each chapter. After a publishing run on the default model,
+``tests/test_results.py`` checks the firm facts the prose states on the new ``results/`` tables; a fact that no
+longer holds fails the run the same way.
 """
 
 from __future__ import annotations
@@ -36,17 +37,11 @@ from pathlib import Path
 import nbformat
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from adainfer_lib.course.claims import claims_in  # noqa: E402
 from adainfer_lib.course.modes import MODES, output_folder  # noqa: E402
 from adainfer_lib.course.timing import TIMES_FILE, record_times  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 PREPARE_CHAPTERS = ("00", "01", "02", "03", "04", "05", "06")   # the chapters that trace (07 generates)
-
-
-def failed_claims(nb) -> list[str]:
-    """The firm claims of an executed notebook that did not hold, as "key: sentence"."""
-    return [f"{c['key']}: {c['text']}" for c in claims_in(nb) if c.get("failed")]
 
 
 def kernel_environment(mode: str, publish: bool, environ: dict | None = None) -> dict:
@@ -65,9 +60,9 @@ def kernel_environment(mode: str, publish: bool, environ: dict | None = None) ->
     return env
 
 
-def execute(path: Path, out: Path) -> tuple[float, list[str]]:
+def execute(path: Path, out: Path) -> float:
     """Execute ``path`` (in the current ``os.environ``); write the executed notebook and its HTML under ``out``;
-    return the seconds taken and the firm claims that did not hold."""
+    return the seconds taken (nbclient's ``CellExecutionError`` when a cell raises)."""
     from nbclient import NotebookClient
     from nbconvert import HTMLExporter
 
@@ -80,7 +75,7 @@ def execute(path: Path, out: Path) -> tuple[float, list[str]]:
     nbformat.write(nb, out / path.name)
     html, _ = HTMLExporter().from_notebook_node(nb)
     (out / path.with_suffix(".html").name).write_text(html, encoding="utf-8")
-    return seconds, failed_claims(nb)
+    return seconds
 
 
 def chapter_paths(chapters: list[str], *, prepare: bool = False) -> list[Path]:
@@ -159,14 +154,11 @@ def main(argv: list[str] | None = None) -> None:
     for path in paths:
         print(f"running {path.name} ({args.mode} mode) ...", flush=True)
         try:
-            seconds, failed = execute(path, executed)
+            seconds = execute(path, executed)
         except Exception as error:  # a cell raised (nbclient's CellExecutionError): report it, run the rest
             failures[path.stem] = [f"the chapter did not run: {type(error).__name__}: {str(error)[:500]}"]
             continue
         print(f"  {seconds / 60:.1f} min", flush=True)
-        if failed:
-            failures[path.stem] = failed
-            print(f"  {len(failed)} checked claim(s) do not hold", flush=True)
         row = {"chapter": path.stem, "mode": args.mode, "minutes": round(seconds / 60, 1),
                "date": dt.date.today().isoformat(), "machine": f"{os.cpu_count()} cores, {platform.machine()}"}
         record_times(times_path, [row])
@@ -178,6 +170,13 @@ def main(argv: list[str] | None = None) -> None:
 
         update_readme()
         print("README results section regenerated (tools/readme_results.py)")
+    if publish and model == DEFAULT_MODEL and not args.chapters:   # the firm facts the prose states, on results/
+        import subprocess
+
+        tests = str(ROOT / "tests" / "test_results.py")
+        check = subprocess.run([sys.executable, "-m", "pytest", "-q", tests], cwd=ROOT)
+        if check.returncode:
+            failures["results"] = ["tests/test_results.py: a fact the prose states no longer holds on results/"]
     if failures:
         for chapter, failed in failures.items():
             for line in failed:

@@ -1,8 +1,8 @@
 """The course around the notebooks: the set-up cell (``notebook``), the run's mode and sizes (``modes``), the
-chapter timing table (``timing``), the exercise checkers (``exercises``) and the checked claims beside the prose
-(``claims``)."""
+chapter timing table (``timing``), the exercise checkers (``exercises``) and what the
+chapters' sentences about numbers share (``prose``)."""
 
-from . import claims, exercises, modes, timing
+from . import exercises, modes, prose, timing
 from .notebook import NotebookSettings, setup_notebook
 
-__all__ = ["NotebookSettings", "setup_notebook", "exercises", "claims", "modes", "timing"]
+__all__ = ["NotebookSettings", "setup_notebook", "exercises", "prose", "modes", "timing"]
