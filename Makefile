@@ -31,6 +31,7 @@ benchmark: prepare
 	$(PY) benchmarks/trace_throughput.py
 	$(PY) benchmarks/early_exit_speed.py
 	$(PY) benchmarks/fingerprint_cost.py
+	$(PY) benchmarks/reader_exits.py   # readers vs the lens: agreement and exits (no timing; minutes at n=200)
 
 clean-cache:
 	rm -rf data/traces data/policies

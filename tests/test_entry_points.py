@@ -34,6 +34,7 @@ TINY_RUNS = {
     "benchmarks/early_exit_speed.py": "test_early_exit_benchmark_at_a_tiny_size",
     "benchmarks/gpu_check.py": "tests/test_gpu_check.py::test_dry_run_on_the_cpu",
     "benchmarks/fingerprint_cost.py": "test_fingerprint_cost_benchmark_at_a_tiny_size",
+    "benchmarks/reader_exits.py": "test_reader_exits_benchmark_at_a_tiny_size",
     "tools/reproduce.py": "test_reproduce_lists_what_it_would_run",
     "tools/readme_results.py": "test_readme_results_check_runs",
     "tools/sync_navigation.py": "test_sync_navigation_check_runs",
@@ -151,6 +152,18 @@ def test_early_exit_benchmark_at_a_tiny_size(tmp_path, classifier):
     assert ratio == pytest.approx(measured / ideal, abs=2e-3)  # printed side by side, from the same run
     assert "n=4 test prompts" in out and "fitted on 24 train examples" in out
     assert ("GapThresholdPolicy" in out) == (classifier == "gap")
+
+
+@pytest.mark.slow
+def test_reader_exits_benchmark_at_a_tiny_size(tmp_path):
+    """The readers' study at a tiny size: every section prints, and the probe's real run equals its replay."""
+    run = _python("benchmarks/reader_exits.py", "--tasks", "sentiment", "--n", "16", "--n-train", "24", "--cs", "0.05",
+                  "--layers", "5,10", "--translators", "bias", "--real", "2", env=_fresh_data(tmp_path))
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
+    out = run.stdout
+    assert "n_test=16, n_train=24" in out and "agreement with the full model on test" in out
+    real = re.search(r"'real_n': (\d+), 'real_exits_equal': (\d+), 'real_answers_equal': (\d+)", out)
+    assert real and real.groups() == ("2", "2", "2"), out[-1500:]
 
 
 @pytest.mark.slow
