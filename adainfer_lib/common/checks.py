@@ -192,3 +192,23 @@ def check_finite(values, what: str, *, model=None, layer: int | None = None, lay
     else:
         advice = "the weights or inputs produce them (weights edited to inf or NaN?)"
     raise NonFiniteError(f"NaN or infinite values in {what}{where}: {advice}")
+
+
+def checked_array(source, field: str, value, shape: tuple[int, ...] | None = None, *, dtype=None,
+                  advice: str = "") -> np.ndarray:
+    """A stored array read back (a saved policy's or reader's field): ``value`` as an array of numbers
+    (converted to ``dtype`` when given, else kept as it is) of ``shape`` (None: any 1-D), every value finite.
+    ``ValueError`` naming ``source`` (the file) and ``field`` otherwise, ending with ``advice`` for NaN/inf."""
+    try:
+        arr = np.asarray(value, dtype=dtype)
+    except (TypeError, ValueError):
+        raise ValueError(f"{source}: {field} is not an array of numbers") from None
+    if arr.dtype.kind not in "fiu":
+        raise ValueError(f"{source}: {field} is not an array of numbers (dtype {arr.dtype})")
+    if (shape is None and arr.ndim != 1) or (shape is not None and arr.shape != tuple(shape)):
+        want = "1-D" if shape is None else tuple(shape)
+        raise ValueError(f"{source}: {field} has shape {arr.shape}, expected {want}")
+    if not np.isfinite(arr).all():
+        raise ValueError(f"{source}: {field} has {int((~np.isfinite(arr)).sum())} NaN or infinite value(s) of "
+                         f"{arr.size}" + (f": {advice}" if advice else ""))
+    return arr

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ..common.cache import atomic_write_bytes
+from ..common.checks import checked_array
 from ..data.calibration import CALIBRATION_METHODS, Calibration
 from ..model.identity import ModelIdentity
 
@@ -81,15 +82,9 @@ def _read(path: Path) -> tuple[dict, dict[str, np.ndarray]]:
 
 
 def finite_array(path: Path, name: str, value, shape: tuple[int, ...]) -> np.ndarray:
-    """``value`` as a float array of ``shape``, every value finite; ``ValueError`` naming file and field."""
-    arr = np.asarray(value)
-    if arr.dtype.kind not in "fiu":
-        raise ValueError(f"{path}: {name} is not an array of numbers (dtype {arr.dtype})")
-    if arr.shape != tuple(shape):
-        raise ValueError(f"{path}: {name} has shape {arr.shape}, expected {tuple(shape)}")
-    if not np.isfinite(arr).all():
-        raise ValueError(f"{path}: {name} has {int((~np.isfinite(arr)).sum())} NaN or infinite value(s)")
-    return arr
+    """``value`` as an array of numbers of ``shape`` (its dtype kept), every value finite (``checks.checked_array``);
+    ``ValueError`` naming file and field."""
+    return checked_array(path, name, value, shape)
 
 
 def _identity(path: Path, header: dict) -> ModelIdentity:

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from ..common.cache import atomic_write_bytes, atomic_write_text
+from ..common.checks import checked_array
 from ..data.calibration import CALIBRATION_METHODS, Calibration
 from ..features.online import ONLINE_FEATURES
 from ..model.identity import PolicyModelMismatchError, check_rule_model
@@ -185,19 +186,9 @@ _SCORER_OF = {"threshold": FeatureScorer, "crf": CRFScorer, "svm": SklearnScorer
 
 
 def _array(path: Path, field: str, value, shape: tuple[int, ...] | None = None) -> np.ndarray:
-    """``value`` as a float array of ``shape`` (None: any 1-D) with finite values only; ``ValueError`` naming
-    the file and the field otherwise."""
-    try:
-        arr = np.asarray(value, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise ValueError(f"{path}: {field} is not an array of numbers") from None
-    if (shape is None and arr.ndim != 1) or (shape is not None and arr.shape != shape):
-        want = "1-D" if shape is None else str(shape)
-        raise ValueError(f"{path}: {field} has shape {arr.shape}, expected {want}")
-    if not np.isfinite(arr).all():
-        raise ValueError(f"{path}: {field} has {int((~np.isfinite(arr)).sum())} NaN or infinite value(s) of "
-                         f"{arr.size}: the policy would never stop (or always); refit and save it again")
-    return arr
+    """``value`` as a float64 array of ``shape`` (None: any 1-D) with finite values only (``checks.checked_array``)."""
+    return checked_array(path, field, value, shape, dtype=np.float64,
+                         advice="the policy would never stop (or always); refit and save it again")
 
 
 def _check_identity(state: PolicyState, path: Path) -> None:
