@@ -132,15 +132,18 @@ def prepare_hosted(model: str, environ: dict[str, str] | None = None) -> list[st
 
     environ = os.environ if environ is None else environ
     said = []
+
+    def say(line: str) -> None:  # printed when it happens: the student sees why the cell takes minutes
+        print(line)
+        said.append(line)
+
     if not (environ.get("ADAINFER_MODE") or environ.get("ADAINFER_QUICK")):
         environ["ADAINFER_MODE"] = "class"
-        said.append("hosted notebook (Colab): class mode (set ADAINFER_MODE before setup_notebook to change it)")
+        say("hosted notebook (Colab): class mode (set ADAINFER_MODE before setup_notebook to change it)")
     if model in OFFLINE_MODELS and not is_prepared(model):
-        said.append(f"hosted notebook (Colab): preparing {model} (once per runtime, a few minutes)")
+        say(f"hosted notebook (Colab): preparing {model} (once per runtime, a few minutes)")
         prepare_offline_model(model)
     prepare_sources()  # idempotent: a second call only checks the prepared files
-    for line in said:
-        print(line)
     return said
 
 
