@@ -29,12 +29,8 @@ import adainfer_lib as ai
 from adainfer_lib.certification import certify_threshold
 from adainfer_lib.common.replay import layers_saved
 from adainfer_lib.readers import LogitLensReader, ProbeReader, choose_translator, out_of_fold_trace, task_states
-from adainfer_lib.rules.policy import DEFAULT_THRESHOLDS
+from adainfer_lib.rules.policy import CONFIDENCE_THRESHOLDS as THRESHOLDS
 from adainfer_lib.rules.tuning import choose_threshold, simulate
-
-#: The default grid (0.00, 0.01, ..., 1.00, 1.01 = never) refined near 1, where a probe's confidences crowd.
-THRESHOLDS = sorted(set(DEFAULT_THRESHOLDS) | {round(float(t), 4) for t in np.arange(0.9, 1.0, 0.001)}
-                    | {0.9995, 0.9999})
 
 
 def choose_probe_c(model, train, states, cs) -> tuple[float, pd.DataFrame]:

@@ -348,6 +348,9 @@ def test_rules_fitted_on_a_readers_table_run_with_it(tiny, task, traced, readers
         run_early_exit(tiny, task.prompts("test")[:2], policy, reader=readers["tuned_bias"], prefix=task.prefix)
     with pytest.raises(PolicyModelMismatchError, match="reader"):
         policy.stop_matrix(feature_table(test))
+    # a reader decides with its own calibration: another one given beside it is refused, not silently dropped
+    with pytest.raises(ValueError, match="calibration= and reader= together"):
+        run_early_exit(tiny, task.prompts("test")[:2], policy, reader=probe, calibration="raw", prefix=task.prefix)
 
 
 def test_a_lens_rule_runs_with_the_lens_reader_and_not_with_a_probe(tiny, task, traced, readers):

@@ -193,6 +193,42 @@ def generation(results: Path) -> str:
     return text
 
 
+def learned_readers(results: Path) -> str:
+    """Chapter 08: exits read by each reader (a threshold on its confidence, chosen out of fold on train), the
+    certified version (Learn-then-Test on half of the test prompts), and the move to product reviews; empty when
+    the chapter has not been published yet."""
+    if not (results / "08_reader_exits.csv").exists():
+        return ""
+    t = per_model(results, "08_reader_exits.csv")
+    shown = pd.DataFrame({
+        "model": t["model"], "task": t["task"], "reader": t["reader"], "n": t["n"],
+        "layers saved": t["layers_saved"].map(pct), "consistency": t["consistency"].map("{:.3f}".format),
+        "accuracy change": t["accuracy_change_pts"].map(pts), "reader's oracle": t["reader oracle saved"].map(pct)})
+    text = (f"**Learned readers (chapter 08)** — {provenance(t)}; one rule per reader: exit at the first layer whose "
+            "label-word confidence reaches a threshold chosen on the train split read out of fold (≤ 1.5 points of "
+            "consistency lost), replayed on test:\n\n" + markdown_table(shown))
+    cert_path, shift_path = results / "08_certified.csv", results / "08_domain_shift.csv"
+    if cert_path.exists():
+        c = pd.read_csv(cert_path)
+        certified = ["nothing" if pd.isna(t) else f"{t:g}" for t in c["certified threshold"]]
+        text += (f"\n\nCertified (Learn-then-Test, δ = {pct(c.delta.iloc[0])}, ε = {pct(c.epsilon.iloc[0])}, on "
+                 f"the first {int(c['n calibration'].iloc[0])} test prompts; the other {int(c['held-out n'].iloc[0])} "
+                 "check): " + "; ".join(
+                     f"{r['reader']} certifies {t} and saves {pct(r['held-out layers_saved'])} at consistency "
+                     f"{r['held-out consistency']:.3f} (uncertified: {pct(r['uncertified held-out layers_saved'])})"
+                     for t, (_, r) in zip(certified, c.iterrows())) + ".")
+    if shift_path.exists():
+        d = pd.read_csv(shift_path).set_index(["reader", "data"])
+        text += ("\n\nMoved from movie to product reviews: " + "; ".join(
+            f"{reader}: consistency {d.loc[(reader, 'movie reviews (test)'), 'consistency']:.3f} in domain, "
+            f"{d.loc[(reader, 'product reviews, as moved'), 'consistency']:.3f} moved, "
+            f"{d.loc[(reader, 'product reviews, re-certified'), 'consistency']:.3f} re-certified on unlabeled product "
+            f"prompts ({pct(d.loc[(reader, 'product reviews, re-certified'), 'layers_saved'])} saved, "
+            f"n = {int(d.loc[(reader, 'product reviews, re-certified'), 'n'])})"
+            for reader in d.index.get_level_values(0).unique()) + ".")
+    return text
+
+
 def findings(results: Path) -> str:
     """"What the numbers say": each sentence computed from the tables above (default model)."""
     seeds = pd.read_csv(results / "01_over_seeds.csv")
@@ -238,8 +274,8 @@ def findings(results: Path) -> str:
 def render(results: Path = RESULTS) -> str:
     """The generated section, markers included."""
     parts = [layer_statistics(results), exit_classifiers(results), early_exit(results), guaranteed_exits(results),
-             generation(results), findings(results), chapter_times(results)]
-    return "\n\n".join([START, *parts, END])
+             generation(results), learned_readers(results), findings(results), chapter_times(results)]
+    return "\n\n".join([START, *[p for p in parts if p], END])
 
 
 def replace_section(text: str, section: str) -> str:

@@ -11,7 +11,7 @@ copy and an HTML rendering under ``build/<mode>/executed/<model>/``, and record 
   ``build/<mode>/``. ``--record-times`` also merges this run's minutes into ``results/chapter_times.csv`` under
   its mode (the timing table of the README and chapter 00) — the only thing such a run may write to
   ``results/``, and only when asked.
-- ``--prepare`` (``make class-prepare``, the day before a class): runs the chapters that trace (00–06 unless
+- ``--prepare`` (``make class-prepare``, the day before a class): runs the chapters that trace (00–06 and 08 unless
   chapters are given) in the mode, so that every trace, policy and calibration they cache is on disk; its
   times go to ``build/<mode>/prepare_times.csv``.
 
@@ -41,7 +41,7 @@ from adainfer_lib.course.modes import MODES, output_folder  # noqa: E402
 from adainfer_lib.course.timing import TIMES_FILE, record_times  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-PREPARE_CHAPTERS = ("00", "01", "02", "03", "04", "05", "06")   # the chapters that trace (07 generates)
+PREPARE_CHAPTERS = ("00", "01", "02", "03", "04", "05", "06", "08")   # the chapters that trace (07 generates)
 
 
 def kernel_environment(mode: str, publish: bool, environ: dict | None = None) -> dict:

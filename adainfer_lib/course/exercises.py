@@ -782,3 +782,51 @@ def check_07_tokens_per_pass(result, answer) -> Feedback:
         return Feedback(False, "that is the acceptance rate (accepted / drafted); each pass also yields the full "
                                "model's own token.")
     return Feedback(False, f"{value:g} is not it: count the new tokens after the first and divide by verify_passes.")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Chapter 08: learned readers
+
+
+def check_08_probe_agreement(probe_trace, lens_trace, layer: int, answer) -> Feedback:
+    """Exercise 08.1: the test agreement with the full model of a probe trained at ``layer`` (section 1's
+    recipe). Reference: the ``ProbeReader``'s reading ``probe_trace`` (a ``ReaderTrace`` of the test prompts,
+    equal to the probe written out to 1e-6), at ``layer``; ``lens_trace``: the lens's (a known mistake)."""
+    L = probe_trace.n_layers
+    if not 0 <= layer < L:
+        raise ValueError(f"layer must be in 0..{L - 1} (a probe reads below the last layer), got {layer}")
+    reference = float(probe_trace.consistency_by_layer()[layer])
+    half = float(probe_trace.consistency_by_layer()[L // 2])
+    n = probe_trace.n_examples
+    return _compare(
+        answer, reference, what=f"the probe's agreement at layer {layer}", tol=0.5 / n, bounds=(0.0, 1.0),
+        mistakes=((float(lens_trace.consistency_by_layer()[layer]), f"the logit lens's agreement at layer {layer}: "
+                   "read the probe's predict_proba on the test states instead"),
+                  (half, f"the agreement at layer {L // 2} (section 1's layer): take the states at layer {layer}")),
+        ok=f"at layer {layer} the probe agrees with the full model on {reference:.1%} of {n} test prompts, the lens "
+           f"on {float(lens_trace.consistency_by_layer()[layer]):.1%}.",
+        hint="fit on the train states at that layer, predict the test states, and compare the argmax with "
+             "test.final_predictions().")
+
+
+def check_08_recertified_threshold(rule, table, calibration_examples, answer, *, delta: float = 0.10,
+                                   epsilon: float = 0.05) -> Feedback:
+    """Exercise 08.2: the threshold Learn-then-Test certifies (at ``delta``, ``epsilon``) for ``rule`` moved to
+    the data of ``table`` (``rule.for_task(table)``) on the prompts ``calibration_examples`` of that table."""
+    from ..certification import certify_threshold
+
+    calibration = table[table.example.isin(np.asarray(calibration_examples))]
+    if calibration.empty:
+        raise ValueError("calibration_examples selects no prompt of the table")
+    moved = rule.for_task(table)
+    _, cert = certify_threshold(moved, calibration, delta=delta, epsilon=epsilon)
+    _, strict = certify_threshold(moved, calibration, delta=0.05, epsilon=epsilon)
+    fmt = lambda t: "nothing" if t is None else f"{t:g}"  # noqa: E731
+    return _threshold_verdict(
+        answer, cert.threshold, what=f"the threshold certified at δ = {delta:g}",
+        mistakes=((strict.threshold if delta != 0.05 else None, "the threshold certified at δ = 5% (section 8's): "
+                   f"pass delta={delta:g}"),
+                  (rule.threshold if rule.threshold != cert.threshold else None,
+                   "the threshold chosen on the movie reviews, before any certification")),
+        ok=f"δ = {delta:g} certifies {fmt(cert.threshold)} on {cert.n} unlabeled prompts (δ = 5%: "
+           f"{fmt(strict.threshold)}): a looser risk level buys a more aggressive threshold, and no label was read.")

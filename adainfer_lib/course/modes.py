@@ -51,6 +51,8 @@ SIZES: dict[str, tuple[int, int, int]] = {
     "ch07.sweep": (1, 4, 10),
     "ch07.speculative": (1, 4, 12),
     "ch07.settling": (1, 4, 8),
+    "ch08.real": (4, 20, 40),               # prompts run for real with a reader inside the runner
+    "ch08.shift": (24, 200, 200),           # product-review prompts the movie-review readers are moved to
 }
 
 # Per-mode choices that are not prompt counts, name -> (quick, class, full). Never capped.
@@ -67,6 +69,13 @@ SETTINGS: dict[str, tuple[object, object, object]] = {
     "ch06.price_deltas": ((0.05, 0.10, 0.20), (0.01, 0.02, 0.05), (0.01, 0.02, 0.05)),
     "ch07.new_tokens": (6, 24, 32),
     "ch07.thresholds": ((0.9, 0.99), (0.8, 0.9, 0.99), (0.8, 0.9, 0.95, 0.99)),
+    # the tuned-lens translators chapter 08 chooses among (readers.choose_translator): a full d x d map costs
+    # ~30 s a fit at 40 train prompts on one core (smollm2-135m, 300 steps) and the chapter fits the chosen
+    # one 5 more times out of fold, so only full mode tries it; quick mode trains 100 steps instead of 300
+    "ch08.translators": (({"translator": "bias", "steps": 100}, {"translator": "low_rank", "rank": 8, "steps": 100}),
+                         ({"translator": "bias"}, {"translator": "low_rank", "rank": 8}),
+                         ({"translator": "bias"}, {"translator": "low_rank", "rank": 8}, {"translator": "affine"})),
+    "ch08.shortgpt_fractions": ((1 / 3,), (1 / 6, 1 / 3), (1 / 6, 1 / 3)),   # ShortGPT removes these shares of L
 }
 
 _TRUE = ("1", "true", "yes", "on")

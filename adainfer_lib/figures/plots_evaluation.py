@@ -7,6 +7,7 @@ from typing import Sequence
 
 import pandas as pd
 
+from ..common.checks import check_choice
 from ..evaluation.evaluate import Evaluation
 from .plots import ORACLE, check_series, legend_outside, series_style, ylim_for
 
@@ -17,32 +18,47 @@ def _title(what: str, model: str, task: str, n: int) -> str:
     return f"{what}\n{model}\n{task}, n={n}"
 
 
+STAR_COLOURS = ["black", "#B22222", "#6A3D9A"]   # "oracle" first; other oracles (a reader's own) after it
+
+
 def plot_pareto(curves: pd.DataFrame, *, accuracy_full: float, model: str, task: str, n: int, ax=None,
-                chance: float | None = None, legend: bool = True):
-    """Accuracy vs layers saved per method (lines: knob sweeps, each its own colour and marker; the oracle a
-    black star; the full model dashed; chance dash-dot). ``legend=False`` for all but one panel of a row of
-    panels that show the same methods (colours follow the methods' order, so they agree across panels)."""
+                chance: float | None = None, legend: bool = True, metric: str = "accuracy"):
+    """``metric`` (accuracy or consistency with the full model) vs layers saved per method (lines: knob
+    sweeps, each its own colour and marker; every method named ``...oracle`` a star, "oracle" black; for
+    accuracy the full model dashed, 1 point below it dotted, chance dash-dot; for consistency 1 and 0.98).
+    ``legend=False`` for all but one panel of a row of panels that show the same methods (colours follow the
+    methods' order, so they agree across panels). ``ValueError`` for another ``metric``."""
     import matplotlib.pyplot as plt
 
+    check_choice(metric, "metric", ("accuracy", "consistency"))
     if ax is None:
         _, ax = plt.subplots(figsize=(9, 5))
-    lines = curves[curves.method != "oracle"]
+    stars = curves.method.astype(str).str.endswith("oracle")
+    lines = curves[~stars]
     palette, markers = series_style(sorted(lines.method.unique()))
     check_series(palette.keys() - {"oracle"}, "plot_pareto")
     for method, line in lines.sort_values("layers_saved").groupby("method", sort=True):
-        ax.plot(line.layers_saved, line.accuracy, color=palette[method], marker=markers[method], markersize=5,
+        ax.plot(line.layers_saved, line[metric], color=palette[method], marker=markers[method], markersize=5,
                 lw=1.5, label=method)
-    oracle = curves[curves.method == "oracle"]
-    if len(oracle):
-        ax.scatter(oracle.layers_saved, oracle.accuracy, label="oracle", **ORACLE)
-    ax.axhline(accuracy_full, ls="--", color="grey", label="full model")
-    ax.axhline(accuracy_full - 0.01, ls=":", color="grey", label="full model − 1 pt")
-    if chance is not None:
-        ax.axhline(chance, ls="-.", color="#999999", label=f"chance ({chance:.2f})")
-    low = min(accuracy_full - 0.1, chance - 0.05 if chance is not None else 1.0)
-    ax.set(xlabel="layers saved (1 − mean exit layer / L)", ylabel="accuracy", xlim=(-0.02, 1.0),
-           ylim=ylim_for(curves.accuracy, low=max(0.0, low), high=min(1.02, accuracy_full + 0.05)),
-           title=_title("Accuracy vs layers saved", model, task, n))
+    oracles = sorted(curves[stars].method.unique(), key=lambda m: (m != "oracle", m))
+    for colour, method in zip(STAR_COLOURS * len(oracles), oracles):
+        point = curves[curves.method == method]
+        ax.scatter(point.layers_saved, point[metric], label=method, **(ORACLE | {"color": colour}))
+    if metric == "accuracy":
+        ax.axhline(accuracy_full, ls="--", color="grey", label="full model")
+        ax.axhline(accuracy_full - 0.01, ls=":", color="grey", label="full model − 1 pt")
+        if chance is not None:
+            ax.axhline(chance, ls="-.", color="#999999", label=f"chance ({chance:.2f})")
+        low = min(accuracy_full - 0.1, chance - 0.05 if chance is not None else 1.0)
+        high = min(1.02, accuracy_full + 0.05)
+    else:
+        ax.axhline(1.0, ls="--", color="grey", label="full model")
+        ax.axhline(0.98, ls=":", color="grey", label="0.98 consistency")
+        low, high = 0.8, 1.02
+    ax.set(xlabel="layers saved (1 − mean exit layer / L)", ylabel=metric if metric == "accuracy" else
+           "consistency with the full model", xlim=(-0.02, 1.0),
+           ylim=ylim_for(curves[metric], low=max(0.0, low), high=high),
+           title=_title(f"{metric.capitalize()} vs layers saved", model, task, n))
     if legend:
         legend_outside(ax)
     return ax

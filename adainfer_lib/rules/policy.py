@@ -63,6 +63,10 @@ PAPER_FEATURES = ("gap", "top_prob")
 DEFAULT_THRESHOLD_FEATURE = "label_gap"
 #: Default threshold grid of sweeps and threshold choice (1.01 = never stop early).
 DEFAULT_THRESHOLDS = tuple(np.round(np.arange(0.0, 1.0001, 0.01), 2)) + (1.01,)
+#: ``DEFAULT_THRESHOLDS`` refined near 1 (0.900, 0.901, ..., 0.999, 0.9995, 0.9999), where a learned reader's
+#: confidences crowd (chapter 08, ``benchmarks/reader_exits.py``).
+CONFIDENCE_THRESHOLDS = tuple(sorted(set(DEFAULT_THRESHOLDS) | {round(float(t), 4) for t in np.arange(0.9, 1.0, 0.001)}
+                                     | {0.9995, 0.9999}))
 
 
 def check_policy_features(features: Sequence[str]) -> tuple[str, ...]:

@@ -415,11 +415,14 @@ def run_early_exit(
 def _check_reading(model: LensModel, policy, reader, words: list[str], calibration, n_examples: int) -> Calibration:
     """Refuse a rule or reader fitted for another model, label words or reader (``PolicyModelMismatchError``,
     ``ReaderModelMismatchError``), then the ``Calibration`` of the run (``resolve_calibration``: the reader's, the
-    given one, or the rule's)."""
+    given one, or the rule's); ``ValueError`` for a calibration given with a reader (it has its own)."""
     used = replace(identity_of(model), label_words=tuple(words))  # the model's cache id, read once
     check_rule_model(policy, used, n_examples=n_examples, reader="logit_lens" if reader is None else reader.reader_id)
     if reader is not None:
         reader.check_model(used)  # another model or other label words
+        if calibration is not None:
+            raise ValueError("calibration= and reader= together: a reader decides with the calibration it was "
+                             "fitted with (reader.calibration); drop calibration=, or refit the reader")
         calibration = reader.calibration
     return resolve_calibration(policy.calibration if calibration is None else calibration, n_layers=model.n_layers,
                                n_labels=len(words))
