@@ -217,3 +217,20 @@ def test_layer_curves_label_each_panel_with_its_own_measure():
     shown = [ax.get_ylabel() for ax in fig.axes[:2] if ax.yaxis.label.get_visible()]
     assert shown == ["accuracy", "consistency"]
     np.testing.assert_allclose(fig.axes[1].lines[0].get_ydata(), summary["consistency"])
+
+
+def test_a_feature_or_task_keeps_its_colour_from_figure_to_figure_and_layers_tick_at_whole_numbers():
+    """Chapter 02 drew "gap" blue in one figure and orange in the next (colours followed the order of appearance):
+    known features and tasks have fixed colours; other names still get distinct ones in order."""
+    from adainfer_lib.features.study import per_layer_auc
+    from conftest import synthetic_table
+
+    one, _ = series_style(["gap", "top_prob", "label_gap"])
+    two, _ = series_style(["label_gap = label_top_prob", "entropy", "gap"])
+    assert one["gap"] == two["gap"] and one["label_gap"] == two["label_gap = label_top_prob"]
+    assert series_style(["topic", "sentiment"])[0]["topic"] == series_style(["topic"])[0]["topic"]
+    mixed, _ = series_style(["gap", "something else"])
+    assert len({mixed["gap"], mixed["something else"]}) == 2
+    auc = per_layer_auc(synthetic_table(20, 6, seed=0), ["gap", "top_prob"], label="settled")
+    ticks = pf.auc_by_layer(auc, title="t").axes[0].get_xticks()
+    assert np.all(ticks == np.round(ticks)), ticks

@@ -28,13 +28,32 @@ MARKERS = ["o", "s", "^", "v", "P", "X", "D"]
 ORACLE = {"marker": "*", "s": 260, "color": "black", "zorder": 6}   # the oracle never shares a policy's marker
 
 
+#: Series whose colour and marker never change from figure to figure: the tasks, and the features (a merged
+#: series "label_gap = label_top_prob" takes its first name's).
+FIXED_SERIES = {name: i for family in (("sentiment", "topic", "mmlu", "products"),
+                                       ("top_prob", "gap", "entropy", "cos_prev", "label_top_prob", "label_gap",
+                                        "layer_frac"))
+                for i, name in enumerate(family)}
+
+
 def series_style(names) -> tuple[dict, dict]:
-    """``(palette, markers)``: a distinct colour and marker per series name, in order of first appearance;
-    the oracle is black (drawn with its own star by the caller)."""
+    """``(palette, markers)``: a distinct colour and marker per series name — the fixed one of
+    ``FIXED_SERIES`` when every name has one (so "gap" is the same colour in every figure), else in order of
+    first appearance; the oracle is black (drawn with its own star by the caller)."""
     names = [n for n in dict.fromkeys(names) if n != "oracle"]
-    palette = {n: COLOURS[i % len(COLOURS)] for i, n in enumerate(names)}
-    markers = {n: MARKERS[i % len(MARKERS)] for i, n in enumerate(names)}
+    fixed = [FIXED_SERIES.get(str(n).split(" = ")[0]) for n in names]
+    if not (names and None not in fixed and len(set(fixed)) == len(fixed)):
+        fixed = list(range(len(names)))
+    palette = {n: COLOURS[i % len(COLOURS)] for n, i in zip(names, fixed)}
+    markers = {n: MARKERS[i % len(MARKERS)] for n, i in zip(names, fixed)}
     return palette | {"oracle": "black"}, markers | {"oracle": "*"}
+
+
+def integer_layers(ax) -> None:
+    """Ticks of the x axis (layers) at whole numbers only."""
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
 def check_series(names, where: str) -> None:
@@ -130,6 +149,7 @@ def layer_curves(summary: pd.DataFrame, *, title: str):
                ylim=(0, 1.02), ylabel=measure)
         ax.yaxis.label.set_visible(True)  # a shared y axis hides the right panel's label: it is not accuracy
         ax.tick_params(axis="y", labelleft=True)
+        integer_layers(ax)
     legend_outside(axes[1], title="task")
     fig.suptitle(title)
     fig.tight_layout()
@@ -146,6 +166,7 @@ def settled_curves(summary: pd.DataFrame, *, title: str):
     sns.lineplot(summary, x="layer", y="settled", hue="task", style="task", palette=palette, markers=markers,
                  dashes=False, ax=ax)
     ax.set(ylim=(0, 1.02), ylabel="share settled (could stop here)", title=title)
+    integer_layers(ax)
     legend_outside(ax, title="task")
     fig.tight_layout()
     return fig
@@ -162,6 +183,7 @@ def earliest_layer_hist(earliest: pd.DataFrame, n_layers: int, *, title: str):
                  stat="probability", common_norm=False, element="step", fill=False, lw=2, ax=ax)
     ax.set(xlabel="earliest layer from which the prediction equals the final one and stays",
            ylabel="share of the task's examples", title=title)
+    integer_layers(ax)
     if ax.get_legend() is not None:
         sns.move_legend(ax, "upper left", bbox_to_anchor=(1.01, 1), frameon=False)
     fig.tight_layout()

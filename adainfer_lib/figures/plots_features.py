@@ -8,7 +8,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from .plots import ORACLE, check_series, legend_outside, series_style, ylim_for
+from .plots import ORACLE, check_series, integer_layers, legend_outside, series_style, ylim_for
 
 
 def exit_groups(table: pd.DataFrame, n_groups: int = 2) -> pd.Series:
@@ -40,6 +40,7 @@ def feature_trajectories(table: pd.DataFrame, features: Sequence[str], *, title:
         for g, m in medians.items():
             ax.axvline(m, color=palette[g], ls=":", lw=1)
         ax.set(title=feature, ylim=ylim_for(data[feature], low=min(0.0, float(np.nanmin(data[feature]))), high=0))
+        integer_layers(ax)
     if axes[-1].get_legend() is not None:
         sns.move_legend(axes[-1], "upper left", bbox_to_anchor=(1.01, 1), frameon=False,
                         title="oracle exit (dotted: median)")
@@ -89,6 +90,7 @@ def auc_by_layer(auc: pd.DataFrame, *, title: str, hue: str = "feature", style: 
                      ax=ax)
     ax.axhline(0.5, color="grey", ls="--", lw=1, label="chance (0.5)")
     ax.set(ylim=ylim_for(auc["auc"], low=0.2), ylabel="ROC AUC at this layer", title=title)
+    integer_layers(ax)
     legend_outside(ax)
     fig.tight_layout()
     return fig
