@@ -61,9 +61,9 @@ def test_navigation_check_detects_a_stale_line(tmp_path):
 
 #: Decisions by layer (0..4) of six examples, with their gold labels. By hand, against gold: layer accuracy
 #: 3/6, 4/6, 3/6, 5/6, 5/6 — the first layer at >= 90% of the final 5/6 is layer 3. Each example's answer settles
-#: (equals the final one from there on) at layers 3, 0, 1, 2, 3, 2: the oracle saves 1 - (11/6)/4 = 13/24. Example
-#: 0 agrees with its final answer at layer 1, flips at 2 and settles at 3: the one example that flips back;
-#: example 5 agrees only at layer 0 (the embeddings, where no rule exits) and does not count.
+#: (equals the final one from there on) at layers 3, 0, 1, 2, 3, 2: the oracle saves 1 - (11/6)/4 = 13/24. From
+#: layer 1 up to its settling layer, example 0 changes its decision twice (1 -> 0 -> 1), examples 3, 4 and 5 once,
+#: examples 1 and 2 never (example 2's one change is from layer 0, the embeddings, where no rule exits).
 HAND_PREDS = [[0, 1, 0, 1, 1], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0], [0, 0, 1, 1, 1], [0, 0, 0, 1, 1], [0, 1, 0, 0, 0]]
 HAND_GOLD = [1, 1, 0, 0, 1, 0]
 
@@ -94,12 +94,12 @@ def test_chapter_01_checkers_accept_the_hand_computed_answers_and_reject_the_nea
     assert rejected(check(tt, oracle_layers_saved=5 / 6, accuracy_full=13 / 24), "raw accuracy is off")  # swapped
     assert rejected(check(tt, oracle_layers_saved=..., accuracy_full=...), "raw accuracy is off")
 
-    check = exercises.check_01_flip_example
-    assert check(tt, 0) and "first agrees with the final answer at layer 1" in str(check(tt, 0))
-    assert "settles at layer 3" in str(check(tt, 0)) and ch01.exercise_3(tt) == 0
-    for never in (1, 2, 3, 4, 5):  # 5 agrees at layer 0 only
-        assert rejected(check(tt, never), "never agrees")
-    assert rejected(check(tt, 6), "between 0 and 5") and rejected(check(tt, ...), "between 0 and 5")
+    check = exercises.check_01_most_changes
+    assert list(exercises.changes_before_settling(tt)) == [2, 0, 0, 1, 1, 1]   # counted by hand from HAND_PREDS
+    assert check(tt, 2) and check(tt, 2.0) and ch01.exercise_3(tt) == 2 and "example 0" in str(check(tt, 2))
+    assert rejected(check(tt, 3), "layer 0")          # 0 -> 1 -> 0 -> 1 counted from the embeddings
+    assert rejected(check(tt, 1), "too low") and rejected(check(tt, 4), "too high")
+    assert rejected(check(tt, ...), "between 0 and 4") and rejected(check(tt, 1.5), "whole number")
 
 
 def test_chapter_01_raw_oracle_is_computed_from_the_raw_decisions():

@@ -109,27 +109,35 @@ def check_01_raw_oracle(tt: TaskTrace, oracle_layers_saved: float, accuracy_full
                           "prediction, the more early layers are 'consistent' with it for free.")
 
 
-def flips_back(tt: TaskTrace, example: int) -> bool:
-    """True when ``example`` already predicts the final label at some layer ``1 <= l`` before its earliest
-    consistent layer, then changes its mind again (stopping at the first agreement would have been wrong).
-    Layer 0 (the embeddings, where the label scores are ties up to rounding) does not count: no rule exits there."""
-    preds = tt.predictions()[example]
-    earliest = tt.earliest_consistent_layer()[example]
-    return bool(np.any(preds[1:earliest] == preds[-1]))
+def changes_before_settling(tt: TaskTrace, *, first_layer: int = 1) -> np.ndarray:
+    """Per example (n,), how often its decision changes between consecutive layers ``first_layer..e``, with ``e``
+    its earliest consistent layer (after ``e`` it never changes). Layer 0 (the embeddings, where the label scores
+    tie up to rounding and no rule exits) is left out by default."""
+    preds, earliest = tt.predictions(), tt.earliest_consistent_layer()
+    changed = preds[:, first_layer + 1:] != preds[:, first_layer:-1]            # change from layer l to l + 1
+    upto = np.arange(first_layer + 1, preds.shape[1])[None, :] <= earliest[:, None]
+    return (changed & upto).sum(1)
 
 
-def check_01_flip_example(tt: TaskTrace, example: int) -> Feedback:
-    """Exercise 01.3: an example that agrees with the final answer early, then flips away and back."""
-    example, problem = _whole_number(example, "an example index", 0, tt.n_examples - 1)
+def check_01_most_changes(tt: TaskTrace, answer) -> Feedback:
+    """Exercise 01.3: the largest number of times an example changes its decision (from layer 1) before it
+    settles."""
+    value, problem = _whole_number(answer, "a number of changes", 0, tt.n_layers)
     if problem is not None:
         return problem
-    if flips_back(tt, example):
-        preds = tt.predictions()[example]
-        first = 1 + int(np.argmax(preds[1:] == preds[-1]))
-        return Feedback(True, f"example {example} first agrees with the final answer at layer {first}, but only "
-                              f"settles at layer {tt.earliest_consistent_layer()[example]}.")
-    return Feedback(False, f"example {example} never agrees with its final answer at a layer ≥ 1 before its earliest "
-                           "consistent layer: stopping at its first agreement would have been right.")
+    counts = changes_before_settling(tt)
+    right, example = int(counts.max()), int(counts.argmax())
+    if value == right:
+        settles = int(tt.earliest_consistent_layer()[example])
+        return Feedback(True, f"example {example} changes its mind {right} times between layer 1 and layer {settles}, "
+                              f"where it settles; {int((counts >= 2).sum())} of {tt.n_examples} examples change at "
+                              "least twice — a rule that stops at the first agreement is right by luck on them.")
+    if value == int(changes_before_settling(tt, first_layer=0).max()):
+        return Feedback(False, f"{value} counts the change from layer 0 (the embeddings, where no rule exits): "
+                               "start at layer 1.")
+    return Feedback(False, f"{value} is {'too high' if value > right else 'too low'}: per example, count the layers "
+                           "l ≥ 1 whose decision differs from layer l + 1's, up to its earliest consistent layer, "
+                           "and take the largest count.")
 
 
 # ---- shared helpers for chapters 02–04 --------------------------------------------------------------

@@ -24,15 +24,16 @@ def exercise_2(tt) -> dict:
             "accuracy_full": float((raw.final_predictions() == raw.gold).mean())}
 
 
-def exercise_3(tt) -> int | None:
-    """An example that agrees with its final answer at a layer >= 1 before settling, then flips away (None if
-    none). Layer 0 is the embeddings: its label scores tie up to rounding, and no exit rule stops there."""
-    preds = tt.predictions()
-    earliest = tt.earliest_consistent_layer()
+def exercise_3(tt) -> int:
+    """The most changes of decision before settling: per example, a loop over layers 1..its earliest consistent
+    layer counting the layers whose decision differs from the next one's; the largest count. Layer 0 is the
+    embeddings: its label scores tie up to rounding, and no exit rule stops there."""
+    preds, earliest = tt.predictions(), tt.earliest_consistent_layer()
+    most = 0
     for example in range(tt.n_examples):
-        if np.any(preds[example, 1: earliest[example]] == preds[example, -1]):
-            return example
-    return None
+        changes = sum(preds[example, layer] != preds[example, layer + 1] for layer in range(1, earliest[example]))
+        most = max(most, int(changes))
+    return most
 
 
 #: Written answers to the exercises' "why" questions (the functions above compute the numbers).
@@ -42,7 +43,7 @@ WHY = {
        "when the final answer is almost always the same word, early layers that already lean that way 'agree' "
        "without reading the input, and the oracle saves many layers. Consistency measures agreement with the full "
        "model, not correctness: read it beside accuracy — compare both with the batch-calibrated row.",
-    3: "An example that agrees with its final label at some layer, flips, and settles later shows why the stop "
-       "label must be 'settled' (agrees from here on), not 'consistent' (agrees here): a rule stopping at the first "
-       "agreement would have been right by luck, and on another input the same luck fails.",
+    3: "An example that changes its mind several times before it settles agrees with its final label at some layers "
+       "in between: the stop label must be 'settled' (agrees from here on), not 'consistent' (agrees here) — a rule "
+       "stopping at the first agreement would have been right by luck, and on another input the same luck fails.",
 }
