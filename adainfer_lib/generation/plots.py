@@ -54,7 +54,7 @@ def settling_figure(agrees: np.ndarray, *, title: str = ""):
     layers = np.arange(agrees.shape[1])
     ax.plot(layers, agrees.mean(0), marker="o")
     ax.set_xlabel("layer")
-    ax.set_ylabel("lens top-1 = full model's token")
+    ax.set_ylabel("lens top-1 =\nfull model's token")
     ax.set_ylim(0, 1.02)
     ax.set_title(title)
     fig.tight_layout()
@@ -75,8 +75,8 @@ def sweep_figure(summary: pd.DataFrame, *, title: str = ""):
             axes[0].annotate(f"{row.threshold:g}", (row.layers_saved, row.agree_share), fontsize=7,
                              textcoords="offset points", xytext=(3, 3))
     axes[1].axhline(summary.nll_full.mean(), color="black", ls="--", lw=1, label="full model's output")
-    axes[0].set_ylabel("tokens before first divergence / full length")
-    axes[1].set_ylabel("full model's NLL of the text (nats/token)")
+    axes[0].set_ylabel("tokens before first divergence\n/ full length")
+    axes[1].set_ylabel("full model's NLL of the text\n(nats/token)")
     for ax in axes:
         ax.set_xlabel("layers saved (where tokens were decided)")
         ax.set_xlim(left=0)
