@@ -234,3 +234,21 @@ def test_a_feature_or_task_keeps_its_colour_from_figure_to_figure_and_layers_tic
     auc = per_layer_auc(synthetic_table(20, 6, seed=0), ["gap", "top_prob"], label="settled")
     ticks = pf.auc_by_layer(auc, title="t").axes[0].get_xticks()
     assert np.all(ticks == np.round(ticks)), ticks
+
+
+def test_a_token_the_font_cannot_draw_is_marked_not_warned_about():
+    """gemma3-270m's lens names CJK tokens; DejaVu Sans has no glyph for them, and matplotlib warned "Glyph ...
+    missing" in chapter 01. The heatmap's cells mark such characters instead."""
+    import warnings
+
+    import matplotlib.pyplot as plt
+
+    from adainfer_lib.figures.plots import MISSING_GLYPH, drawable_token
+
+    assert drawable_token(" 映画") == "␣" + MISSING_GLYPH * 2 and drawable_token(" good") == "␣good"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fig, ax = plt.subplots()
+        ax.text(0.5, 0.5, drawable_token("映画 review"))
+        fig.canvas.draw()
+    plt.close(fig)

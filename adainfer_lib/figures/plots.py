@@ -3,6 +3,8 @@ titled with the model, the task and n."""
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pandas as pd
 
@@ -84,12 +86,27 @@ def ylim_for(values, low: float = 0.0, high: float = 1.02, pad: float = 0.03) ->
     return min(low, float(values.min()) - pad), max(high, float(values.max()) + pad)
 
 
-TOKEN_KEY = "␣ = space, ⏎ = newline, ⇥ = tab, ∅ = empty token"
+TOKEN_KEY = "␣ = space, ⏎ = newline, ⇥ = tab, ∅ = empty token, ▯ = a character the figure's font lacks"
+MISSING_GLYPH = "▯"
 
 
 def visible_token(token: str, width: int = 10) -> str:
     """A token as it can be read in a figure cell: spaces as ␣, newlines as ⏎, cut to ``width``."""
     return token.replace(" ", "␣").replace("\n", "⏎").replace("\t", "⇥")[:width] or "∅"
+
+
+@functools.cache
+def _font_characters() -> frozenset[int]:
+    """The code points matplotlib's default font draws (its character map, read once)."""
+    from matplotlib import font_manager
+
+    return frozenset(font_manager.get_font(font_manager.findfont(font_manager.FontProperties())).get_charmap())
+
+
+def drawable_token(token: str, width: int = 10) -> str:
+    """``visible_token`` with every character the default font lacks (CJK, emoji: matplotlib would warn "Glyph
+    missing" and draw a box) replaced by ``MISSING_GLYPH``, so a figure cell says so instead."""
+    return "".join(c if ord(c) in _font_characters() else MISSING_GLYPH for c in visible_token(token, width))
 
 
 def layer_summary(tt: TaskTrace) -> pd.DataFrame:
@@ -117,7 +134,7 @@ def top_token_heatmap(trace: LayerTrace, examples: list[int], labels: list[str],
 
     layers = trace.layers[::every]
     probs = trace.top_probs[examples][:, ::every, 0].T  # (layers, examples)
-    tokens = np.array([[visible_token(trace.token_strings.get(int(t), "?")) for t in trace.top_ids[e, ::every, 0]]
+    tokens = np.array([[drawable_token(trace.token_strings.get(int(t), "?")) for t in trace.top_ids[e, ::every, 0]]
                        for e in examples]).T
     fig, ax = plt.subplots(figsize=(2.5 + 1.9 * len(examples), 0.36 * len(layers) + 2.0))
     sns.heatmap(probs, annot=tokens, fmt="", cmap="Blues", vmin=0, vmax=1, ax=ax, annot_kws={"fontsize": 9},
