@@ -252,3 +252,22 @@ def test_a_token_the_font_cannot_draw_is_marked_not_warned_about():
         ax.text(0.5, 0.5, drawable_token("映画 review"))
         fig.canvas.draw()
     plt.close(fig)
+
+
+def test_five_features_draw_without_a_too_many_series_warning():
+    """series_style's palette always holds "oracle"; check_series counted it, so chapter 02's five-feature AUC
+    panels warned "6 series" to the student."""
+    import warnings
+
+    from adainfer_lib.features.study import per_layer_auc
+    from conftest import synthetic_table
+
+    auc = per_layer_auc(synthetic_table(20, 6, seed=0), ["gap", "top_prob", "entropy", "cos_prev", "layer_frac"],
+                        label="settled")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        pf.auc_by_layer(auc, title="t")
+    with pytest.warns(UserWarning, match="6 series"):
+        pf.auc_by_layer(per_layer_auc(synthetic_table(20, 6, seed=0), ["gap", "top_prob", "entropy", "cos_prev",
+                                                                        "layer_frac", "label_gap"], label="settled"),
+                        title="t")

@@ -59,10 +59,11 @@ def integer_layers(ax) -> None:
 
 
 def check_series(names, where: str) -> None:
-    """Warn when a panel would show more than ``MAX_SERIES`` series (a reader cannot follow more)."""
+    """Warn when a panel would show more than ``MAX_SERIES`` series (a reader cannot follow more); the oracle
+    (a ``series_style`` palette always holds it) does not count."""
     import warnings
 
-    names = list(dict.fromkeys(names))
+    names = [n for n in dict.fromkeys(names) if n != "oracle"]   # the oracle is a star, not a series
     if len(names) > MAX_SERIES:
         warnings.warn(f"{where}: {len(names)} series in one panel ({names}); show at most {MAX_SERIES}",
                       stacklevel=3)
