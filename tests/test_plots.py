@@ -194,6 +194,13 @@ def test_tradeoff_and_exit_histogram_draw_the_sweeps_points_and_means():
                          "oracle": [[0.6, points[metric][1]]]}
     levels = {line.get_label(): line.get_ydata()[0] for line in fig.axes[0].lines if len(line.get_xdata()) == 2}
     assert levels == pytest.approx({"full model": 0.85, "full model − 1 point": 0.84, "chance (0.50)": 0.5})
+    # chosen points that coincide (at n = 100 several policies save nothing at consistency 1) stay visible: each
+    # later policy's marker is smaller and drawn above the earlier ones
+    same = pd.DataFrame({"policy": ["p", "q"], "layers_saved": [0.0, 0.0], "accuracy": [0.8, 0.8],
+                         "consistency": [1.0, 1.0]})
+    ax = pf.tradeoff(curves, title="t", points=same).axes[0]
+    p, q = (next(c for c in ax.collections if c.get_label().startswith(f"{n}:")) for n in ("p", "q"))
+    assert q.get_sizes()[0] < p.get_sizes()[0] and q.get_zorder() > p.get_zorder()
 
     exits = pd.DataFrame({"policy": ["p"] * 4 + ["q"] * 3, "layer": [1, 2, 3, 6, 4, 4, 5]})
     ax = pf.exit_histogram(exits, 6, title="t").axes[0]

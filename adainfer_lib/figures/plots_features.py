@@ -143,10 +143,14 @@ def tradeoff(curves: pd.DataFrame, *, title: str, points: pd.DataFrame | None = 
             ax.plot(curve["layers_saved"], curve[metric], color=palette[name], alpha=0.85, lw=1.6,
                     label=f"{name} (every threshold)")
         if points is not None:
+            chosen = [n for n in dict.fromkeys(points[hue]) if n != "oracle"]
             for _, row in points.iterrows():
                 name = row[hue]
-                style = ORACLE if name == "oracle" else {"marker": markers[name], "s": 110, "color": palette[name],
-                                                         "edgecolor": "black", "zorder": 5}
+                # each later policy's marker a size smaller and drawn above: points that coincide stay visible
+                rank = chosen.index(name) if name in chosen else 0
+                style = ORACLE if name == "oracle" else {"marker": markers[name], "s": max(170 - 30 * rank, 40),
+                                                         "color": palette[name], "edgecolor": "black",
+                                                         "zorder": 5 + rank}
                 ax.scatter(row["layers_saved"], row[metric], label="oracle" if name == "oracle"
                            else f"{name}: threshold chosen on train", **style)
         if metric == "accuracy":
