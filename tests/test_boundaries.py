@@ -312,8 +312,8 @@ def test_replay_arguments_are_checked(logistic, train):
         threshold_sweep(logistic, train, [0.2, 1.5])
     with pytest.raises(ValueError, match=r"threshold must be a number in \[0, 1.01\] .*, not 2.0"):
         simulate(logistic, train, threshold=2.0)
-    with pytest.raises(TypeError, match=r"choose_threshold takes an ExitPolicy, not GapThresholdPolicy"):
-        choose_threshold(GapThresholdPolicy(), train)
+    with pytest.raises(TypeError, match=r"choose_threshold takes an exit rule .*, not dict"):
+        choose_threshold({"threshold": 0.5}, train)
     with pytest.raises(TypeError, match=r"policy 'gap' is a GapThresholdPolicy, not an ExitPolicy"):
         compare_policies({"gap": GapThresholdPolicy()}, train, train)
     with pytest.raises(NotFittedError):

@@ -38,7 +38,8 @@ from adainfer_lib.readers import (
     task_states,
 )
 from adainfer_lib.readers import states as states_module
-from adainfer_lib.rules import ExitPolicy, FeatureThresholdRule
+from adainfer_lib.rules import ExitPolicy, FeatureThresholdRule, PatienceRule
+from adainfer_lib.rules.plain import decision_runs
 from adainfer_lib.rules.tuning import choose_threshold
 from adainfer_lib.runner.early_exit import run_early_exit
 from conftest import make_tiny_model
@@ -448,3 +449,32 @@ def test_default_model_reader_exits_equal_the_replay(default_model):
         np.testing.assert_array_equal(res.exit_layers, exits)
         np.testing.assert_array_equal(res.predictions, preds)
         assert res.layers_saved > 0
+
+
+def test_decision_runs_counted_by_hand():
+    preds = np.array([[0, 1, 1, 1, 0], [1, 0, 1, 0, 1], [0, 0, 0, 0, 0]])
+    np.testing.assert_array_equal(decision_runs(preds, 1), [[0, 1, 2, 3, 1], [0, 1, 1, 1, 1], [0, 1, 2, 3, 4]])
+    np.testing.assert_array_equal(decision_runs(preds, 3)[:, :3], 0)   # nothing counts below min_layer
+    for bad in (0, 2.5, -1):
+        with pytest.raises(ValueError):
+            PatienceRule(threshold=bad)
+
+
+@pytest.mark.parametrize("name", ["probe", "lens"])
+@pytest.mark.parametrize("batch_size", [1, 5])
+def test_patience_exits_equal_the_replay(tiny, task, traced, readers, name, batch_size):
+    """PABEE's patience over any reader's decisions: the runner carries each row's last decision and run in the
+    OnlineState, and its exits and answers are the replay's; the patience is chosen on train like a threshold."""
+    reader = readers[name]
+    train_read = reader.read(tiny, traced[0], traced[2])
+    read = _read(reader, tiny, traced)
+    patience, _ = choose_threshold(PatienceRule(min_layer=1), feature_table(train_read), max_loss=0.2,
+                                   metric="consistency", thresholds=list(range(1, tiny.n_layers + 2)))
+    rule = PatienceRule(threshold=2, min_layer=1, label_words=task.label_words)
+    assert 1 <= patience <= tiny.n_layers + 1
+    exits, preds = _replayed(rule, read)
+    assert len(np.unique(exits)) > 1, "the test needs prompts exiting at different layers"
+    np.testing.assert_array_equal(exits, rule.exit_layers(feature_table(read)))
+    res = run_early_exit(tiny, task.prompts("test"), rule, reader=reader, prefix=task.prefix, batch_size=batch_size)
+    np.testing.assert_array_equal(res.exit_layers, exits)
+    np.testing.assert_array_equal(res.predictions, preds)

@@ -3,7 +3,7 @@ the learned policy (``policy`` over ``scorers`` / ``crf``), choosing its thresho
 (``tuning``) and saving it without pickle (``persistence``)."""
 
 from .interface import ExitRule, OnlineState
-from .plain import FeatureThresholdRule, FixedExitPolicy, GapThresholdPolicy, ScheduledExitPolicy
+from .plain import FeatureThresholdRule, FixedExitPolicy, GapThresholdPolicy, PatienceRule, ScheduledExitPolicy
 from .policy import ExitPolicy
 from .tuning import (
     choose_threshold,
@@ -16,5 +16,5 @@ from .tuning import (
 )
 
 __all__ = ["ExitRule", "OnlineState", "ExitPolicy", "FixedExitPolicy", "ScheduledExitPolicy", "GapThresholdPolicy",
-           "FeatureThresholdRule", "simulate", "simulate_exits", "oracle_exit_layers", "threshold_sweep",
-           "choose_threshold", "tune_threshold", "compare_policies"]
+           "FeatureThresholdRule", "PatienceRule", "simulate", "simulate_exits", "oracle_exit_layers",
+           "threshold_sweep", "choose_threshold", "tune_threshold", "compare_policies"]

@@ -219,3 +219,69 @@ class GapThresholdPolicy(FeatureThresholdRule):
         threshold, min_layer = grid[best]
         return cls(threshold=float(threshold), min_layer=int(min_layer), calibration=task_trace.calibration,
                    label_words=list(task_trace.trace.label_words))
+
+
+def decision_runs(predictions: np.ndarray, min_layer: int) -> np.ndarray:
+    """(n, L+1): at each layer ``l >= min_layer``, how many consecutive layers ending at ``l`` (from
+    ``min_layer`` on) have made the same decision as ``l``; 0 below ``min_layer``. ``predictions`` (n, L+1)."""
+    predictions = np.asarray(predictions)
+    runs = np.zeros(predictions.shape, dtype=np.float64)
+    for layer in range(min_layer, predictions.shape[1]):
+        same = layer > min_layer and predictions[:, layer] == predictions[:, layer - 1]
+        runs[:, layer] = np.where(same, runs[:, layer - 1] + 1, 1)
+    return runs
+
+
+@dataclass
+class PatienceRule(_PlainRule):
+    """Exit at the first layer ``>= min_layer`` where the decision has stayed the same for ``threshold``
+    consecutive checked layers (the patience; PABEE, Zhou et al. 2020, "BERT Loses Patience"): the stop score
+    at layer l is the length of the run of equal decisions ending at l, counted from ``min_layer``. It reads
+    only the decision (``pred``), so it works with the lens and with every learned reader, and needs no
+    fitting: choose the patience with ``rules.tuning.choose_threshold``. ``threshold``: a whole number of layers
+    >= 1 (``ValueError`` otherwise, and for ``min_layer`` not an integer >= 0)."""
+
+    threshold: float = 3
+    min_layer: int = 1
+
+    threshold_range = (1.0, None)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_min_layer(self.min_layer)
+        if float(self.threshold) != round(float(self.threshold)):
+            raise ValueError(f"the patience (threshold) is a whole number of layers >= 1, not {self.threshold!r}")
+
+    def check_layers(self, n_layers: int | None, n_examples: int | None = None) -> None:
+        """``ValueError`` when ``min_layer`` is beyond the model's L (``n_layers``; None: not checked)."""
+        if n_layers is not None:
+            check_min_layer(self.min_layer, n_layers)
+
+    @property
+    def features(self) -> list[str]:
+        return ["pred"]
+
+    @property
+    def resolved_features(self) -> tuple[str, ...]:
+        return ("pred",)
+
+    def stop_proba_online(self, features, layer: int, state: OnlineState) -> np.ndarray:
+        """The run length of each running row's decision at ``layer``; the last decision and run of every row
+        are carried in ``state.memory`` (a layer that is not the one after the row's last check starts a new
+        run, as ``decision_runs`` offline)."""
+        memory = state.memory.setdefault(("patience", id(self)), {})
+        pred = np.asarray(features["pred"])
+        runs = np.empty(len(pred), dtype=np.float64)
+        for i, (row, decision) in enumerate(zip(np.asarray(state.rows).tolist(), pred.tolist())):
+            last_layer, last_decision, run = memory.get(row, (None, None, 0.0))
+            runs[i] = run + 1 if last_layer == layer - 1 and last_decision == decision else 1.0
+            memory[row] = (layer, decision, runs[i])
+        return runs
+
+    def stop_matrix(self, table: pd.DataFrame) -> np.ndarray:
+        return decision_runs(Decisions.from_table(table).predictions, self.min_layer)
+
+    def exit_layers(self, table: pd.DataFrame, threshold: float | None = None) -> np.ndarray:
+        """Exit layers (n,) replayed on a feature table, at ``threshold`` (default the rule's patience)."""
+        return first_exit(self.stop_matrix(table), self.threshold if threshold is None else threshold,
+                          self.min_layer)

@@ -18,6 +18,7 @@ from sklearn.base import clone
 from ..common.checks import check_choice, check_exit_layers, check_int, check_number, check_threshold
 from ..common.replay import Decisions, metrics_at, most_saved_within, oracle_exits, pivot_layers, sweep
 from ..model.identity import check_rule_model
+from .interface import ExitRule
 from .policy import DEFAULT_THRESHOLDS, ExitPolicy
 
 
@@ -119,7 +120,7 @@ def _out_of_fold(policy: ExitPolicy, table: pd.DataFrame, cv: int, seed: int) ->
     return pivot_layers(table, proba)
 
 
-def choose_threshold(policy: ExitPolicy, train_table: pd.DataFrame, *, max_loss: float = 0.01,
+def choose_threshold(policy: ExitRule, train_table: pd.DataFrame, *, max_loss: float = 0.01,
                      metric: str = "accuracy", thresholds: Sequence[float] | None = None,
                      cv: int | None = 5, seed: int = 0) -> tuple[float, pd.DataFrame]:
     """The threshold that saves the most layers while losing at most ``max_loss`` (0.01 = 1 point) of
@@ -132,14 +133,15 @@ def choose_threshold(policy: ExitPolicy, train_table: pd.DataFrame, *, max_loss:
     ``ValueError`` for ``max_loss`` outside [0, 1], an unknown ``metric``, a bad threshold grid, ``cv`` not
     None / an integer >= 2, or a grid where no threshold meets ``max_loss`` (the default grid always has one:
     1.01 never exits early); ``PolicyModelMismatchError`` when ``train_table`` is of another model or task."""
-    if not isinstance(policy, ExitPolicy):
-        raise TypeError(f"choose_threshold takes an ExitPolicy, not {type(policy).__name__}")
+    if not isinstance(policy, ExitRule):
+        raise TypeError(f"choose_threshold takes an exit rule (an ExitPolicy, a PatienceRule...), not "
+                        f"{type(policy).__name__}")
     check_number(max_loss, "max_loss", low=0.0, high=1.0, allowed="a number in [0, 1] (0.01 = 1 point)")
     check_choice(metric, "metric", ("accuracy", "consistency"))
     check_int(cv, "cv", low=2, none_ok=True, allowed="None (in-sample) or an integer >= 2 (folds)")
     thresholds = threshold_grid(policy, thresholds)
     check_rule_model(policy, train_table)
-    if cv and policy.classifier != "threshold":
+    if cv and isinstance(policy, ExitPolicy) and policy.classifier != "threshold":  # a fitted classifier
         P = out_of_fold_stop_matrix(policy, train_table, cv=cv, seed=seed)
     else:
         P = policy.stop_matrix(train_table)
