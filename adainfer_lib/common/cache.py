@@ -9,9 +9,21 @@ from pathlib import Path
 
 
 def content_key(*parts: object) -> str:
-    """First 16 hex chars of the sha256 of ``json.dumps(parts, sort_keys=True, default=str)``."""
+    """First 16 hex chars of the sha256 of ``json.dumps(parts, sort_keys=True, default=str)``; a numpy array
+    part counts by its dtype, shape and bytes (``str`` of a large array elides its middle)."""
+    import numpy as np
+
+    parts = tuple(_array_key(p) if isinstance(p, np.ndarray) else p for p in parts)
     blob = json.dumps(parts, sort_keys=True, default=str).encode("utf-8")
     return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _array_key(array) -> str:
+    import numpy as np
+
+    h = hashlib.sha256(str((array.dtype.str, array.shape)).encode())
+    h.update(np.ascontiguousarray(array).tobytes())
+    return "array:" + h.hexdigest()
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:

@@ -18,8 +18,6 @@ for every reader. Readers of layers 0..L-1 are per layer (a layer's reader sees 
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import fields
 from pathlib import Path
 from typing import Callable, ClassVar
@@ -27,6 +25,7 @@ from typing import Callable, ClassVar
 import numpy as np
 import torch
 
+from ..common.cache import content_key
 from ..model.identity import ModelIdentity, ModelMismatchError, identity_of, refuse_other_model
 from .persistence import ReaderState, finite_array, load_state, save_state
 from .states import ResidualStates
@@ -38,17 +37,6 @@ LayerLogits = Callable[[torch.Tensor, int], np.ndarray]
 
 class ReaderModelMismatchError(ModelMismatchError):
     """A reader used with a model, trace or task other than the one it was fitted on."""
-
-
-def _digest(*parts) -> str:
-    h = hashlib.sha256()
-    for part in parts:
-        if isinstance(part, np.ndarray):
-            h.update(str((part.dtype.str, part.shape)).encode())
-            h.update(np.ascontiguousarray(part).tobytes())
-        else:
-            h.update(json.dumps(part, sort_keys=True, default=str).encode())
-    return h.hexdigest()[:16]
 
 
 class Reader:
@@ -88,7 +76,7 @@ class Reader:
         self.identity_, self.label_ids_, self.calibration_ = data.identity, tuple(data.label_ids), data.calibration
         self.hidden_size_, self.metadata_ = int(hidden_size), dict(metadata)
         self.arrays_ = {k: np.asarray(v) for k, v in arrays.items()}
-        self.reader_id_ = f"{self.kind}-" + _digest(self.kind, self.get_params(), data.identity.to_dict(),
+        self.reader_id_ = f"{self.kind}-" + content_key(self.kind, self.get_params(), data.identity.to_dict(),
                                                     list(self.label_ids_), self.calibration_.method,
                                                     np.asarray(self.calibration_.offsets, dtype=np.float64),
                                                     *[self.arrays_[k] for k in sorted(self.arrays_)])
