@@ -115,3 +115,42 @@ def test_06_the_guarantee_costs_less_with_a_looser_delta_and_more_calibration_pr
     price = price.sort_index().sort_index(axis=1).to_numpy()
     assert np.all(np.diff(price, axis=1) >= -1e-9)
     assert np.all(price[-1] >= price[0] - 1e-9)
+
+
+# ---- chapter 08 ---------------------------------------------------------------------------------------
+
+
+def test_08_the_probe_sees_the_decision_earlier_than_the_lens():
+    """"Where the lens is blind": over the first two thirds of the layers the probe agrees with the full model on
+    at least 10 points more test prompts than the logit lens, on average, and never on fewer at any layer."""
+    agree = table("08_agreement_by_layer")
+    early = agree[(agree.layer >= 1) & (agree.layer <= 2 * agree.layer.max() // 3)]
+    assert (early["probe"] - early["logit lens"]).mean() >= 0.10
+    assert (early["probe"] >= early["logit lens"] - 0.02).all()
+
+
+def test_08_the_probe_rule_saves_more_than_the_lens_rule_at_the_same_consistency_budget():
+    """Section 3: both rules keep ≥ 0.98 consistency (1.5 points allowed on train), the probe's saves more, and
+    each reader's own oracle is above what its rule saves; the probe's oracle above the lens oracle."""
+    exits = table("08_reader_exits").set_index("reader")
+    assert (exits.consistency >= 0.98).all()
+    assert exits.loc["probe", "layers_saved"] > exits.loc["logit lens", "layers_saved"] + 0.05
+    assert (exits["reader oracle saved"] > exits.layers_saved).all()
+    assert exits.loc["probe", "reader oracle saved"] > exits.loc["logit lens", "reader oracle saved"]
+
+
+def test_08_certified_reader_rules_keep_the_guarantee_on_the_held_out_half():
+    """Section 6: on the half of the test prompts calibration never saw, each certified rule disagrees with the
+    full model on at most ε of them."""
+    certified = table("08_certified")
+    assert ((1 - certified["held-out consistency"]) <= certified.epsilon).all()
+
+
+def test_08_moved_rules_lose_consistency_and_recertification_restores_it():
+    """Section 8: read as they are on product reviews, both rules lose consistency; re-certified on unlabeled
+    product prompts, each is back within ε of the full model on the other half."""
+    shift = table("08_domain_shift")
+    for reader, rows in shift.groupby("reader"):
+        by = rows.set_index("data")
+        assert by.loc["product reviews, as moved", "consistency"] < by.loc["movie reviews (test)", "consistency"]
+        assert 1 - by.loc["product reviews, re-certified", "consistency"] <= 0.05, reader
