@@ -8,7 +8,7 @@ STAMP := $(VENV)/.adainfer-installed
 USER_ID ?= $(shell id -u)
 JUPYTER_FLAGS := $(if $(filter 0,$(USER_ID)),--allow-root)
 
-.PHONY: lab test install prepare reproduce benchmark clean-cache
+.PHONY: lab test test-models install prepare reproduce benchmark clean-cache
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,8 +24,18 @@ prepare: install
 lab: prepare
 	$(VENV)/bin/jupyter lab $(JUPYTER_FLAGS) notebooks/
 
+# One pytest-xdist worker per core (each computes on its share of the cores, tests/conftest.py); a model's
+# notebooks run in order on one worker (tests/test_notebooks.py). TEST_WORKERS=0 runs everything in this process.
+TEST_WORKERS ?= $(shell $(PYTHON) -c "import os; print(min(os.cpu_count() or 1, 4))")
+
+XDIST = $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadgroup)
+
 test: prepare
-	$(PY) -m pytest
+	$(PY) -m pytest $(XDIST)
+
+# Every chapter in quick mode on the second offline model, gemma3-270m (left out of `make test`: CI's 15 minutes).
+test-models: prepare
+	$(PY) -m pytest $(XDIST) -m second_model tests/test_notebooks.py
 
 benchmark: prepare
 	$(PY) benchmarks/trace_throughput.py

@@ -15,6 +15,21 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 torch.set_grad_enabled(False)
 
+
+def _share_the_cores_between_xdist_workers() -> None:
+    """Under pytest-xdist (``make test`` starts one worker per core) each worker — and every notebook kernel or
+    subprocess it starts, through the environment — computes on its share of the cores: two workers of two
+    threads each on two cores run slower than two of one."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
+    if workers:
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+            os.environ[var] = str(threads)
+        torch.set_num_threads(threads)
+
+
+_share_the_cores_between_xdist_workers()
+
 TINY = dict(hidden=32, layers=3, heads=4, ffn=64)
 
 

@@ -340,6 +340,22 @@ def test_every_phony_target_resolves_to_commands_that_exist():
             check_command(argv)
 
 
+def test_make_test_runs_on_xdist_workers_and_test_models_runs_the_second_model():
+    """`make test` spreads over TEST_WORKERS pytest-xdist workers, a model's notebooks kept together (loadgroup);
+    TEST_WORKERS=0 runs in one process; `make test-models` selects exactly the second model's chapter runs."""
+    parallel = make_commands("test", "TEST_WORKERS=2")[-1]
+    assert parallel[1:3] == ["-m", "pytest"] and parallel[parallel.index("-n") + 1] == "2"
+    assert parallel[parallel.index("--dist") + 1] == "loadgroup"
+    assert "-n" not in make_commands("test", "TEST_WORKERS=0")[-1]
+    models = make_commands("test-models")[-1]
+    assert models[models.index("-m", 3) + 1] == "second_model"
+    collected = _run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",
+                      *models[models.index("-m", 3):]])
+    ids = [line for line in collected.stdout.splitlines() if "::" in line]
+    chapters = sorted(p.stem for p in ROOT.glob("notebooks/[0-9][0-9]_*.ipynb"))
+    assert sorted(i.split("[")[1].removesuffix("-gemma3-270m]") for i in ids) == chapters, collected.stdout[-2000:]
+
+
 def test_make_benchmark_runs_every_benchmark_but_the_gpu_one():
     scripts = {argv[1] for argv in make_commands("benchmark") if argv[1:2] and argv[1].startswith("benchmarks/")}
     assert scripts == {str(p.relative_to(ROOT)) for p in ROOT.glob("benchmarks/*.py")} - {"benchmarks/gpu_check.py"}

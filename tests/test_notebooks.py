@@ -20,9 +20,25 @@ def test_committed_without_outputs(path):
     assert not dirty, f"{path.name}: code cells {dirty} have outputs; clear them before committing"
 
 
+DEFAULT_MODEL, SECOND_MODEL = "smollm2-135m", "gemma3-270m"
+
+
+def quick_run(path: Path, model: str):
+    """One chapter on one model. A model's chapters run in order on one pytest-xdist worker (``--dist
+    loadgroup``): chapter 01 traces what the later chapters read from the cache. The second offline model's runs
+    are marked ``second_model``: ``make test-models`` runs them (nine chapters, about 14 minutes of one core),
+    ``make test`` — CI — leaves them out to stay within 15 minutes; the tiny random models of
+    ``tests/conftest.py`` keep its architecture (gemma3_text) in every library test."""
+    marks = [pytest.mark.xdist_group(f"notebooks-{model}")] + ([pytest.mark.second_model] if model == SECOND_MODEL
+                                                                else [])
+    return pytest.param(path, model, id=f"{path.stem}-{model}", marks=marks)
+
+
+QUICK_RUNS = [quick_run(path, model) for model in (DEFAULT_MODEL, SECOND_MODEL) for path in NOTEBOOKS]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("model", ["smollm2-135m", "gemma3-270m"])
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+@pytest.mark.parametrize(("path", "model"), QUICK_RUNS)
 def test_executes_in_quick_mode(path, model, tmp_path):
     """Every chapter runs unchanged on both offline models (``ADAINFER_MODEL`` switches the set-up cell's)."""
     from nbclient import NotebookClient
