@@ -33,9 +33,10 @@ XDIST = $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadgroup)
 test: prepare
 	$(PY) -m pytest $(XDIST)
 
-# Every chapter in quick mode on the second offline model, gemma3-270m (left out of `make test`: CI's 15 minutes).
+# Every chapter in quick mode on the second offline model, gemma3-270m (left out of `make test`: CI's 15 minutes);
+# in one process with all threads, since one model's chapters run in order anyway.
 test-models: prepare
-	$(PY) -m pytest $(XDIST) -m second_model tests/test_notebooks.py
+	$(PY) -m pytest -m second_model tests/test_notebooks.py
 
 benchmark: prepare
 	$(PY) benchmarks/trace_throughput.py
