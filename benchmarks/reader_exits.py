@@ -1,7 +1,7 @@
 """Learned readers vs the logit lens on the default model: agreement with the full model per layer, and exits.
 
-For each task (default sentiment and topic; seed 0, the suite's fixed demonstrations, ``--n`` test and
-``--n-train`` train prompts):
+For each task (default sentiment and topic) and demonstration seed (``--seeds``, default 0; the suite's fixed
+demonstrations, ``--n`` test and ``--n-train`` train prompts), on ``--model`` (default the suite's default model):
 1. trace both splits and cache the residual states at every layer (``readers.task_states``);
 2. readers fitted on the TRAIN split only: the logit lens; a probe (``ProbeReader``, C chosen among ``--cs`` by
    5-fold out-of-fold agreement on train); a tuned lens (``choose_translator``: bias / low rank 8 / affine,
@@ -12,10 +12,12 @@ For each task (default sentiment and topic; seed 0, the suite's fixed demonstrat
    replayed on test: layers saved, consistency, accuracy change; the oracle of the lens and of each reader;
 5. Learn-then-Test (disagreement risk, δ = ``--delta``, ε = 0.05) on the first half of the test prompts as the
    calibration split, evaluated on the second half;
-6. a real compute-skipping run of the probe rule on ``--real`` test prompts: exits and answers equal the replay's.
+6. a real compute-skipping run of the probe rule on ``--real`` test prompts (0: none): exits and answers equal
+   the replay's.
 
-No timing is measured. Usage: ``python benchmarks/reader_exits.py [--tasks sentiment,topic] [--n 200]
-[--n-train 250] [--max-loss 0.015]``.
+With several seeds it ends with mean ± sd over them per task and reader (issue 24's targets are stated that way:
+3 seeds, n = 500). No timing is measured. Usage: ``python benchmarks/reader_exits.py [--tasks sentiment,topic]
+[--seeds 0,1,2] [--n 200] [--n-train 250] [--max-loss 0.015] [--model gemma3-270m]``.
 """
 
 from __future__ import annotations
@@ -79,14 +81,15 @@ def real_run(model, task, reader, rule, read, n) -> dict:
             "real_answers_equal": int((res.predictions == preds).sum()), "real_layers_saved": res.layers_saved}
 
 
-def study(model, name, args) -> None:
-    task = ai.load_task(name, n=args.n, n_train=args.n_train, seed=0)
+def study(model, name, seed, args) -> list[dict]:
+    """One task at one seed: prints its tables and returns its exit rows (one per reader)."""
+    task = ai.load_task(name, n=args.n, n_train=args.n_train, seed=seed)
     train = ai.trace_task(model, task, split="train", progress=False)
     test = ai.trace_task(model, task, progress=False)
     st_train, st_test = task_states(model, task, "train", progress=False), task_states(model, task, "test",
                                                                                           progress=False)
     c, c_table = choose_probe_c(model, train, st_train, args.cs)
-    print(f"\n=== {name}: n_test={test.n_examples}, n_train={train.n_examples}, L={model.n_layers}")
+    print(f"\n=== {name}, seed {seed}: n_test={test.n_examples}, n_train={train.n_examples}, L={model.n_layers}")
     print("probe C by out-of-fold agreement on train:\n" + c_table.to_string(index=False))
     candidates = [{"translator": t} for t in args.translators]
     tuned, t_table = choose_translator(model, train, st_train, candidates=candidates)
@@ -97,7 +100,7 @@ def study(model, name, args) -> None:
     agreement = pd.DataFrame({k: r.read(model, test, st_test).consistency_by_layer()[args.layers]
                               for k, r in readers.items()}, index=pd.Index(args.layers, name="layer"))
     print("agreement with the full model on test:\n" + agreement.round(3).to_string(), flush=True)
-    keep = {}
+    keep, rows = {}, []
     cols = ["reader", "threshold", "layers_saved", "consistency", "accuracy", "full_accuracy", "accuracy_change_pts",
             "reader_oracle_layers_saved", "certified_threshold", "held_layers_saved", "held_consistency",
             "held_accuracy_change_pts"]
@@ -107,13 +110,30 @@ def study(model, name, args) -> None:
         row, keep[k] = exit_rows(k, r, model, train, test, st_train, st_test, args.max_loss)
         row.update(certify(keep[k][0], keep[k][2], args.delta))
         print(pd.DataFrame([row])[cols].round(4).to_string(index=False), flush=True)
+        rows.append({"task": name, "seed": seed, **row, "reader": k.split(" ")[0] if k.startswith("probe") else
+                     k.split(" (")[0]})
     probe_name = next(k for k in readers if k.startswith("probe"))
-    print("real run:", real_run(model, task, readers[probe_name], keep[probe_name][0], keep[probe_name][1], args.real))
+    if args.real:
+        print("real run:", real_run(model, task, readers[probe_name], keep[probe_name][0], keep[probe_name][1],
+                                    args.real))
+    return rows
+
+
+def over_seeds(rows: list[dict]) -> pd.DataFrame:
+    """Mean ± sd over seeds of each task and reader's exits (replayed on test) and certified held-out rows."""
+    table = pd.DataFrame(rows)
+    metrics = ["layers_saved", "consistency", "accuracy_change_pts", "reader_oracle_layers_saved",
+               "held_layers_saved", "held_consistency"]
+    grouped = table.groupby(["task", "reader"], sort=False)[metrics]
+    out = grouped.mean().round(4).astype(str) + " ± " + grouped.std(ddof=1).round(4).astype(str)
+    return out.assign(seeds=grouped.size()).reset_index()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tasks", default="sentiment,topic")
+    parser.add_argument("--seeds", default="0", help="demonstration seeds, comma-separated")
+    parser.add_argument("--model", default=None, help="a registered model name (default: the suite's default)")
     parser.add_argument("--n", type=int, default=200)
     parser.add_argument("--n-train", type=int, default=250)
     parser.add_argument("--max-loss", type=float, default=0.015)
@@ -126,9 +146,12 @@ def main() -> None:
     args.cs = [float(v) for v in args.cs.split(",")]
     args.layers = [int(v) for v in args.layers.split(",")]
     args.translators = args.translators.split(",")
-    model = ai.load_model()
-    for name in args.tasks.split(","):
-        study(model, name, args)
+    seeds = [int(v) for v in args.seeds.split(",")]
+    model = ai.load_model(args.model) if args.model else ai.load_model()
+    rows = [row for name in args.tasks.split(",") for seed in seeds for row in study(model, name, seed, args)]
+    if len(seeds) > 1:
+        print(f"\n=== mean ± sd over seeds {seeds} ({model.name}, n_test={args.n}, n_train={args.n_train}):")
+        print(over_seeds(rows).to_string(index=False))
 
 
 if __name__ == "__main__":

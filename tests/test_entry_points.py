@@ -156,14 +156,19 @@ def test_early_exit_benchmark_at_a_tiny_size(tmp_path, classifier):
 
 @pytest.mark.slow
 def test_reader_exits_benchmark_at_a_tiny_size(tmp_path):
-    """The readers' study at a tiny size: every section prints, and the probe's real run equals its replay."""
-    run = _python("benchmarks/reader_exits.py", "--tasks", "sentiment", "--n", "16", "--n-train", "24", "--cs", "0.05",
-                  "--layers", "5,10", "--translators", "bias", "--real", "2", env=_fresh_data(tmp_path))
+    """The readers' study at a tiny size on two seeds: every section prints, the probe's real runs equal their
+    replay, and the summary gives each reader's mean ± sd over the two seeds."""
+    run = _python("benchmarks/reader_exits.py", "--tasks", "sentiment", "--seeds", "0,1", "--n", "16", "--n-train",
+                  "24", "--cs", "0.05", "--layers", "5,10", "--translators", "bias", "--real", "2",
+                  env=_fresh_data(tmp_path))
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
     out = run.stdout
-    assert "n_test=16, n_train=24" in out and "agreement with the full model on test" in out
-    real = re.search(r"'real_n': (\d+), 'real_exits_equal': (\d+), 'real_answers_equal': (\d+)", out)
-    assert real and real.groups() == ("2", "2", "2"), out[-1500:]
+    assert "seed 1: n_test=16, n_train=24" in out and "agreement with the full model on test" in out
+    real = re.findall(r"'real_n': (\d+), 'real_exits_equal': (\d+), 'real_answers_equal': (\d+)", out)
+    assert real == [("2", "2", "2")] * 2, out[-1500:]
+    summary = out.split("mean ± sd over seeds [0, 1]")[1].splitlines()
+    rows = [line.split() for line in summary if line.startswith(" sentiment") or line.startswith("sentiment")]
+    assert [r[1] for r in rows] == ["logit", "probe", "tuned"] and all(r[-1] == "2" for r in rows), summary
 
 
 @pytest.mark.slow
