@@ -35,3 +35,31 @@ def test_mean_sd_formats_each_group():
 def test_best_layer_is_the_last_of_tied_layers():
     stats = layer_statistics(task_trace_from_predictions([[1, 1, 1], [0, 0, 0]], gold=[1, 0]))
     assert stats["best_layer"] == 2 and stats["best_layer_accuracy"] == 1.0
+
+
+def test_seeds_traced_with_the_full_vocabulary_are_read_back_by_a_later_chapter(default_tokenizer, monkeypatch,
+                                                                               tmp_path):
+    """Chapter 01 traces the sentiment seeds with the full vocabulary (``full_vocab_seeds``) so that chapter 03's
+    full-vocabulary policies over the same seeds read them from the cache: no forward pass for those; a seed traced
+    with label rows only is traced again when the full vocabulary is asked for."""
+    from adainfer_lib.data import sources
+    from adainfer_lib.data.task_trace import trace_task
+    from adainfer_lib.data.tasks import load_task
+    from adainfer_lib.evaluation.seeds import layer_statistics_over_seeds
+    from adainfer_lib.model import lens
+    from conftest import make_tiny_model
+
+    model = make_tiny_model("llama", default_tokenizer)
+    monkeypatch.setattr(lens, "data_dir", lambda: tmp_path)   # a trace cache of this test's own
+    sources.prepare_sources(["sentiment"])
+    make = lambda **kw: load_task("sentiment", n=8, n_train=12, shots=2, **kw)  # noqa: E731
+    forwards = []
+    batch_states = lens.batch_states
+    monkeypatch.setattr(lens, "batch_states", lambda m, b: forwards.append(len(b.last)) or batch_states(m, b))
+    stats = layer_statistics_over_seeds(model, make, [0, 1], full_vocab_seeds=[1])
+    assert list(stats.seed) == [0, 1] and forwards
+    traced = len(forwards)
+    full = trace_task(model, make(seed=1), full_vocab=True, progress=False)    # chapter 03's request, seed 1
+    assert len(forwards) == traced and np.isfinite(full.trace.top_prob).all()
+    trace_task(model, make(seed=0), full_vocab=True, progress=False)           # seed 0 had label rows only
+    assert len(forwards) > traced
