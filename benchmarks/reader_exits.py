@@ -139,15 +139,18 @@ def main() -> None:
     parser.add_argument("--max-loss", type=float, default=0.015)
     parser.add_argument("--delta", type=float, default=0.05)
     parser.add_argument("--cs", default="0.01,0.05,0.2,1.0")
-    parser.add_argument("--layers", default="5,10,15,20,25")
+    parser.add_argument("--layers", default="", help="layers the agreement table shows (default: L/6, 2L/6, ... 5L/6)")
     parser.add_argument("--translators", default="bias,low_rank,affine")
     parser.add_argument("--real", type=int, default=12)
     args = parser.parse_args()
     args.cs = [float(v) for v in args.cs.split(",")]
-    args.layers = [int(v) for v in args.layers.split(",")]
     args.translators = args.translators.split(",")
     seeds = [int(v) for v in args.seeds.split(",")]
     model = ai.load_model(args.model) if args.model else ai.load_model()
+    L = model.n_layers
+    args.layers = [int(v) for v in args.layers.split(",")] if args.layers else [round(k * L / 6) for k in range(1, 6)]
+    if not all(0 <= layer <= L for layer in args.layers):
+        parser.error(f"--layers {args.layers}: {model.name} has layers 0..{L}")
     rows = [row for name in args.tasks.split(",") for seed in seeds for row in study(model, name, seed, args)]
     if len(seeds) > 1:
         print(f"\n=== mean ± sd over seeds {seeds} ({model.name}, n_test={args.n}, n_train={args.n_train}):")

@@ -159,16 +159,24 @@ def test_reader_exits_benchmark_at_a_tiny_size(tmp_path):
     """The readers' study at a tiny size on two seeds: every section prints, the probe's real runs equal their
     replay, and the summary gives each reader's mean ± sd over the two seeds."""
     run = _python("benchmarks/reader_exits.py", "--tasks", "sentiment", "--seeds", "0,1", "--n", "16", "--n-train",
-                  "24", "--cs", "0.05", "--layers", "5,10", "--translators", "bias", "--real", "2",
-                  env=_fresh_data(tmp_path))
+                  "24", "--cs", "0.05", "--translators", "bias", "--real", "2", env=_fresh_data(tmp_path))
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
     out = run.stdout
     assert "seed 1: n_test=16, n_train=24" in out and "agreement with the full model on test" in out
+    table = out.split("agreement with the full model on test:")[1].split("threshold on")[0]
+    assert [line.split()[0] for line in table.splitlines()[3:] if line.strip()] == ["5", "10", "15", "20", "25"]
     real = re.findall(r"'real_n': (\d+), 'real_exits_equal': (\d+), 'real_answers_equal': (\d+)", out)
     assert real == [("2", "2", "2")] * 2, out[-1500:]
     summary = out.split("mean ± sd over seeds [0, 1]")[1].splitlines()
     rows = [line.split() for line in summary if line.startswith(" sentiment") or line.startswith("sentiment")]
     assert [r[1] for r in rows] == ["logit", "probe", "tuned"] and all(r[-1] == "2" for r in rows), summary
+
+
+def test_reader_exits_benchmark_refuses_layers_the_model_does_not_have():
+    """The agreement table's layers default to L/6 .. 5L/6 of the model (gemma3-270m has 18 layers, not 30); a
+    layer past L is a usage error that names the model's layers, before any tracing."""
+    run = _python("benchmarks/reader_exits.py", "--layers", "5,31", "--n", "4")
+    assert run.returncode == 2 and "--layers [5, 31]: smollm2-135m has layers 0..30" in run.stderr, run.stderr[-2000:]
 
 
 @pytest.mark.slow
