@@ -3,16 +3,17 @@
 For each task (default sentiment and topic) and demonstration seed (``--seeds``, default 0; the suite's fixed
 demonstrations, ``--n`` test and ``--n-train`` train prompts), on ``--model`` (default the suite's default model):
 1. trace both splits and cache the residual states at every layer (``readers.task_states``);
-2. readers fitted on the TRAIN split only: the logit lens; a probe (``ProbeReader``, C chosen among ``--cs`` by
-   5-fold out-of-fold agreement on train); a tuned lens (``choose_translator``: bias / low rank 8 / affine,
+2. readers fitted on the TRAIN split only: the logit lens; a probe (``ProbeReader``, C chosen among ``--cs`` on
+   the 5-fold out-of-fold train table: the most layers its threshold rule saves there within ``--max-loss``); a tuned lens (``choose_translator``: bias / low rank 8 / affine,
    decided on a held-out quarter of train);
 3. agreement with the full model's decision per layer on TEST, at ``--layers``;
-4. exits: one confidence threshold (``label_top_prob`` of the reader's scores, ``ExitPolicy("threshold")``)
-   chosen on the OUT-OF-FOLD train table for at most ``--max-loss`` of consistency (``choose_threshold``), then
-   replayed on test: layers saved, consistency, accuracy change; the oracle of the lens and of each reader;
+4. exits, per rule of ``--rules`` (``RULES``: one confidence threshold on ``label_top_prob`` of the reader's
+   scores; a logistic regression on ``label_top_prob`` and ``layer_frac``), fitted and thresholded on the
+   OUT-OF-FOLD train table for at most ``--max-loss`` of consistency (``choose_threshold``), then replayed on
+   test: layers saved, consistency, accuracy change; the oracle of the lens and of each reader;
 5. Learn-then-Test (disagreement risk, δ = ``--delta``, ε = 0.05) on the first half of the test prompts as the
    calibration split, evaluated on the second half;
-6. a real compute-skipping run of the probe rule on ``--real`` test prompts (0: none): exits and answers equal
+6. a real compute-skipping run of each probe rule on ``--real`` test prompts (0: none): exits and answers equal
    the replay's.
 
 With several seeds it ends with mean ± sd over them per task and reader (issue 24's targets are stated that way:
@@ -35,29 +36,53 @@ from adainfer_lib.rules.policy import CONFIDENCE_THRESHOLDS as THRESHOLDS
 from adainfer_lib.rules.tuning import choose_threshold, simulate
 
 
-def choose_probe_c(model, train, states, cs) -> tuple[float, pd.DataFrame]:
-    """The probe's C with the best mean out-of-fold agreement with the full model over layers 1..L-1 (train)."""
+def choose_probe_c(model, train, states, cs, max_loss) -> tuple[float, pd.DataFrame]:
+    """The probe's C, chosen on TRAIN out of fold: for each C, the probe's out-of-fold mean agreement with the full
+    model over layers 1..L-1 and the layers its threshold rule saves on that out-of-fold table within ``max_loss``
+    of consistency; the C that saves the most (ties: the better agreement). Agreement alone prefers a weaker
+    regularisation whose confidences are too sure of themselves to exit early."""
     rows = []
     for c in cs:
         reader = ProbeReader(C=c).fit(model, train, states)
-        agreement = out_of_fold_trace(reader, model, train, states, cv=5).consistency_by_layer()[1:-1].mean()
-        rows.append({"C": c, "oof_mean_agreement": float(agreement)})
+        oof = out_of_fold_trace(reader, model, train, states, cv=5)
+        table = ai.feature_table(oof)
+        rule = RULES["threshold"]().fit(table)
+        _, sweep = choose_threshold(rule, table, max_loss=max_loss, metric="consistency", thresholds=THRESHOLDS)
+        rows.append({"C": c, "oof_mean_agreement": float(oof.consistency_by_layer()[1:-1].mean()),
+                     "oof_layers_saved": float(sweep.loc[sweep["chosen"], "layers_saved"].iloc[0])})
     table = pd.DataFrame(rows)
-    return float(table.loc[table["oof_mean_agreement"].idxmax(), "C"]), table
+    best = table.sort_values(["oof_layers_saved", "oof_mean_agreement"], ascending=False).iloc[0]
+    return float(best["C"]), table
 
 
-def exit_rows(name, reader, model, train, test, train_states, test_states, max_loss) -> tuple[dict, object]:
-    """The threshold-on-confidence rule of ``reader``, tuned out of fold on train, replayed on test."""
-    oof = out_of_fold_trace(reader, model, train, train_states, cv=5)
+#: The exit rules tried on every reader (``--rules``): one confidence threshold, and a logistic regression on the
+#: reader's confidence and depth that learns which (confidence, layer) pairs already agree with the full model
+#: (label scheme ``consistent``; the depth lets it ask for more confidence early than late).
+RULES = {
+    "threshold": lambda: ai.ExitPolicy("threshold", features=("label_top_prob",), min_layer=1),
+    "logistic": lambda: ai.ExitPolicy("logistic", features=("label_top_prob", "layer_frac"), min_layer=1,
+                                      label_scheme="consistent"),
+}
+
+
+def exit_rows(name, reader, model, train, test, train_states, test_states, max_loss,
+              rules) -> list[tuple[dict, object]]:
+    """Each of ``rules`` on ``reader``: fitted and its threshold tuned on the reader's OUT-OF-FOLD train table (a
+    fitted rule's stop probabilities out of fold again, ``choose_threshold``), replayed on test."""
+    oof = ai.feature_table(out_of_fold_trace(reader, model, train, train_states, cv=5))
     read = reader.read(model, test, test_states)
-    rule = ai.ExitPolicy("threshold", features=("label_top_prob",), min_layer=1).fit(ai.feature_table(oof))
-    threshold, _ = choose_threshold(rule, ai.feature_table(oof), max_loss=max_loss, metric="consistency",
-                                    thresholds=THRESHOLDS)
-    rule = rule.with_threshold(threshold)
     test_table = ai.feature_table(read)
-    row = {"reader": name, "threshold": threshold, **simulate(rule, test_table),
-           "reader_oracle_layers_saved": layers_saved(ai.oracle_exit_layers(test_table), model.n_layers)}
-    return row, (rule, read, test_table)
+    oracle = layers_saved(ai.oracle_exit_layers(test_table), model.n_layers)
+    out = []
+    for kind in rules:
+        rule = RULES[kind]().fit(oof)
+        threshold, _ = choose_threshold(rule, oof, max_loss=max_loss, metric="consistency",
+                                        thresholds=THRESHOLDS if kind == "threshold" else None)
+        rule = rule.with_threshold(threshold)
+        row = {"reader": name, "rule": kind, "threshold": threshold, **simulate(rule, test_table),
+               "reader_oracle_layers_saved": oracle}
+        out.append((row, (rule, read, test_table)))
+    return out
 
 
 def certify(rule, table, delta) -> dict:
@@ -88,9 +113,9 @@ def study(model, name, seed, args) -> list[dict]:
     test = ai.trace_task(model, task, progress=False)
     st_train, st_test = task_states(model, task, "train", progress=False), task_states(model, task, "test",
                                                                                           progress=False)
-    c, c_table = choose_probe_c(model, train, st_train, args.cs)
+    c, c_table = choose_probe_c(model, train, st_train, args.cs, args.max_loss)
     print(f"\n=== {name}, seed {seed}: n_test={test.n_examples}, n_train={train.n_examples}, L={model.n_layers}")
-    print("probe C by out-of-fold agreement on train:\n" + c_table.to_string(index=False))
+    print("probe C by out-of-fold exits on train:\n" + c_table.to_string(index=False))
     candidates = [{"translator": t} for t in args.translators]
     tuned, t_table = choose_translator(model, train, st_train, candidates=candidates)
     print("tuned-lens translator on a held-out quarter of train:\n" + t_table[
@@ -101,21 +126,22 @@ def study(model, name, seed, args) -> list[dict]:
                               for k, r in readers.items()}, index=pd.Index(args.layers, name="layer"))
     print("agreement with the full model on test:\n" + agreement.round(3).to_string(), flush=True)
     keep, rows = {}, []
-    cols = ["reader", "threshold", "layers_saved", "consistency", "accuracy", "full_accuracy", "accuracy_change_pts",
+    cols = ["reader", "rule", "threshold", "layers_saved", "consistency", "accuracy", "full_accuracy", "accuracy_change_pts",
             "reader_oracle_layers_saved", "certified_threshold", "held_layers_saved", "held_consistency",
             "held_accuracy_change_pts"]
     print(f"threshold on the reader's confidence (max consistency loss {args.max_loss} out of fold on train), test; "
           f"certified (LTT, disagreement, delta={args.delta}) on the first half of test, held_* on the second half:")
     for k, r in readers.items():
-        row, keep[k] = exit_rows(k, r, model, train, test, st_train, st_test, args.max_loss)
-        row.update(certify(keep[k][0], keep[k][2], args.delta))
-        print(pd.DataFrame([row])[cols].round(4).to_string(index=False), flush=True)
-        rows.append({"task": name, "seed": seed, **row, "reader": k.split(" ")[0] if k.startswith("probe") else
-                     k.split(" (")[0]})
+        for row, kept in exit_rows(k, r, model, train, test, st_train, st_test, args.max_loss, args.rules):
+            keep[k, row["rule"]] = kept
+            row.update(certify(kept[0], kept[2], args.delta))
+            print(pd.DataFrame([row])[cols].round(4).to_string(index=False), flush=True)
+            rows.append({"task": name, "seed": seed, **row, "reader": k.split(" ")[0] if k.startswith("probe") else
+                         k.split(" (")[0]})
     probe_name = next(k for k in readers if k.startswith("probe"))
-    if args.real:
-        print("real run:", real_run(model, task, readers[probe_name], keep[probe_name][0], keep[probe_name][1],
-                                    args.real))
+    for kind in args.rules if args.real else ():
+        rule, read, _ = keep[probe_name, kind]
+        print(f"real run ({kind}):", real_run(model, task, readers[probe_name], rule, read, args.real))
     return rows
 
 
@@ -124,7 +150,7 @@ def over_seeds(rows: list[dict]) -> pd.DataFrame:
     table = pd.DataFrame(rows)
     metrics = ["layers_saved", "consistency", "accuracy_change_pts", "reader_oracle_layers_saved",
                "held_layers_saved", "held_consistency"]
-    grouped = table.groupby(["task", "reader"], sort=False)[metrics]
+    grouped = table.groupby(["task", "reader", "rule"], sort=False)[metrics]
     out = grouped.mean().round(4).astype(str) + " ± " + grouped.std(ddof=1).round(4).astype(str)
     return out.assign(seeds=grouped.size()).reset_index()
 
@@ -142,9 +168,13 @@ def main() -> None:
     parser.add_argument("--layers", default="", help="layers the agreement table shows (default: L/6, 2L/6, ... 5L/6)")
     parser.add_argument("--translators", default="bias,low_rank,affine")
     parser.add_argument("--real", type=int, default=12)
+    parser.add_argument("--rules", default=",".join(RULES), help=f"exit rules on every reader: {', '.join(RULES)}")
     args = parser.parse_args()
     args.cs = [float(v) for v in args.cs.split(",")]
     args.translators = args.translators.split(",")
+    args.rules = args.rules.split(",")
+    if not args.rules or not set(args.rules) <= set(RULES):
+        parser.error(f"--rules {','.join(args.rules)}: choose among {', '.join(RULES)}")
     seeds = [int(v) for v in args.seeds.split(",")]
     model = ai.load_model(args.model) if args.model else ai.load_model()
     L = model.n_layers

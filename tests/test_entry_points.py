@@ -165,11 +165,14 @@ def test_reader_exits_benchmark_at_a_tiny_size(tmp_path):
     assert "seed 1: n_test=16, n_train=24" in out and "agreement with the full model on test" in out
     table = out.split("agreement with the full model on test:")[1].split("threshold on")[0]
     assert [line.split()[0] for line in table.splitlines()[3:] if line.strip()] == ["5", "10", "15", "20", "25"]
-    real = re.findall(r"'real_n': (\d+), 'real_exits_equal': (\d+), 'real_answers_equal': (\d+)", out)
-    assert real == [("2", "2", "2")] * 2, out[-1500:]
+    real = re.findall(r"real run \((\w+)\): \{'real_n': (\d+), 'real_exits_equal': (\d+), 'real_answers_equal': (\d+)",
+                      out)
+    assert real == [("threshold", "2", "2", "2"), ("logistic", "2", "2", "2")] * 2, out[-1500:]
     summary = out.split("mean ± sd over seeds [0, 1]")[1].splitlines()
-    rows = [line.split() for line in summary if line.startswith(" sentiment") or line.startswith("sentiment")]
-    assert [r[1] for r in rows] == ["logit", "probe", "tuned"] and all(r[-1] == "2" for r in rows), summary
+    rows = [re.match(r"\s*sentiment\s+(logit lens|probe|tuned lens)\s+(threshold|logistic)\s.*\s(\d+)$", line)
+            for line in summary if "sentiment" in line]
+    assert [(m[1], m[2], m[3]) for m in rows] == [(reader, rule, "2") for reader in ("logit lens", "probe", "tuned lens")
+                                                for rule in ("threshold", "logistic")], summary
 
 
 def test_reader_exits_benchmark_refuses_layers_the_model_does_not_have():
