@@ -4,8 +4,8 @@ For each task (default sentiment and topic) and demonstration seed (``--seeds``,
 demonstrations, ``--n`` test and ``--n-train`` train prompts), on ``--model`` (default the suite's default model):
 1. trace both splits and cache the residual states at every layer (``readers.task_states``);
 2. readers fitted on the TRAIN split only: the logit lens; a probe (``ProbeReader``, C chosen among ``--cs`` on
-   the 5-fold out-of-fold train table: the most layers its threshold rule saves there within ``--max-loss``); a tuned lens (``choose_translator``: bias / low rank 8 / affine,
-   decided on a held-out quarter of train);
+   the 5-fold out-of-fold train table: the most layers its threshold rule saves there within ``--max-loss``);
+   a tuned lens (``choose_translator``: bias / low rank 8 / affine, decided on a held-out quarter of train);
 3. agreement with the full model's decision per layer on TEST, at ``--layers``;
 4. exits, per rule of ``--rules`` (``RULES``: one confidence threshold on ``label_top_prob`` of the reader's
    scores; a logistic regression on ``label_top_prob`` and ``layer_frac``), fitted and thresholded on the
@@ -126,9 +126,9 @@ def study(model, name, seed, args) -> list[dict]:
                               for k, r in readers.items()}, index=pd.Index(args.layers, name="layer"))
     print("agreement with the full model on test:\n" + agreement.round(3).to_string(), flush=True)
     keep, rows = {}, []
-    cols = ["reader", "rule", "threshold", "layers_saved", "consistency", "accuracy", "full_accuracy", "accuracy_change_pts",
-            "reader_oracle_layers_saved", "certified_threshold", "held_layers_saved", "held_consistency",
-            "held_accuracy_change_pts"]
+    cols = ["reader", "rule", "threshold", "layers_saved", "consistency", "accuracy", "full_accuracy",
+            "accuracy_change_pts", "reader_oracle_layers_saved", "certified_threshold", "held_layers_saved",
+            "held_consistency", "held_accuracy_change_pts"]
     print(f"threshold on the reader's confidence (max consistency loss {args.max_loss} out of fold on train), test; "
           f"certified (LTT, disagreement, delta={args.delta}) on the first half of test, held_* on the second half:")
     for k, r in readers.items():

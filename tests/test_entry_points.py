@@ -171,8 +171,9 @@ def test_reader_exits_benchmark_at_a_tiny_size(tmp_path):
     summary = out.split("mean ± sd over seeds [0, 1]")[1].splitlines()
     rows = [re.match(r"\s*sentiment\s+(logit lens|probe|tuned lens)\s+(threshold|logistic)\s.*\s(\d+)$", line)
             for line in summary if "sentiment" in line]
-    assert [(m[1], m[2], m[3]) for m in rows] == [(reader, rule, "2") for reader in ("logit lens", "probe", "tuned lens")
-                                                for rule in ("threshold", "logistic")], summary
+    expected = [(reader, rule, "2") for reader in ("logit lens", "probe", "tuned lens")
+                for rule in ("threshold", "logistic")]
+    assert [(m[1], m[2], m[3]) for m in rows] == expected, summary
 
 
 def test_reader_exits_benchmark_refuses_layers_the_model_does_not_have():
