@@ -36,23 +36,25 @@ from adainfer_lib.rules.policy import CONFIDENCE_THRESHOLDS as THRESHOLDS
 from adainfer_lib.rules.tuning import choose_threshold, simulate
 
 
-def choose_probe_c(model, train, states, cs, max_loss) -> tuple[float, pd.DataFrame]:
+def choose_probe_c(model, train, states, cs, max_loss) -> tuple[ProbeReader, pd.DataFrame, pd.DataFrame]:
     """The probe's C, chosen on TRAIN out of fold: for each C, the probe's out-of-fold mean agreement with the full
     model over layers 1..L-1 and the layers its threshold rule saves on that out-of-fold table within ``max_loss``
     of consistency; the C that saves the most (ties: the better agreement). Agreement alone prefers a weaker
-    regularisation whose confidences are too sure of themselves to exit early."""
-    rows = []
+    regularisation whose confidences are too sure of themselves to exit early. Returns the chosen probe (fitted on
+    all of train), its out-of-fold feature table (what its exit rules are fitted on) and the table of C values."""
+    rows, fitted = [], {}
     for c in cs:
         reader = ProbeReader(C=c).fit(model, train, states)
         oof = out_of_fold_trace(reader, model, train, states, cv=5)
         table = ai.feature_table(oof)
+        fitted[c] = reader, table
         rule = RULES["threshold"]().fit(table)
         _, sweep = choose_threshold(rule, table, max_loss=max_loss, metric="consistency", thresholds=THRESHOLDS)
         rows.append({"C": c, "oof_mean_agreement": float(oof.consistency_by_layer()[1:-1].mean()),
                      "oof_layers_saved": float(sweep.loc[sweep["chosen"], "layers_saved"].iloc[0])})
     table = pd.DataFrame(rows)
     best = table.sort_values(["oof_layers_saved", "oof_mean_agreement"], ascending=False).iloc[0]
-    return float(best["C"]), table
+    return (*fitted[float(best["C"])], table)
 
 
 #: The exit rules tried on every reader (``--rules``): one confidence threshold, and a logistic regression on the
@@ -65,12 +67,10 @@ RULES = {
 }
 
 
-def exit_rows(name, reader, model, train, test, train_states, test_states, max_loss,
-              rules) -> list[tuple[dict, object]]:
-    """Each of ``rules`` on ``reader``: fitted and its threshold tuned on the reader's OUT-OF-FOLD train table (a
-    fitted rule's stop probabilities out of fold again, ``choose_threshold``), replayed on test."""
-    oof = ai.feature_table(out_of_fold_trace(reader, model, train, train_states, cv=5))
-    read = reader.read(model, test, test_states)
+def exit_rows(name, model, oof, read, max_loss, rules) -> list[tuple[dict, object]]:
+    """Each of ``rules`` on a reader: fitted and its threshold tuned on the reader's OUT-OF-FOLD train feature table
+    ``oof`` (a fitted rule's stop probabilities out of fold again, ``choose_threshold``), replayed on its reading
+    ``read`` of the test split."""
     test_table = ai.feature_table(read)
     oracle = layers_saved(ai.oracle_exit_layers(test_table), model.n_layers)
     out = []
@@ -113,17 +113,18 @@ def study(model, name, seed, args) -> list[dict]:
     test = ai.trace_task(model, task, progress=False)
     st_train, st_test = task_states(model, task, "train", progress=False), task_states(model, task, "test",
                                                                                           progress=False)
-    c, c_table = choose_probe_c(model, train, st_train, args.cs, args.max_loss)
+    probe, probe_oof, c_table = choose_probe_c(model, train, st_train, args.cs, args.max_loss)
     print(f"\n=== {name}, seed {seed}: n_test={test.n_examples}, n_train={train.n_examples}, L={model.n_layers}")
     print("probe C by out-of-fold exits on train:\n" + c_table.to_string(index=False))
     candidates = [{"translator": t} for t in args.translators]
     tuned, t_table = choose_translator(model, train, st_train, candidates=candidates)
     print("tuned-lens translator on a held-out quarter of train:\n" + t_table[
         ["translator", "rank", "held_out_agreement", "held_out_kl", "chosen"]].to_string(index=False))
-    readers = {"logit lens": LogitLensReader().fit(model, train), f"probe C={c:g}": ProbeReader(C=c).fit(
-        model, train, st_train), f"tuned lens ({tuned.translator})": tuned}
-    agreement = pd.DataFrame({k: r.read(model, test, st_test).consistency_by_layer()[args.layers]
-                              for k, r in readers.items()}, index=pd.Index(args.layers, name="layer"))
+    readers = {"logit lens": LogitLensReader().fit(model, train), f"probe C={probe.C:g}": probe,
+               f"tuned lens ({tuned.translator})": tuned}
+    reads = {k: r.read(model, test, st_test) for k, r in readers.items()}
+    agreement = pd.DataFrame({k: read.consistency_by_layer()[args.layers] for k, read in reads.items()},
+                             index=pd.Index(args.layers, name="layer"))
     print("agreement with the full model on test:\n" + agreement.round(3).to_string(), flush=True)
     keep, rows = {}, []
     cols = ["reader", "rule", "threshold", "layers_saved", "consistency", "accuracy", "full_accuracy",
@@ -132,7 +133,8 @@ def study(model, name, seed, args) -> list[dict]:
     print(f"threshold on the reader's confidence (max consistency loss {args.max_loss} out of fold on train), test; "
           f"certified (LTT, disagreement, delta={args.delta}) on the first half of test, held_* on the second half:")
     for k, r in readers.items():
-        for row, kept in exit_rows(k, r, model, train, test, st_train, st_test, args.max_loss, args.rules):
+        oof = probe_oof if r is probe else ai.feature_table(out_of_fold_trace(r, model, train, st_train, cv=5))
+        for row, kept in exit_rows(k, model, oof, reads[k], args.max_loss, args.rules):
             keep[k, row["rule"]] = kept
             row.update(certify(kept[0], kept[2], args.delta))
             print(pd.DataFrame([row])[cols].round(4).to_string(index=False), flush=True)

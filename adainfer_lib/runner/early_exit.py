@@ -300,8 +300,13 @@ class _BatchRun:
         try:
             check_finite(values, what, model=self.model, layer=layer)
         except NonFiniteError:
-            check_finite(h, "the residual stream", model=self.model, layer=layer)
+            self._blame_the_state(layer, h)
             raise
+
+    def _blame_the_state(self, layer: int, h: torch.Tensor) -> None:
+        """``NonFiniteError`` naming the residual stream at ``layer`` when ``h`` holds NaN or inf (called once
+        something read from ``h`` was found not finite)."""
+        check_finite(h, "the residual stream", model=self.model, layer=layer)
 
     def _check(self, layer: int, h: torch.Tensor) -> None:
         rows = self.rows.numpy()
@@ -313,7 +318,7 @@ class _BatchRun:
         try:
             proba = np.asarray(self.policy.stop_proba_online(feats, layer, self.state), dtype=np.float64).reshape(n)
         except ValueError:  # features that are not finite (cos_prev of a non-finite state): name the state
-            check_finite(h, "the residual stream", model=self.model, layer=layer)
+            self._blame_the_state(layer, h)
             raise
         self.state.history.append(ChainMap({"layer": layer, "rows": self.state.rows}, feats))
         self.stop_proba[rows, layer] = proba
