@@ -3,13 +3,14 @@
 For each task (default sentiment and topic) and demonstration seed (``--seeds``, default 0; the suite's fixed
 demonstrations, ``--n`` test and ``--n-train`` train prompts), on ``--model`` (default the suite's default model):
 1. trace both splits and cache the residual states at every layer (``readers.task_states``);
-2. readers fitted on the TRAIN split only: the logit lens; a probe (``ProbeReader``, C chosen among ``--cs`` on
-   the 5-fold out-of-fold train table: the most layers its threshold rule saves there within ``--max-loss``);
+2. readers fitted on the TRAIN split only: the logit lens; a probe (``choose_probe_c``: C among ``--cs``, the
+   most layers its threshold rule saves on the 5-fold out-of-fold train table within ``--max-loss``);
    a tuned lens (``choose_translator``: bias / low rank 8 / affine, decided on a held-out quarter of train);
 3. agreement with the full model's decision per layer on TEST, at ``--layers``;
-4. exits, per rule of ``--rules`` (``RULES``: one confidence threshold on ``label_top_prob`` of the reader's
-   scores; a logistic regression on ``label_top_prob`` and ``layer_frac``), fitted and thresholded on the
-   OUT-OF-FOLD train table for at most ``--max-loss`` of consistency (``choose_threshold``), then replayed on
+4. exits, per rule of ``--rules`` (``evaluation.reader_rules.READER_RULES``: one confidence threshold on
+   ``label_top_prob`` of the reader's scores; a logistic regression on ``label_top_prob`` and ``layer_frac``),
+   fitted and thresholded on the OUT-OF-FOLD train table for at most ``--max-loss`` of consistency
+   (``fit_reader_rule``), then replayed on
    test: layers saved, consistency, accuracy change; the oracle of the lens and of each reader;
 5. Learn-then-Test (disagreement risk, δ = ``--delta``, ε = 0.05) on the first half of the test prompts as the
    calibration split, evaluated on the second half;
@@ -31,40 +32,9 @@ import pandas as pd
 import adainfer_lib as ai
 from adainfer_lib.certification import certify_threshold
 from adainfer_lib.common.replay import layers_saved
-from adainfer_lib.readers import LogitLensReader, ProbeReader, choose_translator, out_of_fold_trace, task_states
-from adainfer_lib.rules.policy import CONFIDENCE_THRESHOLDS as THRESHOLDS
-from adainfer_lib.rules.tuning import choose_threshold, simulate
-
-
-def choose_probe_c(model, train, states, cs, max_loss) -> tuple[ProbeReader, pd.DataFrame, pd.DataFrame]:
-    """The probe's C, chosen on TRAIN out of fold: for each C, the probe's out-of-fold mean agreement with the full
-    model over layers 1..L-1 and the layers its threshold rule saves on that out-of-fold table within ``max_loss``
-    of consistency; the C that saves the most (ties: the better agreement). Agreement alone prefers a weaker
-    regularisation whose confidences are too sure of themselves to exit early. Returns the chosen probe (fitted on
-    all of train), its out-of-fold feature table (what its exit rules are fitted on) and the table of C values."""
-    rows, fitted = [], {}
-    for c in cs:
-        reader = ProbeReader(C=c).fit(model, train, states)
-        oof = out_of_fold_trace(reader, model, train, states, cv=5)
-        table = ai.feature_table(oof)
-        fitted[c] = reader, table
-        rule = RULES["threshold"]().fit(table)
-        _, sweep = choose_threshold(rule, table, max_loss=max_loss, metric="consistency", thresholds=THRESHOLDS)
-        rows.append({"C": c, "oof_mean_agreement": float(oof.consistency_by_layer()[1:-1].mean()),
-                     "oof_layers_saved": float(sweep.loc[sweep["chosen"], "layers_saved"].iloc[0])})
-    table = pd.DataFrame(rows)
-    best = table.sort_values(["oof_layers_saved", "oof_mean_agreement"], ascending=False).iloc[0]
-    return (*fitted[float(best["C"])], table)
-
-
-#: The exit rules tried on every reader (``--rules``): one confidence threshold, and a logistic regression on the
-#: reader's confidence and depth that learns which (confidence, layer) pairs already agree with the full model
-#: (label scheme ``consistent``; the depth lets it ask for more confidence early than late).
-RULES = {
-    "threshold": lambda: ai.ExitPolicy("threshold", features=("label_top_prob",), min_layer=1),
-    "logistic": lambda: ai.ExitPolicy("logistic", features=("label_top_prob", "layer_frac"), min_layer=1,
-                                      label_scheme="consistent"),
-}
+from adainfer_lib.evaluation.reader_rules import READER_RULES, choose_probe_c, fit_reader_rule
+from adainfer_lib.readers import LogitLensReader, choose_translator, out_of_fold_trace, task_states
+from adainfer_lib.rules.tuning import simulate
 
 
 def exit_rows(name, model, oof, read, max_loss, rules) -> list[tuple[dict, object]]:
@@ -75,11 +45,8 @@ def exit_rows(name, model, oof, read, max_loss, rules) -> list[tuple[dict, objec
     oracle = layers_saved(ai.oracle_exit_layers(test_table), model.n_layers)
     out = []
     for kind in rules:
-        rule = RULES[kind]().fit(oof)
-        threshold, _ = choose_threshold(rule, oof, max_loss=max_loss, metric="consistency",
-                                        thresholds=THRESHOLDS if kind == "threshold" else None)
-        rule = rule.with_threshold(threshold)
-        row = {"reader": name, "rule": kind, "threshold": threshold, **simulate(rule, test_table),
+        rule = fit_reader_rule(kind, oof, max_loss=max_loss)
+        row = {"reader": name, "rule": kind, "threshold": rule.threshold, **simulate(rule, test_table),
                "reader_oracle_layers_saved": oracle}
         out.append((row, (rule, read, test_table)))
     return out
@@ -113,7 +80,7 @@ def study(model, name, seed, args) -> list[dict]:
     test = ai.trace_task(model, task, progress=False)
     st_train, st_test = task_states(model, task, "train", progress=False), task_states(model, task, "test",
                                                                                           progress=False)
-    probe, probe_oof, c_table = choose_probe_c(model, train, st_train, args.cs, args.max_loss)
+    probe, probe_oof, c_table = choose_probe_c(model, train, st_train, args.cs, max_loss=args.max_loss)
     print(f"\n=== {name}, seed {seed}: n_test={test.n_examples}, n_train={train.n_examples}, L={model.n_layers}")
     print("probe C by out-of-fold exits on train:\n" + c_table.to_string(index=False))
     candidates = [{"translator": t} for t in args.translators]
@@ -170,13 +137,14 @@ def main() -> None:
     parser.add_argument("--layers", default="", help="layers the agreement table shows (default: L/6, 2L/6, ... 5L/6)")
     parser.add_argument("--translators", default="bias,low_rank,affine")
     parser.add_argument("--real", type=int, default=12)
-    parser.add_argument("--rules", default=",".join(RULES), help=f"exit rules on every reader: {', '.join(RULES)}")
+    parser.add_argument("--rules", default=",".join(READER_RULES),
+                        help=f"exit rules on every reader: {', '.join(READER_RULES)}")
     args = parser.parse_args()
     args.cs = [float(v) for v in args.cs.split(",")]
     args.translators = args.translators.split(",")
     args.rules = args.rules.split(",")
-    if not args.rules or not set(args.rules) <= set(RULES):
-        parser.error(f"--rules {','.join(args.rules)}: choose among {', '.join(RULES)}")
+    if not args.rules or not set(args.rules) <= set(READER_RULES):
+        parser.error(f"--rules {','.join(args.rules)}: choose among {', '.join(READER_RULES)}")
     seeds = [int(v) for v in args.seeds.split(",")]
     model = ai.load_model(args.model) if args.model else ai.load_model()
     L = model.n_layers

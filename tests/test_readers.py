@@ -478,3 +478,58 @@ def test_patience_exits_equal_the_replay(tiny, task, traced, readers, name, batc
     res = run_early_exit(tiny, task.prompts("test"), rule, reader=reader, prefix=task.prefix, batch_size=batch_size)
     np.testing.assert_array_equal(res.exit_layers, exits)
     np.testing.assert_array_equal(res.predictions, preds)
+
+
+# ---- exit rules on a reader, and the probe's C (evaluation.reader_rules) ----------------------------
+
+
+def test_a_readers_rule_is_fitted_and_thresholded_on_its_out_of_fold_table(tiny, traced, readers):
+    """``fit_reader_rule`` keeps the threshold ``choose_threshold`` picks on the out-of-fold table (the refined
+    confidence grid for the threshold rule), so that table loses at most ``max_loss`` of consistency there; the
+    logistic rule reads confidence and depth; an unknown rule or budget is refused."""
+    from adainfer_lib.evaluation.reader_rules import fit_reader_rule
+    from adainfer_lib.rules.policy import CONFIDENCE_THRESHOLDS
+    from adainfer_lib.rules.tuning import simulate
+
+    train, _, st_train, _ = traced
+    oof = feature_table(out_of_fold_trace(readers["probe"], tiny, train, st_train, cv=3))
+    rule = fit_reader_rule("threshold", oof, max_loss=0.1)
+    expected, _ = choose_threshold(ExitPolicy("threshold", features=("label_top_prob",), min_layer=1).fit(oof), oof,
+                                   max_loss=0.1, metric="consistency", thresholds=CONFIDENCE_THRESHOLDS)
+    assert rule.threshold == expected and tuple(rule.features) == ("label_top_prob",)
+    assert simulate(rule, oof)["consistency"] >= 0.9
+    assert fit_reader_rule("threshold", oof, max_loss=0.0).threshold >= rule.threshold   # a tighter budget waits
+    logistic = fit_reader_rule("logistic", oof, max_loss=0.1)
+    assert logistic.classifier == "logistic" and tuple(logistic.features) == ("label_top_prob", "layer_frac")
+    with pytest.raises(ValueError, match="kind"):
+        fit_reader_rule("svm", oof)
+    with pytest.raises(ValueError, match="max_loss"):
+        fit_reader_rule("threshold", oof, max_loss=2.0)
+
+
+def test_the_probes_c_is_the_one_whose_out_of_fold_exits_save_the_most(tiny, traced):
+    """``choose_probe_c`` fits one probe per C, reads train out of fold, and keeps the C whose threshold rule saves
+    the most layers there; the returned probe and table are that C's (equal to fitting it alone); bad Cs are
+    refused."""
+    from adainfer_lib.evaluation.reader_rules import choose_probe_c, fit_reader_rule
+    from adainfer_lib.rules.tuning import simulate
+
+    train, _, st_train, _ = traced
+    probe, oof, choice = choose_probe_c(tiny, train, st_train, (0.01, 1.0), max_loss=0.1, cv=3)
+    assert list(choice["C"]) == [0.01, 1.0] and choice["chosen"].sum() == 1
+    chosen = choice[choice["chosen"]].iloc[0]
+    assert chosen["oof_layers_saved"] == choice["oof_layers_saved"].max()
+    assert probe.C == chosen["C"]
+    alone = ProbeReader(C=probe.C).fit(tiny, train, st_train)
+    assert alone.reader_id == probe.reader_id
+    expected = feature_table(out_of_fold_trace(alone, tiny, train, st_train, cv=3))
+    np.testing.assert_array_equal(oof["label_top_prob"].to_numpy(), expected["label_top_prob"].to_numpy())
+    for _, row in choice.iterrows():
+        table = feature_table(out_of_fold_trace(ProbeReader(C=row["C"]).fit(tiny, train, st_train), tiny, train,
+                                                st_train, cv=3))
+        assert row["oof_layers_saved"] == simulate(fit_reader_rule("threshold", table, max_loss=0.1),
+                                                   table)["layers_saved"]
+    with pytest.raises(ValueError, match="at least one C"):
+        choose_probe_c(tiny, train, st_train, ())
+    with pytest.raises(ValueError, match="C"):
+        choose_probe_c(tiny, train, st_train, (0.0,))

@@ -130,13 +130,25 @@ def test_08_the_probe_sees_the_decision_earlier_than_the_lens():
 
 
 def test_08_the_probe_rule_saves_more_than_the_lens_rule_at_the_same_consistency_budget():
-    """Section 3: both rules keep ≥ 0.98 consistency (1.5 points allowed on train), the probe's saves more, and
-    each reader's own oracle is above what its rule saves; the probe's oracle above the lens oracle."""
-    exits = table("08_reader_exits").set_index("reader")
-    assert (exits.consistency >= 0.98).all()
-    assert exits.loc["probe", "layers_saved"] > exits.loc["logit lens", "layers_saved"] + 0.05
+    """Section 3: every rule keeps ≥ 0.97 consistency (1.5 points allowed on train, out of fold), the probe's
+    threshold and logistic rules each save more than the lens's best rule, and each reader's own oracle is above
+    what its rules save; the probe's oracle above the lens oracle."""
+    exits = table("08_reader_exits").set_index(["reader", "rule"])
+    assert set(exits.index.get_level_values("rule")) == {"threshold", "logistic"}
+    assert (exits.consistency >= 0.97).all()
+    lens_best = exits.loc["logit lens", "layers_saved"].max()
+    assert (exits.loc["probe", "layers_saved"] > lens_best + 0.05).all()
     assert (exits["reader oracle saved"] > exits.layers_saved).all()
-    assert exits.loc["probe", "reader oracle saved"] > exits.loc["logit lens", "reader oracle saved"]
+    assert exits.loc["probe", "reader oracle saved"].min() > exits.loc["logit lens", "reader oracle saved"].max()
+
+
+def test_08_the_real_runs_reach_most_of_the_ideal_speedup():
+    """Section 7: each reader rule's real run is faster than the full model, at ≥ 0.8 of the ideal speedup its
+    exits allow (one timing each at n = 40; the benchmark of chapter 04 times more carefully)."""
+    real = table("08_real_run").set_index("run")
+    rules = real.drop(index="full model")
+    assert len(rules) == 3 and (rules["measured speedup"] > 1.0).all()
+    assert (rules["measured speedup"] / rules["ideal speedup"] >= 0.8).all()
 
 
 def test_08_certified_reader_rules_keep_the_guarantee_on_the_held_out_half():

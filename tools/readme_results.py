@@ -194,19 +194,31 @@ def generation(results: Path) -> str:
 
 
 def learned_readers(results: Path) -> str:
-    """Chapter 08: exits read by each reader (a threshold on its confidence, chosen out of fold on train), the
-    certified version (Learn-then-Test on half of the test prompts), and the move to product reviews; empty when
-    the chapter has not been published yet."""
+    """Chapter 08: exits read by each reader (a threshold on its confidence, and a logistic rule on confidence and
+    depth, both chosen out of fold on train), the certified versions (Learn-then-Test on half of the test prompts),
+    the real runs against the full model, and the move to product reviews; empty when the chapter has not been
+    published yet."""
     if not (results / "08_reader_exits.csv").exists():
         return ""
     t = per_model(results, "08_reader_exits.csv")
     shown = pd.DataFrame({
-        "model": t["model"], "task": t["task"], "reader": t["reader"], "n": t["n"],
+        "model": t["model"], "task": t["task"], "reader": t["reader"], "rule": t["rule"], "n": t["n"],
         "layers saved": t["layers_saved"].map(pct), "consistency": t["consistency"].map("{:.3f}".format),
         "accuracy change": t["accuracy_change_pts"].map(pts), "reader's oracle": t["reader oracle saved"].map(pct)})
-    text = (f"**Learned readers (chapter 08)** — {provenance(t)}; one rule per reader: exit at the first layer whose "
-            "label-word confidence reaches a threshold chosen on the train split read out of fold (≤ 1.5 points of "
-            "consistency lost), replayed on test:\n\n" + markdown_table(shown))
+    text = (f"**Learned readers (chapter 08)** — {provenance(t)}; probe C = {t['probe_C'].iloc[0]:g} (chosen by its "
+            "out-of-fold exits on train); two rules per reader, each fitted and thresholded on the train split read "
+            "out of fold (≤ 1.5 points of consistency lost), replayed on test: *threshold* (exit at the first layer "
+            "whose label-word confidence reaches it) and *logistic* (logistic regression on confidence, depth):\n\n"
+            + markdown_table(shown))
+    real_path = results / "08_real_run.csv"
+    if real_path.exists():
+        r = pd.read_csv(real_path)
+        runs = r[r["run"] != "full model"]
+        text += (f"\n\nRun for real (batch 1, n = {int(r['n'].iloc[0])}, one timing each; exits and answers equal the "
+                 "replay's): " + "; ".join(f"{row['run']} {row['measured speedup']:.2f}× measured against "
+                                          f"{row['ideal speedup']:.2f}× ideal "
+                                          f"({row['measured speedup'] / row['ideal speedup']:.2f} of it)"
+                                          for _, row in runs.iterrows()) + ".")
     cert_path, shift_path = results / "08_certified.csv", results / "08_domain_shift.csv"
     if cert_path.exists():
         c = pd.read_csv(cert_path)
@@ -214,7 +226,8 @@ def learned_readers(results: Path) -> str:
         text += (f"\n\nCertified (Learn-then-Test, δ = {pct(c.delta.iloc[0])}, ε = {pct(c.epsilon.iloc[0])}, on "
                  f"the first {int(c['n calibration'].iloc[0])} test prompts; the other {int(c['held-out n'].iloc[0])} "
                  "check): " + "; ".join(
-                     f"{r['reader']} certifies {t} and saves {pct(r['held-out layers_saved'])} at consistency "
+                     f"{r['reader']} ({r['rule']} rule) certifies {t} and saves {pct(r['held-out layers_saved'])} at "
+                     "consistency "
                      f"{r['held-out consistency']:.3f} (uncertified: {pct(r['uncertified held-out layers_saved'])})"
                      for t, (_, r) in zip(certified, c.iterrows())) + ".")
     if shift_path.exists():
