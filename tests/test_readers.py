@@ -533,3 +533,24 @@ def test_the_probes_c_is_the_one_whose_out_of_fold_exits_save_the_most(tiny, tra
         choose_probe_c(tiny, train, st_train, ())
     with pytest.raises(ValueError, match="C"):
         choose_probe_c(tiny, train, st_train, (0.0,))
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "gemma", "gemma3_text", "opt"])
+def test_reader_exits_equal_the_replay_on_every_model_family(default_tokenizer, task, family):
+    """Every model family the suite loads (tiny random models of each): a probe and a tuned lens fitted on its
+    states run inside the runner and exit and answer where their replay says, batched."""
+    model = make_tiny_model(family, default_tokenizer)
+    with torch.no_grad():
+        model.unembed.weight.mul_(300.0)
+    train, test = (trace_task(model, task, split=s, cache=False, progress=False) for s in ("train", "test"))
+    st_train, st_test = (task_states(model, task, s, cache=False, progress=False) for s in ("train", "test"))
+    for reader in (ProbeReader().fit(model, train, st_train),
+                   TunedLensReader(translator="bias", steps=20).fit(model, train, st_train)):
+        read = reader.read(model, test, st_test)
+        rule = FeatureThresholdRule(feature="label_top_prob", threshold=_middle_threshold(read), min_layer=1,
+                                    label_words=task.label_words)
+        exits, preds = _replayed(rule, read)
+        assert len(np.unique(exits)) > 1, f"{family}: the test needs prompts exiting at different layers"
+        res = run_early_exit(model, task.prompts("test"), rule, reader=reader, prefix=task.prefix, batch_size=5)
+        np.testing.assert_array_equal(res.exit_layers, exits, err_msg=f"{family} {reader.kind}")
+        np.testing.assert_array_equal(res.predictions, preds, err_msg=f"{family} {reader.kind}")
