@@ -12,8 +12,8 @@ demonstrations, ``--n`` test and ``--n-train`` train prompts), on ``--model`` (d
    fitted and thresholded on the OUT-OF-FOLD train table for at most ``--max-loss`` of consistency
    (``fit_reader_rule``), then replayed on
    test: layers saved, consistency, accuracy change; the oracle of the lens and of each reader;
-5. Learn-then-Test (disagreement risk, δ = ``--delta``, ε = 0.05) on the first half of the test prompts as the
-   calibration split, evaluated on the second half;
+5. Learn-then-Test (disagreement risk, δ = ``--delta``, ε = 0.05; ``certify_reader_rule``: candidates refined near
+   1) on the first half of the test prompts as the calibration split, evaluated on the second half;
 6. a real compute-skipping run of each probe rule on ``--real`` test prompts (0: none): exits and answers equal
    the replay's.
 
@@ -30,9 +30,8 @@ import numpy as np
 import pandas as pd
 
 import adainfer_lib as ai
-from adainfer_lib.certification import certify_threshold
 from adainfer_lib.common.replay import layers_saved
-from adainfer_lib.evaluation.reader_rules import READER_RULES, choose_probe_c, fit_reader_rule
+from adainfer_lib.evaluation.reader_rules import READER_RULES, certify_reader_rule, choose_probe_c, fit_reader_rule
 from adainfer_lib.readers import LogitLensReader, choose_translator, out_of_fold_trace, task_states
 from adainfer_lib.rules.tuning import simulate
 
@@ -58,7 +57,7 @@ def certify(rule, table, delta) -> dict:
     half = len(examples) // 2
     calib = table[table["example"].isin(examples[:half])]
     held = table[table["example"].isin(examples[half:])]
-    certified, cert = certify_threshold(rule, calib, delta=delta, epsilon=0.05)
+    certified, cert = certify_reader_rule(rule, calib, delta=delta, epsilon=0.05)
     return {"certified_threshold": cert.threshold, "n_calibration": cert.n,
             **{f"held_{k}": v for k, v in simulate(certified, held).items()
                if k in ("layers_saved", "consistency", "accuracy_change_pts", "n")}}

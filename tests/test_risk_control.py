@@ -436,3 +436,23 @@ def test_violations_and_price_figures_plot_the_summaries():
     assert any(np.allclose(line.get_ydata(), 0.42) for line in ax.lines)
     assert [t.get_text() for t in ax.get_legend().get_texts()][:2] == ["2%", "10%"]
     plt.close("all")
+
+
+def test_a_readers_crowded_confidences_are_certified_on_the_refined_grid():
+    """A learned reader's confidences crowd near 1 (a probe's chosen thresholds are 0.99x): on the default 0.01 grid
+    the first candidate below 1.00 is 0.99, where every prompt stops at once, so nothing is certified and nothing is
+    saved; ``certify_reader_rule`` tests the refined candidates in between and certifies a rule that saves layers
+    within the guarantee."""
+    from adainfer_lib.evaluation.reader_rules import CERTIFICATION_CANDIDATES, certify_reader_rule
+
+    train, cal = synthetic_table(150, 12, seed=7), synthetic_table(600, 12, seed=8)
+    crowd = lambda t: t.assign(label_top_prob=0.99 + 0.0099 * t["label_top_prob"])  # noqa: E731  in [0.99, 1)
+    train, cal = crowd(train), crowd(cal)
+    rule = ai.ExitPolicy("threshold", features=("label_top_prob",), min_layer=1).fit(train)
+    coarse_rule, coarse = ai.certify_threshold(rule, cal, delta=0.1, epsilon=0.05)
+    assert ai.simulate(coarse_rule, cal)["layers_saved"] == 0.0
+    certified, cert = certify_reader_rule(rule, cal, delta=0.1, epsilon=0.05)
+    assert 0.99 < cert.threshold < 1.0 and cert.threshold in CERTIFICATION_CANDIDATES
+    sim = ai.simulate(certified, cal)
+    assert sim["layers_saved"] > 0.05 and 1 - sim["consistency"] <= rc.max_certifiable_risk(600, 0.1, 0.05) + 1e-12
+    np.testing.assert_array_equal(cert.thresholds, CERTIFICATION_CANDIDATES)

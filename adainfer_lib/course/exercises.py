@@ -820,15 +820,16 @@ def check_08_probe_agreement(probe_trace, lens_trace, layer: int, answer) -> Fee
 def check_08_recertified_threshold(rule, table, calibration_examples, answer, *, delta: float = 0.10,
                                    epsilon: float = 0.05) -> Feedback:
     """Exercise 08.2: the threshold Learn-then-Test certifies (at ``delta``, ``epsilon``) for ``rule`` moved to
-    the data of ``table`` (``rule.for_task(table)``) on the prompts ``calibration_examples`` of that table."""
-    from ..certification import certify_threshold
+    the data of ``table`` (``rule.for_task(table)``) on the prompts ``calibration_examples`` of that table, as
+    section 8 certifies (``evaluation.reader_rules.certify_reader_rule``)."""
+    from ..evaluation.reader_rules import certify_reader_rule
 
     calibration = table[table.example.isin(np.asarray(calibration_examples))]
     if calibration.empty:
         raise ValueError("calibration_examples selects no prompt of the table")
     moved = rule.for_task(table)
-    _, cert = certify_threshold(moved, calibration, delta=delta, epsilon=epsilon)
-    _, strict = certify_threshold(moved, calibration, delta=0.05, epsilon=epsilon)
+    _, cert = certify_reader_rule(moved, calibration, delta=delta, epsilon=epsilon)
+    _, strict = certify_reader_rule(moved, calibration, delta=0.05, epsilon=epsilon)
     fmt = lambda t: "nothing" if t is None else f"{t:g}"  # noqa: E731
     return _threshold_verdict(
         answer, cert.threshold, what=f"the threshold certified at δ = {delta:g}",

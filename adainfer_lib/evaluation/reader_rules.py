@@ -8,6 +8,9 @@ by the exits it allows: what chapter 08 and ``benchmarks/reader_exits.py`` both 
 - ``fit_reader_rule(kind, oof_table)``: one of them fitted on the reader's out-of-fold train feature table and its
   threshold chosen there (``rules.tuning.choose_threshold``: the most layers saved within ``max_loss`` of
   consistency);
+- ``certify_reader_rule(rule, calibration)``: chapter 06's Learn-then-Test on a reader's rule, over
+  ``CERTIFICATION_CANDIDATES`` (the same grid refined near 1: on the default 0.01 grid the first candidate below
+  1.00 is 0.99, so a probe whose right threshold is 0.995 certified nothing and saved 0%);
 - ``choose_probe_c(model, train, states, cs)``: the ``ProbeReader`` whose C lets its threshold rule save the most
   layers on the out-of-fold train table within ``max_loss`` (ties: the better out-of-fold agreement). Agreement
   alone prefers a weaker regularisation whose confidences are too sure of themselves to exit early (measured on
@@ -20,6 +23,7 @@ from typing import Callable, Sequence
 
 import pandas as pd
 
+from ..certification import Certification, certify_threshold
 from ..common.checks import check_choice, check_int, check_number
 from ..features.table import feature_table
 from ..readers import ProbeReader, out_of_fold_trace
@@ -32,6 +36,10 @@ READER_RULES: dict[str, Callable[[], ExitPolicy]] = {
     "logistic": lambda: ExitPolicy("logistic", features=("label_top_prob", "layer_frac"), min_layer=1,
                                    label_scheme="consistent"),
 }
+
+#: Learn-then-Test candidates for a reader's rule, conservative → aggressive: ``CONFIDENCE_THRESHOLDS`` up to 1.
+CERTIFICATION_CANDIDATES: tuple[float, ...] = tuple(sorted((float(t) for t in CONFIDENCE_THRESHOLDS if t <= 1.0),
+                                                           reverse=True))
 
 
 def fit_reader_rule(kind: str, oof_table: pd.DataFrame, *, max_loss: float = 0.015) -> ExitPolicy:
@@ -46,6 +54,16 @@ def fit_reader_rule(kind: str, oof_table: pd.DataFrame, *, max_loss: float = 0.0
     threshold, _ = choose_threshold(rule, oof_table, max_loss=max_loss, metric="consistency",
                                     thresholds=CONFIDENCE_THRESHOLDS if kind == "threshold" else None)
     return rule.with_threshold(threshold)
+
+
+def certify_reader_rule(rule, calibration: pd.DataFrame, *, delta: float = 0.05,
+                        epsilon: float = 0.05) -> tuple[ExitPolicy, Certification]:
+    """``certification.certify_threshold`` (Learn-then-Test, disagreement risk, fixed-sequence binomial tests:
+    no labels needed) of a reader's ``rule`` on the feature table ``calibration`` of prompts the reader and the rule
+    never saw, over ``CERTIFICATION_CANDIDATES``. Returns (the certified copy of the rule, its ``Certification``);
+    the copy never exits early when nothing is certified. ``ValueError`` for ``delta`` or ``epsilon`` outside
+    (0, 1)."""
+    return certify_threshold(rule, calibration, delta=delta, epsilon=epsilon, thresholds=CERTIFICATION_CANDIDATES)
 
 
 def choose_probe_c(model, train, states, cs: Sequence[float] = (0.01, 0.05, 0.2), *, max_loss: float = 0.015,

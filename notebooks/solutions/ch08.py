@@ -20,8 +20,8 @@ def exercise_1(train, test, train_states, test_states, layer: int) -> float:
 
 def exercise_2(rule, table, calibration_examples, delta: float = 0.10) -> float | None:
     """The rule moved to the new data's batch calibration, certified on the first half of its prompts."""
-    from adainfer_lib.certification import certify_threshold
+    from adainfer_lib.evaluation.reader_rules import certify_reader_rule
 
     moved = rule.for_task(table)
     calibration = table[table.example.isin(calibration_examples)]
-    return certify_threshold(moved, calibration, delta=delta, epsilon=0.05)[1].threshold
+    return certify_reader_rule(moved, calibration, delta=delta, epsilon=0.05)[1].threshold
