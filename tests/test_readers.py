@@ -429,26 +429,35 @@ def test_states_equal_the_models_and_the_cache_is_keyed_and_rebuilt(default_toke
 # ---- the real default model --------------------------------------------------------------------------
 
 
+def _fitted_reader_runs(model, task, *, steps: int, min_layer: int, batch_size: int) -> list:
+    """Trace both splits of ``task`` (no cache), fit a probe and a bias-only tuned lens (``steps``) on train, and run
+    each for real at a median-confidence threshold from ``min_layer``: its exits and answers must equal its replay
+    (asserted here). Returns the runs."""
+    train, test = (trace_task(model, task, split=s, cache=False, progress=False) for s in ("train", "test"))
+    st_train, st_test = (task_states(model, task, s, cache=False, progress=False) for s in ("train", "test"))
+    runs = []
+    for reader in (ProbeReader().fit(model, train, st_train),
+                   TunedLensReader(translator="bias", steps=steps).fit(model, train, st_train)):
+        read = reader.read(model, test, st_test)
+        rule = FeatureThresholdRule(feature="label_top_prob", threshold=_middle_threshold(read), min_layer=min_layer,
+                                    label_words=task.label_words)
+        exits, preds = _replayed(rule, read)
+        where = f"{model.name} {reader.kind}"
+        assert len(np.unique(exits)) > 1, f"{where}: the test needs prompts exiting at different layers"
+        res = run_early_exit(model, task.prompts("test"), rule, reader=reader, prefix=task.prefix,
+                             batch_size=batch_size)
+        np.testing.assert_array_equal(res.exit_layers, exits, err_msg=where)
+        np.testing.assert_array_equal(res.predictions, preds, err_msg=where)
+        runs.append(res)
+    return runs
+
+
 @pytest.mark.slow
 def test_default_model_reader_exits_equal_the_replay(default_model):
     sources.prepare_sources()
     task = load_task("sentiment", n=6, n_train=40, shots=4, seed=0)
-    m = default_model
-    train = trace_task(m, task, split="train", cache=False, progress=False)
-    test = trace_task(m, task, cache=False, progress=False)
-    st_train = task_states(m, task, "train", cache=False, progress=False)
-    st_test = task_states(m, task, "test", cache=False, progress=False)
-    for reader in (ProbeReader().fit(m, train, st_train),
-                   TunedLensReader(translator="bias", steps=60).fit(m, train, st_train)):
-        read = reader.read(m, test, st_test)
-        rule = FeatureThresholdRule(feature="label_top_prob", threshold=_middle_threshold(read), min_layer=2,
-                                    label_words=task.label_words)
-        exits, preds = _replayed(rule, read)
-        assert len(np.unique(exits)) > 1
-        res = run_early_exit(m, task.prompts("test"), rule, reader=reader, prefix=task.prefix, batch_size=3)
-        np.testing.assert_array_equal(res.exit_layers, exits)
-        np.testing.assert_array_equal(res.predictions, preds)
-        assert res.layers_saved > 0
+    runs = _fitted_reader_runs(default_model, task, steps=60, min_layer=2, batch_size=3)
+    assert all(res.layers_saved > 0 for res in runs)
 
 
 def test_decision_runs_counted_by_hand():
@@ -542,15 +551,4 @@ def test_reader_exits_equal_the_replay_on_every_model_family(default_tokenizer, 
     model = make_tiny_model(family, default_tokenizer)
     with torch.no_grad():
         model.unembed.weight.mul_(300.0)
-    train, test = (trace_task(model, task, split=s, cache=False, progress=False) for s in ("train", "test"))
-    st_train, st_test = (task_states(model, task, s, cache=False, progress=False) for s in ("train", "test"))
-    for reader in (ProbeReader().fit(model, train, st_train),
-                   TunedLensReader(translator="bias", steps=20).fit(model, train, st_train)):
-        read = reader.read(model, test, st_test)
-        rule = FeatureThresholdRule(feature="label_top_prob", threshold=_middle_threshold(read), min_layer=1,
-                                    label_words=task.label_words)
-        exits, preds = _replayed(rule, read)
-        assert len(np.unique(exits)) > 1, f"{family}: the test needs prompts exiting at different layers"
-        res = run_early_exit(model, task.prompts("test"), rule, reader=reader, prefix=task.prefix, batch_size=5)
-        np.testing.assert_array_equal(res.exit_layers, exits, err_msg=f"{family} {reader.kind}")
-        np.testing.assert_array_equal(res.predictions, preds, err_msg=f"{family} {reader.kind}")
+    assert len(_fitted_reader_runs(model, task, steps=20, min_layer=1, batch_size=5)) == 2

@@ -148,7 +148,8 @@ def test_08_the_real_runs_reach_most_of_the_ideal_speedup():
     real = table("08_real_run").set_index("run")
     rules = real.drop(index="full model")
     assert len(rules) == 3 and (rules["measured speedup"] > 1.0).all()
-    assert (rules["measured speedup"] / rules["ideal speedup"] >= 0.8).all()
+    np.testing.assert_allclose(rules["measured / ideal"], rules["measured speedup"] / rules["ideal speedup"], atol=1e-3)
+    assert (rules["measured / ideal"] >= 0.8).all()
 
 
 def test_08_certified_reader_rules_keep_the_guarantee_on_the_held_out_half():

@@ -216,8 +216,7 @@ def learned_readers(results: Path) -> str:
         runs = r[r["run"] != "full model"]
         text += (f"\n\nRun for real (batch 1, n = {int(r['n'].iloc[0])}, one timing each; exits and answers equal the "
                  "replay's): " + "; ".join(f"{row['run']} {row['measured speedup']:.2f}× measured against "
-                                          f"{row['ideal speedup']:.2f}× ideal "
-                                          f"({row['measured speedup'] / row['ideal speedup']:.2f} of it)"
+                                          f"{row['ideal speedup']:.2f}× ideal ({row['measured / ideal']:.2f} of it)"
                                           for _, row in runs.iterrows()) + ".")
     cert_path, shift_path = results / "08_certified.csv", results / "08_domain_shift.csv"
     if cert_path.exists():
