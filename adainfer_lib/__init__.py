@@ -81,6 +81,7 @@ from .generation import (
                     GenerationResult,
                     TopProbRule,
                     UnsupportedStrategyError,
+                    generate_batch,
                     generate_early_exit,
                     greedy_generate,
                     plots_generation,
@@ -166,7 +167,7 @@ __all__ = [
     # generation
     "CACHE_STRATEGIES", "TopProbRule", "GenerationResult", "UnsupportedStrategyError", "greedy_generate",
     "generate_early_exit", "speculative_generate", "sequence_nll", "GenerationConfig", "run_generation_study",
-    "summarize_study", "token_settling", "plots_generation",
+    "summarize_study", "token_settling", "plots_generation", "generate_batch",
     # figures, widgets, course
     "ExitExplorer", "load_saved_policies", "NotebookSettings", "setup_notebook",
     # modules used as namespaces in the notebooks

@@ -5,6 +5,7 @@ inputs give clear errors. Tiny random models of several families; the default mo
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -202,3 +203,99 @@ def test_never_exit_on_the_default_model(default_model):
     for strategy in ai.CACHE_STRATEGIES:
         assert ai.generate_early_exit(default_model, prompt, never, strategy=strategy,
                                       max_new_tokens=8).tokens.tolist() == reference
+
+
+BATCH_PROMPTS = [PROMPT, "Bad.", "An utterly charming film, with a cast of"]  # three lengths: left padding
+
+
+def _mixed_rule(model):
+    """A top-prob rule from layer 1 whose threshold is the median top prob at layer 1 of a batch-size-1 run: some
+    tokens exit at layer 1, the others later — so rows of one batch exit at different layers."""
+    probe = ai.generate_early_exit(model, PROMPT, ai.TopProbRule(0.0, min_layer=1), max_new_tokens=10)
+    return ai.TopProbRule(float(np.median(probe.features["top_prob"][1:])), min_layer=1)
+
+
+@pytest.fixture(scope="module")
+def tiny_gemma(default_tokenizer):
+    return make_tiny_model("gemma", default_tokenizer)  # eager attention: the batch's masks are additive floats
+
+
+def test_batched_generation_with_eager_attention(tiny_gemma):
+    assert tiny_gemma.hf_model.config._attn_implementation == "eager"
+    test_batched_generation_decides_what_batch_size_one_decides(tiny_gemma)
+
+
+def test_batched_generation_decides_what_batch_size_one_decides(tiny):
+    rule = _mixed_rule(tiny)
+    if getattr(tiny.hf_model.config, "sliding_window", None):  # the tiny Gemma-3's window is 4 positions
+        with pytest.raises(ValueError, match="sliding window"):
+            ai.generate_batch(tiny, BATCH_PROMPTS, rule, max_new_tokens=10)
+        return
+    supported = [s for s in ai.CACHE_STRATEGIES
+                 if s != "propagate" or tiny.hf_model.config.model_type in loop.PROPAGATE_MODEL_TYPES]
+    runs = {None: ([ai.greedy_generate(tiny, p, max_new_tokens=10) for p in BATCH_PROMPTS],
+                   ai.generate_batch(tiny, BATCH_PROMPTS, max_new_tokens=10))}
+    for strategy in supported:
+        runs[strategy] = ([ai.generate_early_exit(tiny, p, rule, strategy=strategy, max_new_tokens=10)
+                           for p in BATCH_PROMPTS],
+                          ai.generate_batch(tiny, BATCH_PROMPTS, rule, strategy=strategy, max_new_tokens=10,
+                                            batch_size=2))  # two chunks
+    for strategy, (single, batched) in runs.items():
+        for one, many in zip(single, batched):
+            assert many.tokens.tolist() == one.tokens.tolist(), (strategy, one.prompt)
+            assert many.exit_layers.tolist() == one.exit_layers.tolist(), (strategy, one.prompt)
+            assert many.layers_computed.tolist() == one.layers_computed.tolist(), (strategy, one.prompt)
+            np.testing.assert_allclose(many.features["top_prob"], one.features["top_prob"], rtol=1e-4, atol=1e-6)
+            assert np.isnan(many.seconds) and many.method == (strategy or "full")
+    exits = np.concatenate([r.exit_layers[1:] for r in runs["skip"][0]])
+    assert (exits == 1).any() and (exits > 1).any(), "the rule must make rows of one batch exit at different layers"
+
+
+def test_batched_skip_needs_its_holes(tiny_llama):
+    """Without the per-layer masks, the batch would attend to keys batch size 1 never wrote: it must differ."""
+    from adainfer_lib.generation import batched
+
+    rule = _mixed_rule(tiny_llama)
+    single = [ai.generate_early_exit(tiny_llama, p, rule, strategy="skip", max_new_tokens=10) for p in BATCH_PROMPTS]
+    assert [r.tokens.tolist() for r in ai.generate_batch(tiny_llama, BATCH_PROMPTS, rule, max_new_tokens=10)] == \
+        [r.tokens.tolist() for r in single]
+    original = batched._BatchStep.before
+    try:
+        batched._BatchStep.before = lambda self, index, args, kwargs: original(self, 0, args, kwargs)  # layer 1's mask
+        leaky = ai.generate_batch(tiny_llama, BATCH_PROMPTS, rule, max_new_tokens=10)
+    finally:
+        batched._BatchStep.before = original
+    assert [r.tokens.tolist() for r in leaky] != [r.tokens.tolist() for r in single]
+
+
+def test_timed_study_runs_a_subset_at_batch_size_one(tiny_llama):
+    configs = {"skip": ai.GenerationConfig("skip", _mixed_rule(tiny_llama))}
+    reference = ai.generation.full_model_runs(tiny_llama, BATCH_PROMPTS, max_new_tokens=6, timed=1)
+    assert np.isfinite(reference[0].seconds) and np.isnan(reference[1].seconds) and np.isnan(reference[2].seconds)
+    table = ai.run_generation_study(tiny_llama, BATCH_PROMPTS, configs, max_new_tokens=6, timed=1,
+                                    reference=reference, progress=False)
+    skip = table[table.config == "skip"].set_index("prompt")
+    assert skip.batch_match.tolist()[0] == 1.0 and skip.batch_match.iloc[1:].isna().all()
+    assert np.isfinite(skip.seconds[0]) and skip.seconds.iloc[1:].isna().all()
+    summary = ai.summarize_study(table, tiny_llama.n_layers).set_index("config")
+    assert summary.loc["skip", "n_timed"] == 1 and summary.loc["skip", "batch_match_rate"] == 1.0
+    assert np.isfinite(summary.loc["skip", "measured_speedup"])
+    untimed = ai.run_generation_study(tiny_llama, BATCH_PROMPTS, configs, max_new_tokens=6, progress=False)
+    assert untimed.drop(columns=["seconds", "full_seconds", "batch_match"]).equals(
+        table.drop(columns=["seconds", "full_seconds", "batch_match"]))
+    with pytest.raises(ValueError, match="reference must be the full model's runs"):
+        ai.run_generation_study(tiny_llama, BATCH_PROMPTS[:2], configs, max_new_tokens=6, reference=reference)
+    with pytest.raises(ValueError, match="more than the 3 prompts"):
+        ai.run_generation_study(tiny_llama, BATCH_PROMPTS, configs, max_new_tokens=6, timed=4)
+
+
+@pytest.mark.slow
+def test_batched_generation_on_the_default_model(default_model):
+    prompts = ["Pretty much sucks, but has a funny moment", "The plot of this film", "A quiet film about grief"]
+    rule = ai.TopProbRule(0.9, min_layer=24)
+    for strategy in ai.CACHE_STRATEGIES:
+        batched = ai.generate_batch(default_model, prompts, rule, strategy=strategy, max_new_tokens=16, check_every=2)
+        for prompt, many in zip(prompts, batched):
+            one = ai.generate_early_exit(default_model, prompt, rule, strategy=strategy, max_new_tokens=16,
+                                         check_every=2)
+            assert ai.generation.study.same_decisions(many, one), (strategy, prompt)

@@ -47,7 +47,9 @@ SIZES: dict[str, tuple[int, int, int]] = {
     "ch06.fresh": (6, 100, 100),            # fresh prompts for the real run of the certified rule
     "ch06.calibration": (32, 1000, 1000),   # calibration-set size (at most half the pool)
     "ch06.timed": (1, 5, 10),
-    "ch07.prompts": (2, 20, 100),           # generation: the main study
+    "ch07.prompts": (2, 20, 100),           # generation: the main study (batched, batch size 1's decisions)
+    "ch07.timed": (1, 4, 12),               # ... of which run again at batch size 1, timed (and checked)
+    "ch07.sweep_timed": (1, 2, 4),          # sweep prompts timed at batch size 1 per threshold
     "ch07.sweep": (1, 4, 10),
     "ch07.speculative": (1, 4, 12),
     "ch07.settling": (1, 4, 8),

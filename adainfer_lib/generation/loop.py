@@ -188,14 +188,15 @@ def _set_arg(signature: inspect.Signature, args: tuple, kwargs: dict, name: str,
 
 
 def _apply_rope(attn, keys: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotary positions of ``keys`` (1, heads, q, head_dim) with the family's own ``apply_rotary_pos_emb``."""
+    """Rotary positions of ``keys`` (rows, heads, q, head_dim) with the family's own ``apply_rotary_pos_emb``."""
     module = importlib.import_module(type(attn).__module__)
     return module.apply_rotary_pos_emb(keys, keys, cos, sin)[1]
 
 
-def project_kv(layer, hidden: torch.Tensor, position_embeddings, cache, layer_idx: int) -> None:
-    """CALM's propagation for one skipped layer: the key/value projections of ``hidden`` (1, q, H) — the
-    state copied up from the exit — written into ``cache`` at ``layer_idx`` (Llama-style layers)."""
+def propagated_kv(layer, hidden: torch.Tensor, position_embeddings) -> tuple[torch.Tensor, torch.Tensor]:
+    """CALM's propagation for one skipped layer: the key/value projections (rows, heads, q, head_dim) of
+    ``hidden`` (rows, q, H) — the state copied up from the exit — with the layer's input norm, key (and value)
+    norms where the family has them and rotary positions ``position_embeddings`` (cos, sin) (Llama-style)."""
     attn = layer.self_attn
     x = layer.input_layernorm(hidden)
     shape = (*x.shape[:-1], -1, attn.head_dim)
@@ -206,7 +207,12 @@ def project_kv(layer, hidden: torch.Tensor, position_embeddings, cache, layer_id
     if getattr(attn, "v_norm", None) is not None:
         values = attn.v_norm(values)
     cos, sin = position_embeddings
-    cache.update(_apply_rope(attn, keys, cos, sin), values, layer_idx)
+    return _apply_rope(attn, keys, cos, sin), values
+
+
+def project_kv(layer, hidden: torch.Tensor, position_embeddings, cache, layer_idx: int) -> None:
+    """``propagated_kv`` of ``hidden`` (1, q, H) written into ``cache`` at ``layer_idx``."""
+    cache.update(*propagated_kv(layer, hidden, position_embeddings), layer_idx)
 
 
 @dataclass

@@ -2,6 +2,11 @@
 (cache strategy × exit rule, or self-speculative decoding), compared token by token with the full model's
 greedy output, scored by the full model's negative log-likelihood, with layers saved and wall-clock time
 measured side by side; and, from one teacher-forced full run, the layer at which each generated token settles.
+
+With ``timed=k`` a study generates every prompt in batches (``batched.generate_batch``: the decisions of batch
+size 1, untimed) and runs only the first ``k`` prompts again at batch size 1, with the clock — where an early
+exit's speed is measured; those runs are the results for those prompts, and ``batch_match`` records whether
+the batch had decided the same.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import torch
 from ..common.replay import oracle_exits
 from ..model.hooks import residual_states
 from ..model.loading import LensModel
+from .batched import generate_batch
 from .loop import GenerationResult, generate_early_exit, greedy_generate, sequence_nll
 from .speculative import speculative_generate
 
@@ -53,29 +59,85 @@ class GenerationConfig:
                                    check_every=self.check_every)
 
 
+def same_decisions(a: GenerationResult, b: GenerationResult) -> bool:
+    """Whether two runs of one prompt decided the same: equal tokens, exit layers and layers computed."""
+    return (np.array_equal(a.tokens, b.tokens) and np.array_equal(a.exit_layers, b.exit_layers)
+            and np.array_equal(a.layers_computed, b.layers_computed))
+
+
+def _check_timed(timed: int | None, n: int) -> None:
+    if timed is not None and (isinstance(timed, bool) or not isinstance(timed, (int, np.integer)) or timed < 0):
+        raise ValueError(f"timed must be None (every prompt at batch size 1) or a count >= 0, got {timed!r}")
+    if timed is not None and timed > n:
+        raise ValueError(f"timed={timed} is more than the {n} prompts")
+
+
+def _runs(model: LensModel, prompts: list[str], cfg: GenerationConfig | None, max_new_tokens: int,
+          timed: int | None) -> tuple[list[GenerationResult], list[float]]:
+    """One configuration (None: the full model) on every prompt: the results, and per prompt whether the
+    batched decisions equal batch size 1's (NaN where the prompt was not run both ways)."""
+    def single(prompt: str) -> GenerationResult:
+        if cfg is None:
+            return greedy_generate(model, prompt, max_new_tokens=max_new_tokens)
+        return cfg.run(model, prompt, max_new_tokens)
+
+    if timed is None or (cfg is not None and cfg.method == "speculative"):  # speculative: batch size 1 only
+        return [single(p) for p in prompts], [float("nan")] * len(prompts)
+    batched = generate_batch(model, prompts, None if cfg is None else cfg.rule,
+                             strategy="skip" if cfg is None else cfg.method, max_new_tokens=max_new_tokens,
+                             check_every=1 if cfg is None else cfg.check_every)
+    timed_runs = [single(p) for p in prompts[:timed]]
+    match = [float(same_decisions(a, b)) for a, b in zip(batched, timed_runs)]
+    return timed_runs + batched[timed:], match + [float("nan")] * (len(prompts) - timed)
+
+
+def full_model_runs(model: LensModel, prompts: Sequence[str], *, max_new_tokens: int = 32,
+                    timed: int | None = None) -> list[GenerationResult]:
+    """The full model's greedy output for ``prompts``: every prompt at batch size 1, timed (``timed=None``), or
+    all in batches and the first ``timed`` again at batch size 1, timed (the others' ``seconds`` are NaN). The
+    ``reference`` a study compares with; pass it to ``run_generation_study`` to run the full model once."""
+    prompts = list(prompts)
+    _check_timed(timed, len(prompts))
+    return _runs(model, prompts, None, max_new_tokens, timed)[0]
+
+
 def run_generation_study(model: LensModel, prompts: Sequence[str], configs: dict[str, GenerationConfig], *,
-                         max_new_tokens: int = 32, progress: bool = True) -> pd.DataFrame:
+                         max_new_tokens: int = 32, timed: int | None = None,
+                         reference: Sequence[GenerationResult] | None = None, progress: bool = True) -> pd.DataFrame:
     """One row per prompt × configuration (plus the full model's own rows, ``config == "full"``).
 
-    For each prompt the full model's greedy continuation runs first, then each configuration, back to back
-    (interleaved timing on the same prompt). Columns: ``config``, ``method``, ``threshold``, ``min_layer``,
-    ``prompt``, ``n_tokens``, ``agree_tokens`` (tokens before the first divergence from the full model's
-    output), ``full_match`` (the whole sequence equal), ``nll`` (the full model's mean NLL of the generated
-    tokens, nats per token), ``repetition``, ``layers_saved`` (1 − mean exit layer / L), ``compute_saved``
-    (layers that did not run), ``seconds`` and ``full_seconds`` (the full model on the same prompt),
-    ``drafted``/``accepted``/``verify_passes`` (speculative).
-    """
+    ``timed=None``: every prompt at batch size 1, the full model and each configuration back to back
+    (interleaved timing on the same prompt). ``timed=k``: every prompt in batches (``generate_batch``, untimed),
+    then the first ``k`` prompts at batch size 1, timed; speculative decoding runs at batch size 1 always.
+    ``reference``: the full model's runs of these prompts (``full_model_runs``), reused instead of run again.
+
+    Columns: ``config``, ``method``, ``threshold``, ``min_layer``, ``prompt``, ``n_tokens``, ``agree_tokens``
+    (tokens before the first divergence from the full model's output), ``full_match`` (the whole sequence
+    equal), ``nll`` (the full model's mean NLL of the generated tokens, nats per token), ``repetition``,
+    ``layers_saved`` (1 − mean exit layer / L), ``compute_saved`` (layers that did not run), ``seconds`` and
+    ``full_seconds`` (the full model on the same prompt; NaN where untimed), ``batch_match`` (1.0 where the
+    batch decided what batch size 1 decided, NaN where the prompt ran one way only),
+    ``drafted``/``accepted``/``verify_passes`` (speculative). ``ValueError`` for no configuration, a bad
+    ``timed`` or a ``reference`` of another length or prompts."""
     from tqdm.auto import tqdm
 
     if not configs:
         raise ValueError("run_generation_study() needs at least one configuration")
+    prompts = list(prompts)
+    _check_timed(timed, len(prompts))
+    if reference is None:
+        reference = full_model_runs(model, prompts, max_new_tokens=max_new_tokens, timed=timed)
+    reference = list(reference)
+    if [r.prompt for r in reference] != prompts or any(r.method != "full" for r in reference):
+        raise ValueError("reference must be the full model's runs of these prompts, in order (full_model_runs)")
+    results = {"full": (reference, [float("nan")] * len(prompts))}
+    for name, cfg in tqdm(configs.items(), desc="generation study", disable=not progress):
+        results[name] = _runs(model, prompts, cfg, max_new_tokens, timed)
     rows = []
-    for i, prompt in enumerate(tqdm(list(prompts), desc="generation study", disable=not progress)):
-        full = greedy_generate(model, prompt, max_new_tokens=max_new_tokens)
-        results = {"full": full, **{name: cfg.run(model, prompt, max_new_tokens) for name, cfg in configs.items()}}
-        for name, r in results.items():
-            cfg = configs.get(name)
-            rule = getattr(cfg, "rule", None)
+    for name, (runs, match) in results.items():
+        cfg = configs.get(name)
+        rule = getattr(cfg, "rule", None)
+        for i, (r, full) in enumerate(zip(runs, reference)):
             rows.append({
                 "config": name, "method": r.method, "threshold": getattr(rule, "threshold", np.nan),
                 "min_layer": getattr(rule, "min_layer", np.nan), "prompt": i, "n_tokens": r.n_tokens,
@@ -84,26 +146,33 @@ def run_generation_study(model: LensModel, prompts: Sequence[str], configs: dict
                 "nll": sequence_nll(model, r.prompt_tokens, r.tokens), "repetition": repetition(r.tokens.tolist()),
                 "mean_exit_layer": float(np.mean(r.exit_layers)), "layers_saved": r.layers_saved,
                 "compute_saved": r.compute_saved, "seconds": r.seconds, "full_seconds": full.seconds,
-                "full_tokens": full.n_tokens, "drafted": r.drafted, "accepted": r.accepted,
+                "full_tokens": full.n_tokens, "batch_match": match[i], "drafted": r.drafted, "accepted": r.accepted,
                 "verify_passes": r.verify_passes, "text": r.text,
             })
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    order = {name: k for k, name in enumerate(results)}  # prompts within configurations, as before: by prompt
+    return table.sort_values(["prompt", "config"], key=lambda c: c.map(order) if c.name == "config" else c,
+                             kind="stable").reset_index(drop=True)
 
 
 def summarize_study(table: pd.DataFrame, n_layers: int) -> pd.DataFrame:
     """One row per configuration: ``n`` prompts, mean ``agree_tokens`` and ``agree_share`` (of the full
     model's tokens), ``full_match_rate``, mean ``nll`` and the full model's ``nll_full``, ``repetition``,
     ``layers_saved``, ``compute_saved``, ``ideal_speedup`` (L / mean layers computed per token),
-    ``measured_speedup`` (the full model's seconds per token over this configuration's, same prompts), and
-    for speculative decoding ``acceptance_rate`` and ``tokens_per_pass``."""
+    ``measured_speedup`` (the full model's seconds per token over this configuration's, on the ``n_timed``
+    prompts both ran with the clock), ``batch_match_rate`` (of the prompts run both batched and at batch size 1,
+    the share decided alike; NaN if none), and for speculative decoding ``acceptance_rate`` and
+    ``tokens_per_pass``."""
     full = table[table.config == "full"].set_index("prompt")
     rows = []
     for name, part in table.groupby("config", sort=False):
         ref = full.loc[part.prompt]
         computed = (1.0 - part.compute_saved) * part.n_tokens  # layer-fractions per sequence
-        per_token = part.seconds.sum() / part.n_tokens.sum()
-        full_per_token = ref.seconds.sum() / ref.n_tokens.sum()
+        clocked = np.isfinite(part.seconds.to_numpy()) & np.isfinite(ref.seconds.to_numpy())
+        per_token = part.seconds[clocked].sum() / part.n_tokens[clocked].sum() if clocked.any() else np.nan
+        full_per_token = ref.seconds[clocked].sum() / ref.n_tokens[clocked].sum() if clocked.any() else np.nan
         drafted = part.drafted.sum()
+        both_ways = part.batch_match.dropna() if "batch_match" in part else pd.Series(dtype=float)
         rows.append({
             "config": name, "method": part.method.iloc[0], "threshold": part.threshold.iloc[0],
             "min_layer": part.min_layer.iloc[0], "n": len(part), "tokens": int(part.n_tokens.sum()),
@@ -114,7 +183,8 @@ def summarize_study(table: pd.DataFrame, n_layers: int) -> pd.DataFrame:
             "layers_saved": float(((part.layers_saved) * part.n_tokens).sum() / part.n_tokens.sum()),
             "compute_saved": float(1.0 - computed.sum() / part.n_tokens.sum()),
             "ideal_speedup": float(part.n_tokens.sum() / computed.sum()),
-            "measured_speedup": full_per_token / per_token,
+            "measured_speedup": full_per_token / per_token, "n_timed": int(clocked.sum()),
+            "batch_match_rate": both_ways.mean() if len(both_ways) else np.nan,
             "acceptance_rate": part.accepted.sum() / drafted if drafted else np.nan,
             "tokens_per_pass": part.n_tokens.sum() / part.verify_passes.sum() if part.verify_passes.sum() else np.nan,
         })
