@@ -171,8 +171,18 @@ def generation(results: Path) -> str:
     by = t.set_index("method")
     skip, rec = by.loc["skip"], by.loc["recompute"]
     collapse = skip.nll >= math.log(100)
+    if "n_timed" in t:  # generated in batches with batch size 1's decisions; a subset timed at batch size 1
+        timed = int(t.n_timed.min())
+        match = t.batch_match_rate.dropna()
+        agreed = (f"{pct(match.min())}–{pct(match.max())}" if len(match) and match.min() < match.max()
+                  else pct(match.min()) if len(match) else "—")
+        how = (f"generated in batches with the decisions of batch size 1 (`generate_batch`); speed measured at batch "
+               f"size 1 on the first {timed} prompts, which the batch had decided exactly as batch size 1 did: "
+               f"{agreed} of them, per strategy")
+    else:
+        how = "batch size 1"
     text = (f"**Early exit in generation (chapter 07)** — {provenance(t)}; review openings (sentiment test split, "
-            f"first 8 words), {new_tokens} new tokens, greedy, batch size 1; one rule for every strategy: "
+            f"first 8 words), {new_tokens} new tokens, greedy, {how}; one rule for every strategy: "
             f"full-vocabulary `top_prob` ≥ {rule.threshold:g} from layer {int(rule.min_layer)}, checked every "
             f"{int(t.check_every.iloc[0])} layers:\n\n" + markdown_table(shown)
             + f"\n\nThe naive per-token exit (skip) {'collapses' if collapse else 'does not collapse'} here: the full "

@@ -74,7 +74,7 @@ def _joined_prefill(model: LensModel, prompt_ids: list[list[int]]):
         if hasattr(fresh, "cumulative_length"):
             fresh.cumulative_length = S
         joined.layers.append(fresh)
-    valid = torch.zeros(len(prompt_ids), S, dtype=torch.bool)
+    valid = torch.zeros(len(prompt_ids), S, dtype=torch.bool, device=model.device)
     for b, n in enumerate(lengths):
         valid[b, S - n:] = True
     return joined, torch.tensor(first), valid
@@ -111,7 +111,7 @@ class _BatchStep:
         mask = self.masks[index][:, None, None, :]          # (B, 1, 1, S+1): this layer's keys a row may see
         if self.model.hf_model.config._attn_implementation == "eager":
             dtype = layer_input(args, kwargs).dtype
-            mask = torch.zeros(mask.shape, dtype=dtype).masked_fill(~mask, torch.finfo(dtype).min)
+            mask = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
         if "attention_mask" in kwargs:
             return args, {**kwargs, "attention_mask": mask}
         return _set_arg(self.signatures[index], args, kwargs, "attention_mask", mask)
@@ -126,7 +126,7 @@ class _BatchStep:
 
     def _check(self, layer: int, h_all: torch.Tensor, h_prev_all: torch.Tensor) -> None:
         rows = np.flatnonzero(self.deciding)
-        idx = torch.from_numpy(rows)
+        idx = torch.from_numpy(rows).to(h_all.device)
         h = h_all.index_select(0, idx).float()
         stats = lens_stats(self.model, h, _EMPTY, full_vocab=True, top_k=1)
         check_finite((h, stats["top_prob"]), "the residual stream or its lens", model=self.model, layer=layer)
@@ -153,8 +153,8 @@ class _BatchStep:
         below = [b for b in self.exit_state if self.exit_layer[b] <= index]   # exited at layer <= index < index + 1
         if not below:
             return
-        idx = torch.tensor(below)
-        hidden = torch.cat([self.exit_state[b] for b in below])
+        idx = torch.tensor(below, device=self.cache.layers[index].keys.device)
+        hidden = torch.cat([self.exit_state[b] for b in below]).to(self.cache.layers[index].keys.device)
         rotary = self.signatures[index].bind_partial(*args, **kwargs).arguments["position_embeddings"]
         cos, sin = (t.index_select(0, idx) if t.shape[0] > 1 else t for t in rotary)
         keys, values = propagated_kv(self.model.layers[index], hidden, (cos, sin))
@@ -209,9 +209,9 @@ def _generate_chunk(model: LensModel, prompts: list[str], rule, strategy: str, m
         running = np.array([len(t) < max_new_tokens and t[-1] not in stop for t in tokens])
         if not running.any():
             break
-        input_ids = torch.tensor([[t[-1]] for t in tokens])
+        input_ids = torch.tensor([[t[-1]] for t in tokens], device=model.device)
         position_ids = lengths[:, None].clone()
-        masks = [torch.cat([m, torch.ones(B, 1, dtype=torch.bool)], dim=1) for m in masks]
+        masks = [torch.cat([m, torch.ones(B, 1, dtype=torch.bool, device=m.device)], dim=1) for m in masks]
         kwargs = dict(input_ids=input_ids, position_ids=position_ids, cache=cache, use_cache=True,
                       attention_mask=masks[0].long(), **head_kwargs(model))
         if rule is None:
