@@ -29,23 +29,23 @@ only while prompt plus new tokens fit in the window.
 from __future__ import annotations
 
 import copy
-from collections import ChainMap
+import inspect
 from typing import Sequence
 
 import numpy as np
 import torch
 
 from ..common.checks import check_finite, check_int
-from ..features.online import GENERATION_FEATURES, online_features
+from ..features.online import GENERATION_FEATURES
 from ..model.hooks import decoder_hooks, layer_input, layer_output
 from ..model.inputs import head_kwargs
-from ..model.lens import lens_stats
 from ..model.loading import LensModel
 from ..rules.interface import OnlineState
 from .loop import (
     GenerationResult,
     _full_features,
     _set_arg,
+    check_exit,
     check_generation_args,
     check_strategy,
     eos_ids,
@@ -53,8 +53,6 @@ from .loop import (
     propagated_kv,
     start_run,
 )
-
-_EMPTY = torch.zeros(0, dtype=torch.long)
 
 
 def _joined_prefill(model: LensModel, prompt_ids: list[list[int]]):
@@ -94,7 +92,7 @@ class _BatchStep:
     deciding, and (propagate) the cache overwrite of the rows that exited below."""
 
     def __init__(self, model: LensModel, rule, threshold: float, min_layer: int, check_every: int, strategy: str,
-                 cache, masks: list[torch.Tensor], deciding: np.ndarray):
+                 cache, masks: list[torch.Tensor], deciding: np.ndarray, signatures: list[inspect.Signature]):
         self.model, self.rule, self.threshold, self.min_layer = model, rule, threshold, min_layer
         self.check_every, self.strategy, self.cache, self.masks = check_every, strategy, cache, masks
         self.L = model.n_layers
@@ -105,7 +103,7 @@ class _BatchStep:
         self.features = [dict() for _ in range(B)]
         self.exit_state: dict[int, torch.Tensor] = {}
         self.state = OnlineState(rows=np.flatnonzero(self.deciding))
-        self.signatures = None
+        self.signatures = signatures             # of each layer's forward: where attention_mask / rotary sit
 
     def before(self, index: int, args: tuple, kwargs: dict):
         mask = self.masks[index][:, None, None, :]          # (B, 1, 1, S+1): this layer's keys a row may see
@@ -127,19 +125,9 @@ class _BatchStep:
     def _check(self, layer: int, h_all: torch.Tensor, h_prev_all: torch.Tensor) -> None:
         rows = np.flatnonzero(self.deciding)
         idx = torch.from_numpy(rows).to(h_all.device)
-        h = h_all.index_select(0, idx).float()
-        stats = lens_stats(self.model, h, _EMPTY, full_vocab=True, top_k=1)
-        check_finite((h, stats["top_prob"]), "the residual stream or its lens", model=self.model, layer=layer)
-        features = online_features(layer, self.L, h, h_prev_all.index_select(0, idx).float(),
-                                   vocab_stats=lambda: stats)
-        if layer == self.L:
-            stop = np.ones(len(rows), dtype=bool)
-        else:
-            self.state.rows = rows
-            proba = np.asarray(self.rule.stop_proba_online(features, layer, self.state), dtype=float).reshape(-1)
-            stop = proba >= self.threshold
-        self.state.history.append(ChainMap({"layer": layer, "rows": rows}, features))
-        tokens = stats["top_ids"][:, 0].cpu().numpy()
+        self.state.rows = rows
+        stop, tokens, features = check_exit(self.model, self.rule, self.threshold, layer, h_all.index_select(0, idx),
+                                            h_prev_all.index_select(0, idx), self.state)
         for i in np.flatnonzero(stop):
             b = int(rows[i])
             self.exit_layer[b], self.token[b] = layer, tokens[i]
@@ -204,7 +192,7 @@ def _generate_chunk(model: LensModel, prompts: list[str], rule, strategy: str, m
     exits = [[L] for _ in range(B)]
     computed = [[L] for _ in range(B)]
     feats = [{k: list(v) for k, v in _full_features(1, L).items()} for _ in range(B)]
-    signatures = None
+    signatures = [inspect.signature(layer.forward) for layer in model.layers]
     while True:
         running = np.array([len(t) < max_new_tokens and t[-1] not in stop for t in tokens])
         if not running.any():
@@ -222,14 +210,9 @@ def _generate_chunk(model: LensModel, prompts: list[str], rule, strategy: str, m
                 tokens[b].append(int(decided[b]))
                 exits[b].append(L)
                 computed[b].append(L)
-                for k, v in _full_features(1, L).items():
-                    feats[b][k].append(float(v[0]))
         else:
-            step = _BatchStep(model, rule, threshold, min_layer, check_every, strategy, cache, masks, running)
-            if signatures is None:
-                import inspect
-                signatures = [inspect.signature(layer.forward) for layer in model.layers]
-            step.signatures = signatures
+            step = _BatchStep(model, rule, threshold, min_layer, check_every, strategy, cache, masks, running,
+                              signatures)
             with decoder_hooks(model, before=step.before, after=step.after):
                 model.hf_model(**kwargs)
             for b in np.flatnonzero(running):
@@ -244,6 +227,8 @@ def _generate_chunk(model: LensModel, prompts: list[str], rule, strategy: str, m
                         masks[j][b, -1] = False
         lengths = lengths + 1
     method = "full" if rule is None else strategy
+    if rule is None:  # every token is the full model's
+        feats = [_full_features(len(t), L) for t in tokens]
     return [GenerationResult(model.name, L, p, ids, np.asarray(t), np.asarray(e),
                              {k: np.asarray(v, dtype=float) for k, v in f.items()}, np.asarray(c),
                              float("nan"), float("nan"), method=method, rule="" if rule is None else str(rule),

@@ -305,20 +305,31 @@ class _ExitHooks:
         if not due:
             return
         start = time.perf_counter()
-        h = h.float()  # the token comes from the full-vocabulary lens of the state in float32
-        stats = lens_stats(self.model, h, _EMPTY, full_vocab=True, top_k=1)
-        check_finite((h, stats["top_prob"]), "the residual stream or its lens", model=self.model, layer=layer)
-        features = online_features(layer, self.L, h, h_prev.float(), vocab_stats=lambda: stats)
-        stop = layer == self.L
-        if not stop:
-            proba = np.asarray(step.rule.stop_proba_online(features, layer, step.state), dtype=float)
-            stop = bool(proba.reshape(-1)[0] >= step.threshold)
-        step.state.history.append(ChainMap({"layer": layer, "rows": step.state.rows}, features))
-        if stop:
+        stop, tokens, features = check_exit(self.model, step.rule, step.threshold, layer, h, h_prev, step.state)
+        if stop[0]:
             step.exit_layer = layer
-            step.token = int(stats["top_ids"][0, 0])
+            step.token = int(tokens[0])
             step.features = {k: float(features[k][0]) for k in GENERATION_FEATURES}
         step.check_seconds += time.perf_counter() - start
+
+
+def check_exit(model: LensModel, rule, threshold: float, layer: int, h: torch.Tensor, h_prev: torch.Tensor,
+               state: OnlineState) -> tuple[np.ndarray, np.ndarray, dict]:
+    """The exit check of n new positions at ``layer``: their states ``h`` and ``h_prev`` (at ``layer - 1``),
+    (n, H) each, through the full-vocabulary lens in float32; ``rule.stop_proba_online`` against ``threshold``
+    (every position stops at L). Appends the check to ``state.history`` (``state.rows``: the positions' rows).
+    Returns (stop (n,) bool, the lens's top-1 token (n,), the online features name -> (n,)); ``NonFiniteError``
+    naming the layer when the state or its lens is not finite."""
+    h = h.float()  # the token comes from the full-vocabulary lens of the state in float32
+    stats = lens_stats(model, h, _EMPTY, full_vocab=True, top_k=1)
+    check_finite((h, stats["top_prob"]), "the residual stream or its lens", model=model, layer=layer)
+    features = online_features(layer, model.n_layers, h, h_prev.float(), vocab_stats=lambda: stats)
+    if layer == model.n_layers:
+        stop = np.ones(len(h), dtype=bool)
+    else:
+        stop = np.asarray(rule.stop_proba_online(features, layer, state), dtype=float).reshape(-1) >= threshold
+    state.history.append(ChainMap({"layer": layer, "rows": state.rows}, features))
+    return stop, stats["top_ids"][:, 0].cpu().numpy(), features
 
 
 def prefill(model: LensModel, ids: Sequence[int]):

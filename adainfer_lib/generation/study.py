@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..common.checks import check_int
 from ..common.replay import oracle_exits
 from ..model.hooks import residual_states
 from ..model.loading import LensModel
@@ -66,8 +67,7 @@ def same_decisions(a: GenerationResult, b: GenerationResult) -> bool:
 
 
 def _check_timed(timed: int | None, n: int) -> None:
-    if timed is not None and (isinstance(timed, bool) or not isinstance(timed, (int, np.integer)) or timed < 0):
-        raise ValueError(f"timed must be None (every prompt at batch size 1) or a count >= 0, got {timed!r}")
+    check_int(timed, "timed", low=0, none_ok=True)
     if timed is not None and timed > n:
         raise ValueError(f"timed={timed} is more than the {n} prompts")
 
