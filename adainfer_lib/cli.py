@@ -90,8 +90,8 @@ def run_trace(args, task) -> dict:
 
     from .data.task_trace import trace_task
     from .model import parallel
-    from .model.lens import trace_cache_path
     from .model.loading import DEFAULT_MODEL, load_model
+    from .model.trace_cache import trace_cache_path
 
     state = parallel.process_state()
     processes = 1 if state is None else state.num_processes

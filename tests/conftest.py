@@ -75,7 +75,7 @@ def make_trace(label_logits):
     """A ``LayerTrace`` holding only label logits (n, L+1, C); full-vocabulary statistics are zero."""
     import numpy as np
 
-    from adainfer_lib.model.lens import LayerTrace
+    from adainfer_lib.model.layer_trace import LayerTrace
 
     n, layers, n_labels = label_logits.shape
     zeros = np.zeros((n, layers), np.float32)

@@ -227,6 +227,67 @@ def test_reproduce_refuses_what_it_cannot_run(capsys, args, says):
     assert stop.value.code == 2 and says in capsys.readouterr().err
 
 
+def test_reproduce_runs_a_lane_beside_the_untimed_chapters_only():
+    """``make reproduce``'s second model runs beside the default model's chapters that time nothing; the chapters
+    that measure wall-clock come after, alone; a lane of timed chapters, or a lane with a lane, is refused."""
+    out = reproduce_list(["--alongside", "--model gemma3-270m --n 200 01 03"])
+    beside = re.findall(r"would run (\d\d)_\S+ \(full mode, beside the lane", out)
+    after = re.findall(r"would run (\d\d)_\S+ \(full mode\)$", out, flags=re.M)
+    reproduce = _tool("reproduce")
+    assert beside == list(reproduce.UNTIMED_CHAPTERS) and set(after).isdisjoint(beside)
+    assert sorted(beside + after) == sorted(p.name[:2] for p in (ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    assert "alongside: tools/reproduce.py --model gemma3-270m --n 200 01 03 --threads 1 --no-readme" in out
+    for lane, says in [("--model gemma3-270m 04", "chapter(s) 04 measure wall-clock"),
+                       ("--model gemma3-270m", "measure wall-clock"),
+                       ("01 --alongside 03", "cannot have a lane of its own"), ("--n 0 01", "--n must be a positive")]:
+        with pytest.raises(SystemExit), mock.patch("sys.stderr", new_callable=StringIO) as err:
+            reproduce_list(["--alongside", lane])
+        assert says in err.getvalue(), lane
+
+
+TIMING_CALLS = ("time_interleaved", "n_timing", "check_cost", "timed", "seconds", "perf_counter", "speedup")
+
+
+def test_the_chapters_a_lane_may_share_the_cores_with_time_nothing():
+    """A chapter in ``UNTIMED_CHAPTERS`` runs at one thread beside another lane, so its code calls nothing that
+    measures wall-clock; every other chapter does (the check can tell them apart)."""
+    import nbformat
+
+    untimed = _tool("reproduce").UNTIMED_CHAPTERS
+    for path in sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")):
+        code = "\n".join(c.source for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code")
+        found = [word for word in TIMING_CALLS if word in code]
+        assert bool(found) != (path.name[:2] in untimed), (path.name, found)
+
+
+def test_reproduce_runs_the_beside_chapters_at_one_thread_while_the_lane_runs(monkeypatch, tmp_path):
+    """The kernels beside the lane get one thread while the lane's process runs; the others start after it ended,
+    with the caller's threads; a lane that fails fails the run."""
+    reproduce = _tool("reproduce")
+    seen, lanes = [], []
+
+    def fake_lane(args, environ, status=0):
+        lanes.append(subprocess.Popen([sys.executable, "-c", f"import time, sys; time.sleep(1); sys.exit({status})"]))
+        return lanes[-1]
+
+    def fake_execute(path, out):
+        seen.append((path.name[:2], os.environ.get("OMP_NUM_THREADS"), lanes[-1].poll() is None))
+        return 0.0
+
+    monkeypatch.setattr(reproduce, "execute", fake_execute)
+    monkeypatch.setattr(reproduce, "start_lane", fake_lane)
+    monkeypatch.setattr(reproduce, "record_times", lambda path, rows: None)
+    argv = ["--no-publish", "--no-readme", "--alongside", "--model gemma3-270m 01", "01", "02"]
+    with mock.patch.dict(os.environ, {"OMP_NUM_THREADS": "2"}):
+        reproduce.main(argv)
+    assert seen == [("01", "1", True), ("02", "2", False)]
+    monkeypatch.setattr(reproduce, "start_lane", lambda args, environ: fake_lane(args, environ, status=3))
+    with mock.patch.dict(os.environ), pytest.raises(SystemExit) as stop, \
+            mock.patch("sys.stderr", new_callable=StringIO) as err:
+        reproduce.main(argv)
+    assert stop.value.code == 1 and "FAILED alongside" in err.getvalue()
+
+
 def test_readme_results_check_runs(capsys):
     _tool("readme_results").main(["--check"])
     assert "README results already match results/" in capsys.readouterr().out

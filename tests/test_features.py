@@ -15,7 +15,7 @@ from adainfer_lib.features.study import (
     split_by_example,
 )
 from adainfer_lib.features.table import feature_table
-from adainfer_lib.model.lens import LayerTrace
+from adainfer_lib.model.layer_trace import LayerTrace
 from conftest import synthetic_table
 
 COLUMNS = ["example", "layer", "layer_frac", "top_prob", "gap", "entropy", "kl_to_final", "cos_prev",

@@ -7,7 +7,9 @@ import pytest
 import torch
 
 from adainfer_lib import LayerTrace, trace
-from adainfer_lib.model.lens import CorruptCacheError, last_states, trace_cache_path
+from adainfer_lib.model.layer_trace import CorruptCacheError
+from adainfer_lib.model.lens import last_states
+from adainfer_lib.model.trace_cache import trace_cache_path
 
 PROMPTS = [
     "The capital of France is",

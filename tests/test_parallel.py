@@ -70,7 +70,7 @@ CLI = ["-m", "adainfer_lib.cli", "trace", "--task", "sentiment", "--n", "8", "--
 @pytest.mark.slow
 def test_two_processes_trace_equals_one_and_write_each_cache_once(tmp_path, default_model):
     from adainfer_lib import load_task, trace_task
-    from adainfer_lib.model.lens import LayerTrace
+    from adainfer_lib.model.layer_trace import LayerTrace
 
     data = _data_dir(tmp_path)
     out = tmp_path / "gathered.npz"

@@ -144,7 +144,7 @@ def test_08_the_probe_rule_saves_more_than_the_lens_rule_at_the_same_consistency
 
 def test_08_the_real_runs_reach_most_of_the_ideal_speedup():
     """Section 7: each reader rule's real run is faster than the full model, at ≥ 0.8 of the ideal speedup its
-    exits allow (one timing each at n = 40; the benchmark of chapter 04 times more carefully)."""
+    exits allow (n = 40, interleaved, the fastest of ``ch08.timing_repeats`` timings of each prompt and run)."""
     real = table("08_real_run").set_index("run")
     rules = real.drop(index="full model")
     assert len(rules) == 3 and (rules["measured speedup"] > 1.0).all()

@@ -224,7 +224,9 @@ def learned_readers(results: Path) -> str:
     if real_path.exists():
         r = pd.read_csv(real_path)
         runs = r[r["run"] != "full model"]
-        text += (f"\n\nRun for real (batch 1, n = {int(r['n'].iloc[0])}, one timing each; exits and answers equal the "
+        timed = (f"interleaved, the fastest of {int(r['repeats'].iloc[0])} timings each" if "repeats" in r
+                 else "one timing each")
+        text += (f"\n\nRun for real (batch 1, n = {int(r['n'].iloc[0])}, {timed}; exits and answers equal the "
                  "replay's): " + "; ".join(f"{row['run']} {row['measured speedup']:.2f}× measured against "
                                           f"{row['ideal speedup']:.2f}× ideal ({row['measured / ideal']:.2f} of it)"
                                           for _, row in runs.iterrows()) + ".")

@@ -15,6 +15,13 @@ copy and an HTML rendering under ``build/<mode>/executed/<model>/``, and record 
   chapters are given) in the mode, so that every trace, policy and calibration they cache is on disk; its
   times go to ``build/<mode>/prepare_times.csv``.
 
+``--alongside "ARGS"`` (``make reproduce``: the second model's lane) starts a second run of this script with ARGS
+(e.g. ``--model gemma3-270m --n 200 01 03``) at the same time as this run's chapters that time nothing
+(``UNTIMED_CHAPTERS``), each kernel at one thread (``--threads 1``): on two cores a trace's batches keep one core
+busy at about 70% of what two threads do, so two lanes get more done. The chapters that measure wall-clock run
+after both lanes, alone, with every thread; the lane's own chapters must time nothing too. The times of the chapters
+run beside the lane record it in their ``machine`` column.
+
 ``--model gemma3-270m`` runs the chapters on another model (``ADAINFER_MODEL``): its tables and times go to a
 sub-folder named after it (``results/gemma3-270m/``). ``ADAINFER_N`` caps every n, as in a notebook.
 
@@ -42,11 +49,16 @@ from adainfer_lib.course.timing import TIMES_FILE, record_times  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 PREPARE_CHAPTERS = ("00", "01", "02", "03", "04", "05", "06", "08")   # the chapters that trace (07 generates)
+# chapters that measure no wall-clock time (tests/test_entry_points.py checks their code): they may share the cores
+# with another lane; 05 reads the policies 03 saved, so it runs after it
+UNTIMED_CHAPTERS = ("00", "01", "03", "05")
 
 
-def kernel_environment(mode: str, publish: bool, environ: dict | None = None) -> dict:
+def kernel_environment(mode: str, publish: bool, environ: dict | None = None, *, n: int | None = None,
+                       threads: int | None = None) -> dict:
     """The environment the chapters' kernels run in: ``ADAINFER_MODE`` set, the older ``ADAINFER_QUICK``
-    removed, ``ADAINFER_PUBLISH=1`` exactly when publishing (a full-mode run only)."""
+    removed, ``ADAINFER_PUBLISH=1`` exactly when publishing (a full-mode run only); ``ADAINFER_N`` when ``n``
+    is given, and ``OMP_NUM_THREADS``/``MKL_NUM_THREADS`` (torch's threads) when ``threads`` is."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     if publish and mode != "full":
@@ -57,6 +69,10 @@ def kernel_environment(mode: str, publish: bool, environ: dict | None = None) ->
     env["ADAINFER_MODE"] = mode
     if publish:
         env["ADAINFER_PUBLISH"] = "1"
+    if n is not None:
+        env["ADAINFER_N"] = str(n)
+    if threads is not None:
+        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
     return env
 
 
@@ -102,8 +118,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--prepare", action="store_true", help="run the chapters that trace, to fill the caches "
                         "ahead of a class (times: build/<mode>/prepare_times.csv)")
     parser.add_argument("--no-readme", action="store_true", help="do not regenerate the README's results")
+    parser.add_argument("--n", type=int, default=None, help="cap every prompt count at N (ADAINFER_N in the kernels)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads per kernel (default: every core)")
+    parser.add_argument("--alongside", metavar="ARGS", default=None, help="a second run of this script (its "
+                        "arguments in one string) beside this run's chapters that time nothing; the timed ones run "
+                        "after both")
     parser.add_argument("--list", action="store_true", help="print what would run and exit (executes nothing)")
     args = parser.parse_args(argv)
+    for name in ("n", "threads"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            parser.error(f"--{name} must be a positive integer, got {getattr(args, name)}")
+    if args.alongside is not None:
+        args.lane = _lane_args(parser, args.alongside)
     try:
         chapter_paths(args.chapters, prepare=args.prepare)
     except ValueError as err:
@@ -122,9 +148,73 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def _lane_args(parser: argparse.ArgumentParser, text: str) -> argparse.Namespace:
+    """The ``--alongside`` run's arguments, parsed as this script's: an error unless its chapters all time
+    nothing (a timing beside another lane measures the other lane too) and it names no lane of its own."""
+    import shlex
+
+    words = shlex.split(text)
+    try:
+        lane = parse_args(words)
+    except SystemExit as stop:
+        parser.error(f"--alongside {text!r}: not arguments of this script (exit {stop.code})")
+    if lane.alongside is not None:
+        parser.error("--alongside: the lane cannot have a lane of its own")
+    timed = sorted({p.name[:2] for p in chapter_paths(lane.chapters, prepare=lane.prepare)} - set(UNTIMED_CHAPTERS))
+    if timed:
+        parser.error(f"--alongside: chapter(s) {', '.join(timed)} measure wall-clock time and cannot share the "
+                     f"cores; a lane runs only chapters {', '.join(UNTIMED_CHAPTERS)}")
+    lane.words = words
+    return lane
+
+
 def publishes(args: argparse.Namespace) -> bool:
     """Whether the run publishes to ``results/``: full mode, unless ``--no-publish`` or ``--prepare``."""
     return args.mode == "full" and not args.no_publish and not args.prepare
+
+
+def run_order(paths: list[Path], alongside: bool) -> tuple[list[Path], list[Path]]:
+    """The chapters to run beside the lane and those to run after it (in their own order each): with a lane,
+    the chapters that time nothing first; without one, every chapter in order after no lane."""
+    if not alongside:
+        return [], paths
+    beside = [p for p in paths if p.name[:2] in UNTIMED_CHAPTERS]
+    return beside, [p for p in paths if p not in beside]
+
+
+def start_lane(args: argparse.Namespace, environ: dict):
+    """The ``--alongside`` run as a child process (one thread per kernel, no README of its own), or None."""
+    if args.alongside is None:
+        return None
+    import subprocess
+
+    words = [*args.lane.words, "--threads", "1", "--no-readme"]
+    print(f"alongside: tools/reproduce.py {' '.join(words)}", flush=True)
+    return subprocess.Popen([sys.executable, str(Path(__file__).resolve()), *words], cwd=ROOT, env=environ)
+
+
+def run_chapters(paths: list[Path], executed: Path, args: argparse.Namespace, model: str, times_path: Path,
+                 published_times: Path, *, publish: bool, beside_lane: bool) -> dict[str, list[str]]:
+    """Execute ``paths`` in order, recording each chapter's minutes; the chapters that failed, with why."""
+    failures: dict[str, list[str]] = {}
+    machine = f"{os.cpu_count()} cores, {platform.machine()}"
+    if beside_lane or args.threads:
+        threads = 1 if beside_lane else args.threads
+        machine += f", {threads} thread{'s' if threads > 1 else ''}" + (" beside another lane" if beside_lane else "")
+    for path in paths:
+        print(f"running {path.name} ({args.mode} mode, {model}) ...", flush=True)
+        try:
+            seconds = execute(path, executed)
+        except Exception as error:  # a cell raised (nbclient's CellExecutionError): report it, run the rest
+            failures[path.stem] = [f"the chapter did not run: {type(error).__name__}: {str(error)[:500]}"]
+            continue
+        print(f"  {path.name}: {seconds / 60:.1f} min", flush=True)
+        row = {"chapter": path.stem, "mode": args.mode, "minutes": round(seconds / 60, 1),
+               "date": dt.date.today().isoformat(), "machine": machine}
+        record_times(times_path, [row])
+        if args.record_times and not publish:
+            record_times(published_times, [row])
+    return failures
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -136,12 +226,17 @@ def main(argv: list[str] | None = None) -> None:
     folder = output_folder(args.mode, publish=publish, model=model)
     executed = ROOT / "build" / args.mode / ("prepare" if args.prepare else "executed") / (args.model or "default")
     paths = chapter_paths(args.chapters, prepare=args.prepare)
+    beside, after = run_order(paths, args.alongside is not None)
     if args.list:
         readme = "regenerated" if (publish or args.record_times) and not args.no_readme else "kept"
         print(f"model {model}; results to {folder}; executed notebooks to {executed}; README results {readme}")
-        print("\n".join(f"would run {p.name} ({args.mode} mode)" for p in paths))
+        print("\n".join(f"would run {p.name} ({args.mode} mode, beside the lane at 1 thread)" for p in beside))
+        print("\n".join(f"would run {p.name} ({args.mode} mode)" for p in after))
+        if args.alongside is not None:
+            print(f"alongside: tools/reproduce.py {' '.join(args.lane.words)} --threads 1 --no-readme")
         return
-    env = kernel_environment(args.mode, publish)
+    calling_environment = dict(os.environ)
+    env = kernel_environment(args.mode, publish, n=args.n, threads=args.threads)
     if args.model:
         env["ADAINFER_MODEL"] = args.model
     os.environ.clear()
@@ -150,21 +245,20 @@ def main(argv: list[str] | None = None) -> None:
     published_times = output_folder("full", publish=True, model=model) / TIMES_FILE
     what = "publishing to results/" if publish else f"writing under {folder.relative_to(ROOT)}/"
     print(f"{len(paths)} chapter(s) in {args.mode} mode on {model}, {what}", flush=True)
-    failures: dict[str, list[str]] = {}
-    for path in paths:
-        print(f"running {path.name} ({args.mode} mode) ...", flush=True)
-        try:
-            seconds = execute(path, executed)
-        except Exception as error:  # a cell raised (nbclient's CellExecutionError): report it, run the rest
-            failures[path.stem] = [f"the chapter did not run: {type(error).__name__}: {str(error)[:500]}"]
-            continue
-        print(f"  {seconds / 60:.1f} min", flush=True)
-        row = {"chapter": path.stem, "mode": args.mode, "minutes": round(seconds / 60, 1),
-               "date": dt.date.today().isoformat(), "machine": f"{os.cpu_count()} cores, {platform.machine()}"}
-        record_times(times_path, [row])
-        if args.record_times and not publish:
-            record_times(published_times, [row])
-    print(f"executed notebooks and HTML: {executed}; tables, figures and times: {folder}")
+    start = time.perf_counter()
+    lane = start_lane(args, calling_environment)
+    os.environ.update(kernel_environment(args.mode, publish, n=args.n, threads=1) if lane else {})
+    failures = run_chapters(beside, executed, args, model, times_path, published_times, publish=publish,
+                            beside_lane=True)
+    if lane is not None:
+        if lane.wait():
+            failures["alongside"] = [f"tools/reproduce.py {args.alongside} exited with status {lane.returncode}"]
+        os.environ.clear()
+        os.environ.update(env)
+    failures |= run_chapters(after, executed, args, model, times_path, published_times, publish=publish,
+                             beside_lane=False)
+    print(f"executed notebooks and HTML: {executed}; tables, figures and times: {folder}; "
+          f"wall-clock {(time.perf_counter() - start) / 60:.1f} min", flush=True)
     if (publish or args.record_times) and not args.no_readme:  # the README shows what the runs measured
         from readme_results import update_readme
 

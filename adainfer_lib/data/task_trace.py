@@ -8,7 +8,8 @@ import numpy as np
 import pandas as pd
 
 from ..common.replay import best_layer, layers_saved, oracle_exits
-from ..model.lens import LayerTrace, trace
+from ..model.layer_trace import LayerTrace
+from ..model.lens import trace
 from ..model.loading import LensModel
 from .calibration import CALIBRATION_METHODS, DEFAULT_CALIBRATION, Calibration, fit_calibration
 

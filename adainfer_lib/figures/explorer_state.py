@@ -33,7 +33,8 @@ from ..common.replay import first_exit
 from ..data.calibration import Calibration
 from ..features.table import feature_table
 from ..model.identity import PolicyModelMismatchError, check_rule_model, check_trace_model
-from ..model.lens import LayerTrace, trace
+from ..model.layer_trace import LayerTrace
+from ..model.lens import trace
 from ..rules.policy import ExitPolicy
 from . import explorer_views as views
 

@@ -32,7 +32,7 @@ from ..data.calibration import Calibration
 from ..data.task_trace import TaskTrace
 from ..features.online import UNIT_INTERVAL_FEATURES
 from ..features.table import feature_table
-from ..model.lens import LayerTrace
+from ..model.layer_trace import LayerTrace
 from .plots import visible_token
 
 LENS_MODES = ("full", "labels")

@@ -11,7 +11,7 @@ import pandas as pd
 from ..common.replay import first_exit
 from ..data.task_trace import TaskTrace
 from ..features.online import label_features
-from ..model.lens import LayerTrace
+from ..model.layer_trace import LayerTrace
 
 
 def figure_title(what: str, model: str, task: str, n: int) -> str:

@@ -3,7 +3,8 @@ names), where prompts enter a forward pass (``inputs``: checks, batches, the pro
 hook mechanism on the decoder layers (``hooks``), and the per-layer trace of the lens (``lens``)."""
 
 from .inputs import label_token_ids, prefix_kv, prepare_prompts
-from .lens import CorruptCacheError, LayerTrace, lens_stats, trace
+from .layer_trace import CorruptCacheError, LayerTrace
+from .lens import lens_stats, trace
 from .loading import DEFAULT_MODEL, OFFLINE_MODELS, LensModel, ModelNotFoundError, load_model
 from .registry import RegistryPathError, UnsupportedArchitectureError, supported_model_types
 

@@ -7,197 +7,33 @@ through the model's own final norm and unembedding, so layer ``L`` reproduces th
 per example × layer: the top-k tokens, ``top_prob``,
 ``gap`` (top-1 minus top-2 probability), entropy, KL to the final layer, the cosine between consecutive
 states, and (given label words) the label-word logits.
+The container is ``layer_trace.LayerTrace``; the cache files, and the rows they share across requests, are
+``trace_cache``.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
-import zipfile
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
-from io import BytesIO
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-import pandas as pd
 import torch
 
-from ..common.cache import atomic_write_bytes, content_key
+from ..common.cache import content_key
 from ..common.checks import check_finite
-from ..common.paths import data_dir
 from . import parallel
 from .hooks import residual_states
 from .inputs import Batch, check_prompts, label_token_ids, prepare_prompts
+from .layer_trace import LayerTrace
 from .loading import LensModel
+from .trace_cache import cached_trace, combine_rows, row_keys, rows_from_cache, trace_cache_path, trace_request
 
 log = logging.getLogger("adainfer_lib")
 
-TRACE_FORMAT_VERSION = 1
-_ARRAYS = ("top_ids", "top_probs", "top_prob", "gap", "entropy", "kl_to_final", "cos_prev", "label_logits", "n_tokens")
-
-
-class CorruptCacheError(ValueError):
-    """A cached trace that cannot be read back or does not match what was asked for."""
-
-
-@dataclass
-class LayerTrace:
-    """Logit-lens statistics of ``n`` prompts at layers ``0..L`` (last prompt position).
-
-    Arrays (``n`` examples, ``L + 1`` layers, ``k`` top tokens, ``C`` label words):
-    ``top_ids``/``top_probs`` (n, L+1, k); ``top_prob``, ``gap``, ``entropy``, ``kl_to_final``, ``cos_prev``
-    (n, L+1) — full-vocabulary statistics are NaN when traced with ``full_vocab=False``, and ``cos_prev`` is
-    NaN at layer 0; ``label_logits`` (n, L+1, C) raw logits of the label words; ``n_tokens`` (n,).
-    """
-
-    model_name: str
-    n_layers: int
-    top_ids: np.ndarray
-    top_probs: np.ndarray
-    top_prob: np.ndarray
-    gap: np.ndarray
-    entropy: np.ndarray
-    kl_to_final: np.ndarray
-    cos_prev: np.ndarray
-    label_logits: np.ndarray
-    n_tokens: np.ndarray
-    label_words: list[str] = field(default_factory=list)
-    label_ids: list[int] = field(default_factory=list)
-    token_strings: dict[int, str] = field(default_factory=dict)
-    meta: dict = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        n, layers = self.top_prob.shape
-        if layers != self.n_layers + 1:
-            raise ValueError(f"expected {self.n_layers + 1} layers (0..L), got {layers}")
-        for name in ("gap", "entropy", "kl_to_final", "cos_prev"):
-            if getattr(self, name).shape != (n, layers):
-                raise ValueError(f"{name} has shape {getattr(self, name).shape}, expected {(n, layers)}")
-        if self.top_ids.shape != self.top_probs.shape or self.top_ids.shape[:2] != (n, layers):
-            raise ValueError(f"top_ids {self.top_ids.shape} / top_probs {self.top_probs.shape} do not match "
-                             f"{(n, layers)}")
-        if self.label_logits.shape != (n, layers, len(self.label_words)):
-            raise ValueError(
-                f"label_logits has shape {self.label_logits.shape}, expected {(n, layers, len(self.label_words))}"
-            )
-        if self.n_tokens.shape != (n,):
-            raise ValueError(f"n_tokens has shape {self.n_tokens.shape}, expected {(n,)}")
-
-    @property
-    def n_examples(self) -> int:
-        return self.top_prob.shape[0]
-
-    @property
-    def layers(self) -> np.ndarray:
-        """Layer numbers ``0..L``."""
-        return np.arange(self.n_layers + 1)
-
-    def label_probs(self) -> np.ndarray:
-        """Label-word probabilities renormalised over the label words: (n, L+1, C). A trace without label
-        words (``trace(model, prompts)``) gives an empty (n, L+1, 0) array."""
-        if not self.label_words:
-            return np.zeros((*self.label_logits.shape[:2], 0), dtype=self.label_logits.dtype)
-        from scipy.special import softmax
-
-        return softmax(self.label_logits, axis=-1)
-
-    def top_tokens(self, example: int) -> pd.DataFrame:
-        """Top-k tokens of one example: one row per layer, columns ``token_i`` and ``prob_i``."""
-        rows = {}
-        for i in range(self.top_ids.shape[2]):
-            rows[f"token_{i + 1}"] = [self.token_strings.get(int(t), "?") for t in self.top_ids[example, :, i]]
-            rows[f"prob_{i + 1}"] = self.top_probs[example, :, i]
-        return pd.DataFrame(rows, index=pd.Index(self.layers, name="layer"))
-
-    def label_columns(self) -> list[str]:
-        """The ``to_frame`` column of each label word: ``p_<word without surrounding spaces>``. ``ValueError``
-        naming the words when two of them give the same column (" positive" and "positive", or a word listed
-        twice): columns are never merged or renamed silently."""
-        columns = [f"p_{word.strip()}" for word in self.label_words]
-        clashes = {c: [w for w, c2 in zip(self.label_words, columns) if c2 == c]
-                   for c in columns if columns.count(c) > 1}
-        if clashes:
-            detail = "; ".join(f"{words} all give {c!r}" for c, words in clashes.items())
-            raise ValueError(f"label words collide as table columns: {detail}. Label words must differ after "
-                             "stripping spaces to become columns of to_frame().")
-        return columns
-
-    def to_frame(self) -> pd.DataFrame:
-        """Tidy table, one row per example × layer: example, layer, top_prob, gap, entropy, kl_to_final,
-        cos_prev, top_token, and ``p_<word>`` per label word (renormalised over the label words; none for a
-        trace without label words). Column names come from ``label_columns``: label words that collide after
-        stripping spaces (" positive" and "positive") raise ``ValueError`` instead of sharing a column."""
-        columns = self.label_columns()
-        n, layers = self.top_prob.shape
-        frame = pd.DataFrame(
-            {
-                "example": np.repeat(np.arange(n), layers),
-                "layer": np.tile(np.arange(layers), n),
-                "top_prob": self.top_prob.ravel(),
-                "gap": self.gap.ravel(),
-                "entropy": self.entropy.ravel(),
-                "kl_to_final": self.kl_to_final.ravel(),
-                "cos_prev": self.cos_prev.ravel(),
-                "top_token": [self.token_strings.get(int(t), "?") for t in self.top_ids[..., 0].ravel()]
-                if self.top_ids.shape[2]
-                else None,
-            }
-        )
-        probs = self.label_probs()
-        for c, column in enumerate(columns):
-            frame[column] = probs[..., c].ravel()
-        return frame
-
-    # ---- persistence -------------------------------------------------------------------------------
-    def to_bytes(self) -> bytes:
-        """An ``.npz`` archive (no pickles): the arrays plus a JSON header."""
-        header = {
-            "format_version": TRACE_FORMAT_VERSION,
-            "model_name": self.model_name,
-            "n_layers": self.n_layers,
-            "label_words": self.label_words,
-            "label_ids": self.label_ids,
-            "token_strings": {str(k): v for k, v in self.token_strings.items()},
-            "meta": self.meta,
-        }
-        buffer = BytesIO()
-        np.savez_compressed(buffer, header=np.array(json.dumps(header)), **{k: getattr(self, k) for k in _ARRAYS})
-        return buffer.getvalue()
-
-    def save(self, path: str | Path) -> Path:
-        """Write atomically (temporary file, then rename)."""
-        path = Path(path)
-        atomic_write_bytes(path, self.to_bytes())
-        return path
-
-    @classmethod
-    def load(cls, path: str | Path) -> LayerTrace:
-        """Read a saved trace; ``CorruptCacheError`` if it is truncated, unreadable or of another format."""
-        try:
-            with np.load(path, allow_pickle=False) as archive:
-                header = json.loads(str(archive["header"]))
-                arrays = {k: archive[k] for k in _ARRAYS}
-        except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError, json.JSONDecodeError) as err:
-            raise CorruptCacheError(f"cannot read trace {path}: {err}") from err
-        if header.get("format_version") != TRACE_FORMAT_VERSION:
-            raise CorruptCacheError(f"trace {path} has format {header.get('format_version')}, expected "
-                                    f"{TRACE_FORMAT_VERSION}")
-        return cls(
-            model_name=header["model_name"],
-            n_layers=header["n_layers"],
-            label_words=header["label_words"],
-            label_ids=header["label_ids"],
-            token_strings={int(k): v for k, v in header["token_strings"].items()},
-            meta=header["meta"],
-            **arrays,
-        )
-
 
 # ---- extraction ------------------------------------------------------------------------------------
-
 
 def record_last_states(model: LensModel, batch: Batch) -> AbstractContextManager[list[torch.Tensor]]:
     """Hooks that record, at each row's last real token (``batch.last``), the residual state entering layer 0
@@ -281,13 +117,7 @@ def _batch_stats(model: LensModel, states: torch.Tensor, label_ids: torch.Tensor
     return out
 
 
-def trace_cache_path(model: LensModel, prompts: Sequence[str], label_words: Sequence[str], top_k: int,
-                     full_vocab: bool, prefix_cache: bool = True) -> Path:
-    """Cache file for these exact inputs (model weights, prompts, label words, options, prefix cache, format)."""
-    model_id = model.cache_id
-    key = content_key(model_id, list(prompts), list(label_words), top_k, full_vocab, bool(prefix_cache),
-                      TRACE_FORMAT_VERSION)
-    return data_dir() / "traces" / f"{model_id}-{key}.npz"
+# ---- the trace -----------------------------------------------------------------------------------
 
 
 def trace(
@@ -316,7 +146,10 @@ def trace(
     ``cache=True`` reads/writes ``data/traces/`` keyed by model, prompts, label words and options; a cached
     file is the answer only if what it holds matches what was asked (``cache_mismatch``: the number of prompts,
     their content key, the label words and ids, the model's cache id, the options); a corrupt file or one that
-    holds another trace is rebuilt, with a warning in the log that says why.
+    holds another trace is rebuilt, with a warning in the log that says why. Without that file, prompts that
+    another cached trace already holds (same weights, label words, top-k, prefix-cache option, a vocabulary at
+    least as wide) are copied from it and only the others run (``trace_cache.rows_from_cache``; ``meta
+    ["reused_rows"]`` counts them): such rows equal a fresh trace's to float precision.
 
     Under ``accelerate launch`` with several processes (``distributed=None`` decides from the environment,
     ``False`` turns it off), every process calls ``trace`` with the same prompts: the length-sorted batches are
@@ -337,21 +170,31 @@ def trace(
     path = trace_cache_path(model, prompts, label_words, top_k, full_vocab, prefix_cache) if cache else None
     state = parallel.process_state(distributed)
     request = trace_request(model, prompts, label_words, label_ids, top_k, full_vocab) if cache else {}
-    cached = _cached_trace(path, state, request)
+    cached = cached_trace(path, state, request)
     if cached is not None:
         return cached
     start = time.perf_counter()
-    prepared = prepare_prompts(model, prompts, caller="trace", batch_size=batch_size, prefix_cache=prefix_cache,
-                               prefix=prefix)
-    ids_tensor = torch.tensor(label_ids, dtype=torch.long, device=model.lens_device)
-    def work(b: int) -> dict:
-        states = batch_states(model, prepared.batch(prepared.batches[b]))
-        return _batch_stats(model, states, ids_tensor, top_k, full_vocab)
-
-    done = parallel.run_batches(state, len(prepared.batches), work, desc=f"trace {model.name}", progress=progress)
-    chunks = [stats for _, stats in done]
-    result = _assemble(model, prepared, chunks, label_words, label_ids, top_k=top_k, full_vocab=full_vocab,
-                       seconds=time.perf_counter() - start)
+    parts = rows_from_cache(prompts, request, prefix_cache=prefix_cache, skip=path) if cache else []
+    covered = np.zeros(len(prompts), dtype=bool)
+    for _, _, targets in parts:
+        covered[targets] = True
+    missing = np.flatnonzero(~covered)
+    if len(missing):
+        computed = _compute(model, [prompts[i] for i in missing], label_words, label_ids, state, batch_size=batch_size,
+                            top_k=top_k, full_vocab=full_vocab, prefix_cache=prefix_cache, prefix=prefix,
+                            progress=progress)
+        parts.append((computed, np.arange(len(missing)), missing))
+    if not covered.any():
+        result = parts[0][0]
+    else:
+        result = combine_rows(parts, len(prompts), full_vocab=full_vocab, meta={
+            "model_cache_id": model.cache_id, "prompts_key": content_key(list(prompts)), "top_k": top_k,
+            "full_vocab": full_vocab, "prefix_cache": bool(prefix_cache),
+            "prefix_tokens": parts[-1][0].meta.get("prefix_tokens", 0),
+            "seconds": round(time.perf_counter() - start, 3),
+            "weights": model.weights_note, "row_keys": row_keys(prompts), "reused_rows": int(covered.sum())})
+        log.info("trace of %d prompts: %d rows from cached traces, %d computed", len(prompts), covered.sum(),
+                 len(missing))
     if path is not None and parallel.is_main(state):
         result.save(path)
         log.info("trace cache written: %s", path)
@@ -359,50 +202,26 @@ def trace(
     return result
 
 
-def trace_request(model: LensModel, prompts: Sequence[str], label_words: Sequence[str], label_ids: Sequence[int],
-                  top_k: int, full_vocab: bool) -> dict:
-    """What a trace of ``prompts`` was asked for, as its ``meta`` and fields record it: what a cached trace must
-    match to be the answer (``cache_mismatch``)."""
-    return {"n_examples": len(prompts), "prompts_key": content_key(list(prompts)), "label_words": list(label_words),
-            "label_ids": [int(i) for i in label_ids], "model_cache_id": model.cache_id, "n_layers": model.n_layers,
-            "top_k": int(top_k), "full_vocab": bool(full_vocab)}
+def _compute(model: LensModel, prompts: list[str], label_words: list[str], label_ids: list[int], state, *,
+             batch_size: int, top_k: int, full_vocab: bool, prefix_cache: bool, prefix: str | None,
+             progress: bool) -> LayerTrace:
+    """The forward passes of ``trace``: ``prompts`` batched by length, their lens statistics in prompt order."""
+    start = time.perf_counter()
+    prepared = prepare_prompts(model, prompts, caller="trace", batch_size=batch_size, prefix_cache=prefix_cache,
+                               prefix=prefix)
+    ids_tensor = torch.tensor(label_ids, dtype=torch.long, device=model.lens_device)
 
+    def work(b: int) -> dict:
+        states = batch_states(model, prepared.batch(prepared.batches[b]))
+        return _batch_stats(model, states, ids_tensor, top_k, full_vocab)
 
-def cache_mismatch(cached: LayerTrace, request: dict) -> str | None:
-    """None when the trace ``cached`` is what ``request`` (``trace_request``) asks for, else what differs: the
-    number of prompts, the prompts themselves (their content key), the label words or ids, the model (cache id,
-    layers) or the options. A file's name says what it should hold; its content says what it holds."""
-    found = {"n_examples": cached.n_examples, "prompts_key": cached.meta.get("prompts_key"),
-             "label_words": list(cached.label_words), "label_ids": [int(i) for i in cached.label_ids],
-             "model_cache_id": cached.meta.get("model_cache_id"), "n_layers": cached.n_layers,
-             "top_k": cached.meta.get("top_k"), "full_vocab": cached.meta.get("full_vocab")}
-    wrong = [f"{k} {found[k]!r}, not {v!r}" for k, v in request.items() if found[k] != v]
-    return "; ".join(wrong) or None
-
-
-def _cached_trace(path: Path | None, state, request: dict) -> LayerTrace | None:
-    """The cached trace at ``path`` when every process can read it and it is what ``request`` asks for, else
-    None (a corrupt file, or one that holds another trace, is removed by the main process and rebuilt; the log
-    says why)."""
-    cached = None
-    if path is not None and path.exists():
-        try:
-            cached = LayerTrace.load(path)
-            mismatch = cache_mismatch(cached, request)
-            if mismatch is not None:
-                raise CorruptCacheError(f"trace cache {path} holds another trace ({mismatch})")
-        except CorruptCacheError as err:
-            cached = None
-            log.warning("%s: rebuilding it", err)
-            if parallel.is_main(state):
-                path.unlink(missing_ok=True)  # rebuilt by the caller
-    if path is not None and parallel.all_true(state, cached is not None):  # every process takes the same road
-        return cached
-    return None
+    done = parallel.run_batches(state, len(prepared.batches), work, desc=f"trace {model.name}", progress=progress)
+    return _assemble(model, prepared, [stats for _, stats in done], label_words, label_ids, top_k=top_k,
+                     full_vocab=full_vocab, prefix_cache=prefix_cache, seconds=time.perf_counter() - start)
 
 
 def _assemble(model: LensModel, prepared, chunks: list[dict], label_words: list[str], label_ids: list[int], *,
-              top_k: int, full_vocab: bool, seconds: float) -> LayerTrace:
+              top_k: int, full_vocab: bool, prefix_cache: bool, seconds: float) -> LayerTrace:
     """The ``LayerTrace`` from the per-batch statistics ``chunks`` (in batch order), rows back in prompt order."""
     inverse = np.argsort(np.concatenate(prepared.batches))
     arrays = {k: np.concatenate([c[k] for c in chunks])[inverse] for k in chunks[0]}
@@ -416,7 +235,7 @@ def _assemble(model: LensModel, prepared, chunks: list[dict], label_words: list[
         label_ids=label_ids,
         token_strings={int(t): model.tokenizer.decode([int(t)]) for t in unique_ids},
         meta={"model_cache_id": model.cache_id, "prompts_key": content_key(list(prepared.texts)), "top_k": top_k,
-              "full_vocab": full_vocab,
+              "full_vocab": full_vocab, "prefix_cache": bool(prefix_cache), "row_keys": row_keys(prepared.texts),
               "prefix_tokens": 0 if prepared.prefix is None else prepared.prefix.length,
               "seconds": round(seconds, 3), "weights": model.weights_note},
         **arrays,

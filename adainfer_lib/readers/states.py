@@ -30,7 +30,8 @@ from ..common.checks import check_finite
 from ..common.paths import data_dir
 from ..model import parallel
 from ..model.inputs import check_prompts, prepare_prompts
-from ..model.lens import CorruptCacheError, batch_states
+from ..model.layer_trace import CorruptCacheError
+from ..model.lens import batch_states
 from ..model.loading import LensModel
 
 log = logging.getLogger("adainfer_lib")
