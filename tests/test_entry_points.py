@@ -262,7 +262,8 @@ def test_the_chapters_a_lane_may_share_the_cores_with_time_nothing():
 
 def test_reproduce_runs_the_beside_chapters_at_one_thread_while_the_lane_runs(monkeypatch, tmp_path):
     """The kernels beside the lane get one thread while the lane's process runs; the others start after it ended,
-    with the caller's threads; a lane that fails fails the run."""
+    with the caller's threads (so does a chapter meant to run beside it, once it has ended); a lane that fails
+    fails the run."""
     reproduce = _tool("reproduce")
     seen, lanes = [], []
 
@@ -281,6 +282,17 @@ def test_reproduce_runs_the_beside_chapters_at_one_thread_while_the_lane_runs(mo
     with mock.patch.dict(os.environ, {"OMP_NUM_THREADS": "2"}):
         reproduce.main(argv)
     assert seen == [("01", "1", True), ("02", "2", False)]
+    seen.clear()   # a lane that has ended: the chapters meant to run beside it get every thread again
+
+    def ended_lane(args, environ):
+        lanes.append(subprocess.Popen([sys.executable, "-c", "pass"]))
+        lanes[-1].wait()
+        return lanes[-1]
+
+    monkeypatch.setattr(reproduce, "start_lane", ended_lane)
+    with mock.patch.dict(os.environ, {"OMP_NUM_THREADS": "2"}):
+        reproduce.main(argv)
+    assert seen == [("01", "2", False), ("02", "2", False)]
     monkeypatch.setattr(reproduce, "start_lane", lambda args, environ: fake_lane(args, environ, status=3))
     with mock.patch.dict(os.environ), pytest.raises(SystemExit) as stop, \
             mock.patch("sys.stderr", new_callable=StringIO) as err:

@@ -299,3 +299,25 @@ def test_batched_generation_on_the_default_model(default_model):
             one = ai.generate_early_exit(default_model, prompt, rule, strategy=strategy, max_new_tokens=16,
                                          check_every=2)
             assert ai.generation.study.same_decisions(many, one), (strategy, prompt)
+
+
+def test_sequence_nlls_in_batches_equal_one_forward_pass_each(tiny):
+    """The study's NLLs run in right-padded batches (issue 22 §5: one pass per row was ~60 s of chapter 07): each
+    row equals the mean NLL written from scratch on its own unpadded pass; a batch of one equals it exactly."""
+    tok = tiny.tokenizer
+    texts = [(PROMPT, [5, 9, 11]), ("Hi", [7]), (PROMPT + " a dog", [3, 3]), ("Hi", [7]),
+             ("A much longer opening line of a review", [2, 4, 6, 8])]
+    pairs = [(tok(p)["input_ids"], new) for p, new in texts]
+
+    def by_hand(prompt, new):
+        ids = torch.tensor([list(prompt) + list(new)])
+        with torch.no_grad():
+            logits = tiny.hf_model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[0].float()
+        logp = torch.log_softmax(logits[len(prompt) - 1:-1], dim=-1)
+        return float(-logp[torch.arange(len(new)), torch.tensor(new)].mean())
+
+    expected = np.array([by_hand(p, new) for p, new in pairs])
+    np.testing.assert_allclose(loop.sequence_nlls(tiny, pairs, batch_size=3), expected, rtol=1e-5, atol=1e-5)
+    assert loop.sequence_nll(tiny, *pairs[4]) == pytest.approx(expected[4], rel=1e-6, abs=1e-6)
+    with pytest.raises(ValueError, match="at least one new token"):
+        loop.sequence_nlls(tiny, [pairs[0], (pairs[1][0], [])])

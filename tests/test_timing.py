@@ -64,6 +64,26 @@ def test_timing_table_has_a_column_per_mode_and_a_total(tmp_path):
     assert "quick: 2026-12-01, 2 cores, x86_64" in note and "class: 2026-12-01" in note
 
 
+def test_a_whole_runs_wall_clock_is_recorded_per_mode_and_noted(tmp_path):
+    """With lanes the chapters overlap, so their sum is not the run's time: ``tools/reproduce.py`` records the
+    whole run's wall-clock (``RUNS_FILE``) and the timing note says it, per mode."""
+    path = tmp_path / timing.RUNS_FILE
+    run = {"mode": "full", "minutes": 80.0, "date": "2026-12-01", "machine": "2 cores",
+           "how": "one chapter after another"}
+    timing.record_run(path, run)
+    timing.record_run(path, {**run, "mode": "class", "minutes": 20.0})
+    merged = timing.record_run(path, {**run, "minutes": 71.2, "how": "chapters 00, 01 at one thread beside a lane"})
+    assert sorted(merged[["mode", "minutes"]].values.tolist()) == [["class", 20.0], ["full", 71.2]]
+    record_times(tmp_path / TIMES_FILE, [row("01_lens", "full", 30.4)])
+    note = timing.timing_note(read_times(tmp_path), timing.read_runs_file(path))
+    assert ("full: 2026-12-01, 2 cores, x86_64 (the whole run: 71.2 min wall-clock on 2026-12-01, chapters 00, 01"
+            in note)
+    assert "quick: not measured yet" in note
+    (tmp_path / "bad.csv").write_text("mode,minutes\nfull,3\n")
+    with pytest.raises(ValueError, match=r"bad\.csv: missing column\(s\) date, machine, how"):
+        timing.read_runs_file(tmp_path / "bad.csv")
+
+
 def test_published_times_keep_the_full_mode_rows():
     times = read_times_file(RESULTS / TIMES_FILE)
     chapters = {p.stem for p in (ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")}

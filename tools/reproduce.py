@@ -18,8 +18,9 @@ copy and an HTML rendering under ``build/<mode>/executed/<model>/``, and record 
 ``--alongside "ARGS"`` (``make reproduce``: the second model's lane) starts a second run of this script with ARGS
 (e.g. ``--model gemma3-270m --n 200 01 03``) at the same time as this run's chapters that time nothing
 (``UNTIMED_CHAPTERS``), each kernel at one thread (``--threads 1``): on two cores a trace's batches keep one core
-busy at about 70% of what two threads do, so two lanes get more done. The chapters that measure wall-clock run
-after both lanes, alone, with every thread; the lane's own chapters must time nothing too. The times of the chapters
+busy at about 70% of what two threads do, so two lanes get more done (a chapter that starts after the lane
+ended gets every thread again). The chapters that measure wall-clock run after both lanes, alone, with every
+thread; the lane's own chapters must time nothing too. The times of the chapters
 run beside the lane record it in their ``machine`` column.
 
 ``--model gemma3-270m`` runs the chapters on another model (``ADAINFER_MODEL``): its tables and times go to a
@@ -45,7 +46,7 @@ import nbformat
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from adainfer_lib.course.modes import MODES, output_folder  # noqa: E402
-from adainfer_lib.course.timing import TIMES_FILE, record_times  # noqa: E402
+from adainfer_lib.course.timing import RUNS_FILE, TIMES_FILE, record_run, record_times  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 PREPARE_CHAPTERS = ("00", "01", "02", "03", "04", "05", "06", "08")   # the chapters that trace (07 generates)
@@ -194,15 +195,21 @@ def start_lane(args: argparse.Namespace, environ: dict):
 
 
 def run_chapters(paths: list[Path], executed: Path, args: argparse.Namespace, model: str, times_path: Path,
-                 published_times: Path, *, publish: bool, beside_lane: bool) -> dict[str, list[str]]:
-    """Execute ``paths`` in order, recording each chapter's minutes; the chapters that failed, with why."""
+                 published_times: Path, *, publish: bool, env: dict, lane=None) -> dict[str, list[str]]:
+    """Execute ``paths`` in order, recording each chapter's minutes; the chapters that failed, with why. A chapter
+    that starts while ``lane`` (the ``--alongside`` process) still runs gets one thread; once it has ended, the
+    kernels get ``env``'s threads again."""
     failures: dict[str, list[str]] = {}
-    machine = f"{os.cpu_count()} cores, {platform.machine()}"
-    if beside_lane or args.threads:
-        threads = 1 if beside_lane else args.threads
-        machine += f", {threads} thread{'s' if threads > 1 else ''}" + (" beside another lane" if beside_lane else "")
     for path in paths:
-        print(f"running {path.name} ({args.mode} mode, {model}) ...", flush=True)
+        beside = lane is not None and lane.poll() is None
+        os.environ.clear()
+        os.environ.update(kernel_environment(args.mode, publish, env, threads=1) if beside else env)
+        threads = 1 if beside else args.threads
+        machine = f"{os.cpu_count()} cores, {platform.machine()}"
+        if threads:
+            machine += f", {threads} thread{'s' if threads > 1 else ''}" + (" beside another lane" if beside else "")
+        print(f"running {path.name} ({args.mode} mode, {model}{', beside the lane' if beside else ''}) ...",
+              flush=True)
         try:
             seconds = execute(path, executed)
         except Exception as error:  # a cell raised (nbclient's CellExecutionError): report it, run the rest
@@ -214,6 +221,8 @@ def run_chapters(paths: list[Path], executed: Path, args: argparse.Namespace, mo
         record_times(times_path, [row])
         if args.record_times and not publish:
             record_times(published_times, [row])
+    os.environ.clear()
+    os.environ.update(env)
     return failures
 
 
@@ -247,18 +256,24 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{len(paths)} chapter(s) in {args.mode} mode on {model}, {what}", flush=True)
     start = time.perf_counter()
     lane = start_lane(args, calling_environment)
-    os.environ.update(kernel_environment(args.mode, publish, n=args.n, threads=1) if lane else {})
-    failures = run_chapters(beside, executed, args, model, times_path, published_times, publish=publish,
-                            beside_lane=True)
-    if lane is not None:
-        if lane.wait():
-            failures["alongside"] = [f"tools/reproduce.py {args.alongside} exited with status {lane.returncode}"]
-        os.environ.clear()
-        os.environ.update(env)
-    failures |= run_chapters(after, executed, args, model, times_path, published_times, publish=publish,
-                             beside_lane=False)
+    failures = run_chapters(beside, executed, args, model, times_path, published_times, publish=publish, env=env,
+                            lane=lane)
+    if lane is not None and lane.wait():
+        failures["alongside"] = [f"tools/reproduce.py {args.alongside} exited with status {lane.returncode}"]
+    failures |= run_chapters(after, executed, args, model, times_path, published_times, publish=publish, env=env)
+    minutes = (time.perf_counter() - start) / 60
     print(f"executed notebooks and HTML: {executed}; tables, figures and times: {folder}; "
-          f"wall-clock {(time.perf_counter() - start) / 60:.1f} min", flush=True)
+          f"wall-clock {minutes:.1f} min", flush=True)
+    if not args.chapters and not args.prepare and not failures:   # the whole run: its wall-clock
+        how = "one chapter after another"
+        if beside:
+            how = (f"chapters {', '.join(p.name[:2] for p in beside)} at one thread beside tools/reproduce.py "
+                   f"{args.alongside}, then {', '.join(p.name[:2] for p in after)} alone")
+        row = {"mode": args.mode, "minutes": round(minutes, 1), "date": dt.date.today().isoformat(),
+               "machine": f"{os.cpu_count()} cores, {platform.machine()}", "how": how}
+        record_run(folder / RUNS_FILE, row)
+        if args.record_times and not publish:
+            record_run(published_times.parent / RUNS_FILE, row)
     if (publish or args.record_times) and not args.no_readme:  # the README shows what the runs measured
         from readme_results import update_readme
 

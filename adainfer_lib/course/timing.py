@@ -15,6 +15,8 @@ import pandas as pd
 from .modes import MODES
 
 TIMES_FILE = "chapter_times.csv"
+RUNS_FILE = "reproduce_runs.csv"   # the wall-clock of the last run of every chapter, per mode (lanes overlap chapters)
+RUN_COLUMNS = ["mode", "minutes", "date", "machine", "how"]
 COLUMNS = ["chapter", "mode", "minutes", "date", "machine"]
 
 
@@ -83,12 +85,41 @@ def timing_table(times: pd.DataFrame | None = None) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["model", "chapter", *[f"{m} (min)" for m in MODES]])
 
 
-def timing_note(times: pd.DataFrame | None = None) -> str:
-    """When and where each mode was measured: "full: 2026-11-30, 2 cores, x86_64; class: not measured; ..."."""
+def record_run(path: Path, row: dict) -> pd.DataFrame:
+    """Merge one whole run's wall-clock (a dict with ``RUN_COLUMNS``) into ``path``: it replaces the row of its
+    mode. Written atomically; returns the merged table."""
+    from ..common.cache import atomic_write_text
+
+    old = read_runs_file(path)
+    merged = pd.concat([old[old["mode"] != row["mode"]], pd.DataFrame([row], columns=RUN_COLUMNS)], ignore_index=True)
+    atomic_write_text(path, merged.to_csv(index=False))
+    return merged
+
+
+def read_runs_file(path: Path) -> pd.DataFrame:
+    """``reproduce_runs.csv`` (an empty table when it does not exist); ``ValueError`` naming a missing column."""
+    if not Path(path).exists():
+        return pd.DataFrame(columns=RUN_COLUMNS)
+    table = pd.read_csv(path)
+    missing = [c for c in RUN_COLUMNS if c not in table.columns]
+    if missing:
+        raise ValueError(f"{path}: missing column(s) {', '.join(missing)} (expected {', '.join(RUN_COLUMNS)})")
+    return table[RUN_COLUMNS]
+
+
+def timing_note(times: pd.DataFrame | None = None, runs: pd.DataFrame | None = None) -> str:
+    """When and where each mode was measured, and the whole run's wall-clock where ``runs`` records it (default:
+    ``results/reproduce_runs.csv``): "full: 2026-12-07, 2 cores, x86_64 (the whole run: 71.2 min wall-clock, ...);
+    class: ..."."""
     times = read_times() if times is None else times
+    runs = read_runs_file(_results(None) / RUNS_FILE) if runs is None else runs
     parts = []
     for mode in MODES:
         part = times[times["mode"] == mode]
         where = "; ".join(sorted({f"{d}, {m}" for d, m in zip(part["date"], part["machine"])}))
+        run = runs[runs["mode"] == mode]
+        if len(run):
+            r = run.iloc[-1]
+            where += f" (the whole run: {r['minutes']:.1f} min wall-clock on {r['date']}, {r['how']})"
         parts.append(f"{mode}: {where or 'not measured yet'}")
     return "; ".join(parts)

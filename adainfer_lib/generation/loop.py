@@ -460,17 +460,50 @@ def generate_early_exit(model: LensModel, prompt: str, rule, *, strategy: str = 
                             cache=cache if keep_cache else None, text=model.tokenizer.decode(tokens))
 
 
-@torch.no_grad()
 def sequence_nll(model: LensModel, prompt_tokens: Sequence[int], new_tokens: Sequence[int]) -> float:
     """The full model's mean negative log-likelihood (nats per token) of ``new_tokens`` after
     ``prompt_tokens``: one forward pass over both (a quality proxy for generated text)."""
-    new_tokens = [int(t) for t in new_tokens]
-    if not new_tokens:
+    return float(sequence_nlls(model, [(prompt_tokens, new_tokens)])[0])
+
+
+def sequence_nlls(model: LensModel, sequences: Sequence[tuple[Sequence[int], Sequence[int]]], *,
+                  batch_size: int = 8) -> np.ndarray:
+    """``sequence_nll`` of many ``(prompt tokens, new tokens)`` pairs: (n,) nats per token. Equal pairs run once;
+    the others ``batch_size`` at a time, of similar lengths, right padded under an attention mask (a row of a
+    batch equals batch size 1's to float precision; a batch of one is ``sequence_nll`` exactly). ``ValueError``
+    for a pair without new tokens."""
+    pairs = [(tuple(int(t) for t in p), tuple(int(t) for t in new)) for p, new in sequences]
+    if any(not new for _, new in pairs):
         raise ValueError("sequence_nll() needs at least one new token")
-    ids = torch.tensor([list(prompt_tokens) + new_tokens], dtype=torch.long, device=model.device)
-    kwargs = head_kwargs(model, len(new_tokens) + 1)
-    logits = model.hf_model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False, **kwargs).logits[0]
-    logits = logits[-(len(new_tokens) + 1):-1].float()
-    logp = torch.log_softmax(logits, dim=-1)
-    target = torch.tensor(new_tokens, device=logits.device)
-    return float(-logp[torch.arange(len(new_tokens)), target].mean())
+    unique = list(dict.fromkeys(pairs))
+    by_length = sorted(range(len(unique)), key=lambda k: len(unique[k][0]) + len(unique[k][1]))
+    values = np.empty(len(unique))
+    for start in range(0, len(by_length), batch_size):
+        chunk = by_length[start:start + batch_size]
+        values[chunk] = _nll_batch(model, [unique[k] for k in chunk])
+    index = {pair: k for k, pair in enumerate(unique)}
+    return np.array([values[index[pair]] for pair in pairs])
+
+
+@torch.no_grad()
+def _nll_batch(model: LensModel, pairs: list[tuple[tuple[int, ...], tuple[int, ...]]]) -> np.ndarray:
+    """One right-padded forward pass of ``pairs``; only the positions from the shortest prompt's last token on
+    go through the LM head."""
+    lengths = [len(p) + len(new) for p, new in pairs]
+    width = max(lengths)
+    ids = torch.full((len(pairs), width), model.tokenizer.pad_token_id or 0, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for b, (p, new) in enumerate(pairs):
+        ids[b, :lengths[b]] = torch.tensor(p + new)
+        mask[b, :lengths[b]] = 1
+    keep = width - min(len(p) for p, _ in pairs) + 1
+    logits = model.hf_model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device), use_cache=False,
+                            **head_kwargs(model, keep)).logits
+    offset = width - logits.shape[1]   # the position logits[:, 0] stands for
+    out = []
+    for b, (p, new) in enumerate(pairs):
+        rows = logits[b, len(p) - 1 - offset:len(p) - 1 - offset + len(new)].float()
+        logp = torch.log_softmax(rows, dim=-1)
+        target = torch.tensor(new, device=rows.device)
+        out.append(float(-logp[torch.arange(len(new)), target].mean()))
+    return np.array(out)

@@ -23,7 +23,7 @@ from ..common.replay import oracle_exits
 from ..model.hooks import residual_states
 from ..model.loading import LensModel
 from .batched import generate_batch
-from .loop import GenerationResult, generate_early_exit, greedy_generate, sequence_nll
+from .loop import GenerationResult, generate_early_exit, greedy_generate, sequence_nlls
 from .speculative import speculative_generate
 
 
@@ -133,6 +133,7 @@ def run_generation_study(model: LensModel, prompts: Sequence[str], configs: dict
     results = {"full": (reference, [float("nan")] * len(prompts))}
     for name, cfg in tqdm(configs.items(), desc="generation study", disable=not progress):
         results[name] = _runs(model, prompts, cfg, max_new_tokens, timed)
+    nll = iter(sequence_nlls(model, [(r.prompt_tokens, r.tokens) for runs, _ in results.values() for r in runs]))
     rows = []
     for name, (runs, match) in results.items():
         cfg = configs.get(name)
@@ -143,7 +144,7 @@ def run_generation_study(model: LensModel, prompts: Sequence[str], configs: dict
                 "min_layer": getattr(rule, "min_layer", np.nan), "prompt": i, "n_tokens": r.n_tokens,
                 "agree_tokens": agreement_prefix(r.tokens.tolist(), full.tokens.tolist()),
                 "full_match": r.tokens.tolist() == full.tokens.tolist(),
-                "nll": sequence_nll(model, r.prompt_tokens, r.tokens), "repetition": repetition(r.tokens.tolist()),
+                "nll": float(next(nll)), "repetition": repetition(r.tokens.tolist()),
                 "mean_exit_layer": float(np.mean(r.exit_layers)), "layers_saved": r.layers_saved,
                 "compute_saved": r.compute_saved, "seconds": r.seconds, "full_seconds": full.seconds,
                 "full_tokens": full.n_tokens, "batch_match": match[i], "drafted": r.drafted, "accepted": r.accepted,
