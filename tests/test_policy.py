@@ -204,9 +204,11 @@ def test_online_probabilities_equal_predict_proba(classifier, fitted, test_table
     np.testing.assert_array_equal([np.flatnonzero(s).max() for s in seen], exits)
 
 
-def test_crf_forward_step_is_scipys_logsumexp_bit_for_bit(fitted):
-    """The forward recursion's logsumexp (numpy's logaddexp.reduce, for speed) equals scipy's exactly: the same
-    stop probabilities, so the same exits, as before the change — on ties and on any scale of the messages."""
+def test_crf_forward_step_is_scipys_logsumexp_to_rounding(fitted):
+    """The forward recursion's logsumexp (numpy's logaddexp.reduce, for speed) equals scipy's to float64 rounding
+    (1e-13 relative, 1e-14 absolute), on ties and on any scale of the messages. Bit for bit on some CPUs, not on
+    all: numpy's AVX-512 exp / log1p round differently (75 of 10,000 values differed by 1-2e-15 on an AMD EPYC with
+    AVX-512)."""
     from scipy.special import logsumexp
 
     scorer = fitted["crf"].scorer_
@@ -215,7 +217,7 @@ def test_crf_forward_step_is_scipys_logsumexp_bit_for_bit(fitted):
     alpha[:50, 1] = alpha[:50, 0]  # ties
     matrix = rng.random((5000, len(scorer.mean)))
     expected = scorer.design(matrix) @ scorer.W + logsumexp(alpha[:, :, None] + scorer.T[None], axis=1)
-    np.testing.assert_array_equal(scorer.step(alpha, matrix), expected)
+    np.testing.assert_allclose(scorer.step(alpha, matrix), expected, rtol=1e-13, atol=1e-14)
 
 
 def test_crf_online_carries_its_forward_state_one_step_per_layer(fitted, test_table, monkeypatch):

@@ -50,7 +50,7 @@ def test_seeds_traced_with_the_full_vocabulary_are_read_back_by_a_later_chapter(
     from conftest import make_tiny_model
 
     model = make_tiny_model("llama", default_tokenizer)
-    monkeypatch.setattr(lens, "data_dir", lambda: tmp_path)   # a trace cache of this test's own
+    monkeypatch.setenv("ADAINFER_DATA", str(tmp_path))   # a trace cache of this test's own
     sources.prepare_sources(["sentiment"])
     make = lambda **kw: load_task("sentiment", n=8, n_train=12, shots=2, **kw)  # noqa: E731
     forwards = []

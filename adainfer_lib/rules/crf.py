@@ -96,9 +96,9 @@ class CRFScorer:
         state = self.design(matrix) @ self.W
         if log_alpha is None:
             return state
-        # logsumexp over the previous label: numpy's logaddexp.reduce equals scipy.special.logsumexp bit for bit
-        # over two labels (max + log1p(exp(min - max))) at 1/100 of its cost (scipy's array-API dispatch takes
-        # ~0.25 ms a call: most of an online check); tests/test_policy.py checks the equality
+        # logsumexp over the previous label: numpy's logaddexp.reduce equals scipy.special.logsumexp over two labels
+        # (max + log1p(exp(min - max))) to float64 rounding (bit for bit on some CPUs) at 1/100 of its cost (scipy's
+        # array-API dispatch takes ~0.25 ms a call: most of an online check); tests/test_policy.py checks it
         return state + np.logaddexp.reduce(log_alpha[:, :, None] + self.T[None], axis=1)
 
     @staticmethod
