@@ -48,7 +48,8 @@ clean-cache:
 	rm -rf data/traces data/policies
 
 # The second family's lane (gemma3-270m, chapters 01 and 03, n capped at 200 per seed: CPU time) runs beside the
-# default model's chapters that time nothing, one thread each; the chapters that measure wall-clock run after, alone.
+# default model's chapter 01, then the other chapters that time nothing (00, 03, 05) take its place, one thread each;
+# the chapters that measure wall-clock run after, alone.
 reproduce: prepare
 	$(PY) tools/reproduce.py --alongside "--model gemma3-270m --n 200 01 03"
 

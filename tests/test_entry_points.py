@@ -231,15 +231,24 @@ def test_reproduce_runs_a_lane_beside_the_untimed_chapters_only():
     """``make reproduce``'s second model runs beside the default model's chapters that time nothing; the chapters
     that measure wall-clock come after, alone; a lane of timed chapters, or a lane with a lane, is refused."""
     out = reproduce_list(["--alongside", "--model gemma3-270m --n 200 01 03"])
-    beside = re.findall(r"would run (\d\d)_\S+ \(full mode, beside the lane", out)
+    first = re.findall(r"would run (\d\d)_\S+ \(full mode, beside the lane", out)
+    second = re.findall(r"would run (\d\d)_\S+ \(full mode, after the lane, beside chapter 01", out)
     after = re.findall(r"would run (\d\d)_\S+ \(full mode\)$", out, flags=re.M)
     reproduce = _tool("reproduce")
-    assert beside == list(reproduce.UNTIMED_CHAPTERS) and set(after).isdisjoint(beside)
-    assert sorted(beside + after) == sorted(p.name[:2] for p in (ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
-    assert "alongside: tools/reproduce.py --model gemma3-270m --n 200 01 03 --threads 1 --no-readme" in out
+    assert first == ["01"] and second == ["00", "03", "05"]
+    assert sorted(first + second) == list(reproduce.UNTIMED_CHAPTERS)
+    chapters = sorted(p.name[:2] for p in (ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    assert sorted(first + second + after) == chapters
+    assert "alongside: tools/reproduce.py --model gemma3-270m --n 200 01 03 --mode full --threads 1 --no-readme" in out
+    # the lane runs in this run's mode and publishes only when this run does (a quick run never writes results/)
+    quick = reproduce_list(["--mode", "quick", "--alongside", "--model gemma3-270m 01"])
+    assert "alongside: tools/reproduce.py --model gemma3-270m 01 --mode quick --threads 1" in quick
+    assert "--model gemma3-270m 01 --mode full --no-publish" in reproduce_list(
+        ["--no-publish", "--alongside", "--model gemma3-270m 01"])
     for lane, says in [("--model gemma3-270m 04", "chapter(s) 04 measure wall-clock"),
                        ("--model gemma3-270m", "measure wall-clock"),
-                       ("01 --alongside 03", "cannot have a lane of its own"), ("--n 0 01", "--n must be a positive")]:
+                       ("01 --alongside 03", "cannot have a lane of its own"), ("--n 0 01", "--n must be a positive"),
+                       ("--mode quick 01", "the lane runs in this run's mode (full)")]:
         with pytest.raises(SystemExit), mock.patch("sys.stderr", new_callable=StringIO) as err:
             reproduce_list(["--alongside", lane])
         assert says in err.getvalue(), lane
@@ -260,39 +269,40 @@ def test_the_chapters_a_lane_may_share_the_cores_with_time_nothing():
         assert bool(found) != (path.name[:2] in untimed), (path.name, found)
 
 
-def test_reproduce_runs_the_beside_chapters_at_one_thread_while_the_lane_runs(monkeypatch, tmp_path):
-    """The kernels beside the lane get one thread while the lane's process runs; the others start after it ended,
-    with the caller's threads (so does a chapter meant to run beside it, once it has ended); a lane that fails
-    fails the run."""
+def test_reproduce_runs_chapter_01_beside_the_lane_and_the_other_untimed_ones_in_its_place(monkeypatch):
+    """Chapter 01 starts beside the lane; the other chapters that time nothing start once the lane has ended, beside
+    chapter 01, at one thread too; the timed chapters start after all of them, with the caller's threads; a lane
+    that fails fails the run."""
+    import threading
+    import time
+
     reproduce = _tool("reproduce")
-    seen, lanes = [], []
+    seen, lanes, running = [], [], set()
 
     def fake_lane(args, environ, status=0):
         lanes.append(subprocess.Popen([sys.executable, "-c", f"import time, sys; time.sleep(1); sys.exit({status})"]))
         return lanes[-1]
 
     def fake_execute(path, out):
-        seen.append((path.name[:2], os.environ.get("OMP_NUM_THREADS"), lanes[-1].poll() is None))
+        chapter = path.name[:2]
+        seen.append((chapter, os.environ.get("OMP_NUM_THREADS"), lanes[-1].poll() is None, "01" in running))
+        running.add(chapter)
+        time.sleep(3 if chapter == "01" else 0.1)   # chapter 01 outlasts the lane
+        running.discard(chapter)
         return 0.0
 
+    recorded = []
     monkeypatch.setattr(reproduce, "execute", fake_execute)
     monkeypatch.setattr(reproduce, "start_lane", fake_lane)
-    monkeypatch.setattr(reproduce, "record_times", lambda path, rows: None)
-    argv = ["--no-publish", "--no-readme", "--alongside", "--model gemma3-270m 01", "01", "02"]
+    monkeypatch.setattr(reproduce, "record_times", lambda path, rows: recorded.append(threading.current_thread().name))
+    argv = ["--no-publish", "--no-readme", "--alongside", "--model gemma3-270m 01", "00", "01", "02", "03"]
     with mock.patch.dict(os.environ, {"OMP_NUM_THREADS": "2"}):
         reproduce.main(argv)
-    assert seen == [("01", "1", True), ("02", "2", False)]
-    seen.clear()   # a lane that has ended: the chapters meant to run beside it get every thread again
-
-    def ended_lane(args, environ):
-        lanes.append(subprocess.Popen([sys.executable, "-c", "pass"]))
-        lanes[-1].wait()
-        return lanes[-1]
-
-    monkeypatch.setattr(reproduce, "start_lane", ended_lane)
-    with mock.patch.dict(os.environ, {"OMP_NUM_THREADS": "2"}):
-        reproduce.main(argv)
-    assert seen == [("01", "2", False), ("02", "2", False)]
+    by = {chapter: rest for chapter, *rest in seen}
+    assert seen[0][0] == "01" and by["01"] == ["1", True, False]                 # beside the lane
+    assert by["00"] == ["1", False, True] and by["03"] == ["1", False, True]     # in the lane's place, beside 01
+    assert seen[-1][0] == "02" and by["02"] == ["2", False, False]                # alone, after all of them
+    assert len(recorded) == 4 and "chapters beside the lane" in recorded
     monkeypatch.setattr(reproduce, "start_lane", lambda args, environ: fake_lane(args, environ, status=3))
     with mock.patch.dict(os.environ), pytest.raises(SystemExit) as stop, \
             mock.patch("sys.stderr", new_callable=StringIO) as err:

@@ -18,9 +18,10 @@ copy and an HTML rendering under ``build/<mode>/executed/<model>/``, and record 
 ``--alongside "ARGS"`` (``make reproduce``: the second model's lane) starts a second run of this script with ARGS
 (e.g. ``--model gemma3-270m --n 200 01 03``) at the same time as this run's chapters that time nothing
 (``UNTIMED_CHAPTERS``), each kernel at one thread (``--threads 1``): on two cores a trace's batches keep one core
-busy at about 70% of what two threads do, so two lanes get more done (a chapter that starts after the lane
-ended gets every thread again). The chapters that measure wall-clock run after both lanes, alone, with every
-thread; the lane's own chapters must time nothing too. The times of the chapters
+busy at about 70% of what two threads do, so two lanes get more done. Chapter 01, the long one
+(``FIRST_BESIDE``), starts beside the lane; the other chapters that time nothing wait for the lane to end and run
+in its place, beside chapter 01 (by then it has cached the traces they read). The chapters that measure wall-clock
+run after both, alone, with every thread; the lane's own chapters must time nothing too. The times of the chapters
 run beside the lane record it in their ``machine`` column.
 
 ``--model gemma3-270m`` runs the chapters on another model (``ADAINFER_MODEL``): its tables and times go to a
@@ -39,6 +40,7 @@ import datetime as dt
 import os
 import platform
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -53,6 +55,10 @@ PREPARE_CHAPTERS = ("00", "01", "02", "03", "04", "05", "06", "08")   # the chap
 # chapters that measure no wall-clock time (tests/test_entry_points.py checks their code): they may share the cores
 # with another lane; 05 reads the policies 03 saved, so it runs after it
 UNTIMED_CHAPTERS = ("00", "01", "03", "05")
+# the untimed chapter that starts beside the lane (the longest: 31 of the 38 untimed minutes); the others run in the
+# lane's place once it has ended (a lane of 25 min + 00, 03, 05 ≈ chapter 01's 31 min at one thread)
+FIRST_BESIDE = ("01",)
+_TIMES_LOCK = threading.Lock()   # two threads record chapter times beside the lane
 
 
 def kernel_environment(mode: str, publish: bool, environ: dict | None = None, *, n: int | None = None,
@@ -131,6 +137,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             parser.error(f"--{name} must be a positive integer, got {getattr(args, name)}")
     if args.alongside is not None:
         args.lane = _lane_args(parser, args.alongside)
+        if "--mode" in args.lane.words and args.lane.mode != args.mode:
+            parser.error(f"--alongside: the lane runs in this run's mode ({args.mode}); drop its "
+                         f"--mode {args.lane.mode}")
     try:
         chapter_paths(args.chapters, prepare=args.prepare)
     except ValueError as err:
@@ -174,13 +183,25 @@ def publishes(args: argparse.Namespace) -> bool:
     return args.mode == "full" and not args.no_publish and not args.prepare
 
 
-def run_order(paths: list[Path], alongside: bool) -> tuple[list[Path], list[Path]]:
-    """The chapters to run beside the lane and those to run after it (in their own order each): with a lane,
-    the chapters that time nothing first; without one, every chapter in order after no lane."""
+def run_order(paths: list[Path], alongside: bool) -> tuple[list[Path], list[Path], list[Path]]:
+    """The chapters that start beside the lane, those that run in its place once it has ended (beside the first
+    ones), and those that run after both (each in its own order). Without a lane: every chapter, in order, after."""
     if not alongside:
-        return [], paths
-    beside = [p for p in paths if p.name[:2] in UNTIMED_CHAPTERS]
-    return beside, [p for p in paths if p not in beside]
+        return [], [], paths
+    first = [p for p in paths if p.name[:2] in UNTIMED_CHAPTERS and p.name[:2] in FIRST_BESIDE]
+    second = [p for p in paths if p.name[:2] in UNTIMED_CHAPTERS and p not in first]
+    return first, second, [p for p in paths if p not in first and p not in second]
+
+
+def lane_words(args: argparse.Namespace) -> list[str]:
+    """The ``--alongside`` run's arguments: its own, then this run's mode and what it publishes or records
+    (``--no-publish``, ``--record-times``, ``--prepare``), one thread per kernel, no README of its own."""
+    words = [*args.lane.words]
+    if "--mode" not in words:
+        words += ["--mode", args.mode]
+    words += [flag for flag, on in (("--no-publish", args.no_publish), ("--record-times", args.record_times),
+                                    ("--prepare", args.prepare)) if on and flag not in words]
+    return [*words, "--threads", "1", "--no-readme"]
 
 
 def start_lane(args: argparse.Namespace, environ: dict):
@@ -189,26 +210,22 @@ def start_lane(args: argparse.Namespace, environ: dict):
         return None
     import subprocess
 
-    words = [*args.lane.words, "--threads", "1", "--no-readme"]
+    words = lane_words(args)
     print(f"alongside: tools/reproduce.py {' '.join(words)}", flush=True)
     return subprocess.Popen([sys.executable, str(Path(__file__).resolve()), *words], cwd=ROOT, env=environ)
 
 
 def run_chapters(paths: list[Path], executed: Path, args: argparse.Namespace, model: str, times_path: Path,
-                 published_times: Path, *, publish: bool, env: dict, lane=None) -> dict[str, list[str]]:
-    """Execute ``paths`` in order, recording each chapter's minutes; the chapters that failed, with why. A chapter
-    that starts while ``lane`` (the ``--alongside`` process) still runs gets one thread; once it has ended, the
-    kernels get ``env``'s threads again."""
+                 published_times: Path, *, publish: bool, beside: bool) -> dict[str, list[str]]:
+    """Execute ``paths`` in order (in the current ``os.environ``), recording each chapter's minutes; the chapters
+    that failed, with why. ``beside``: the kernels share the cores with another lane (their ``machine`` says so)."""
     failures: dict[str, list[str]] = {}
+    threads = 1 if beside else args.threads
+    machine = f"{os.cpu_count()} cores, {platform.machine()}"
+    if threads:
+        machine += f", {threads} thread{'s' if threads > 1 else ''}" + (" beside another lane" if beside else "")
     for path in paths:
-        beside = lane is not None and lane.poll() is None
-        os.environ.clear()
-        os.environ.update(kernel_environment(args.mode, publish, env, threads=1) if beside else env)
-        threads = 1 if beside else args.threads
-        machine = f"{os.cpu_count()} cores, {platform.machine()}"
-        if threads:
-            machine += f", {threads} thread{'s' if threads > 1 else ''}" + (" beside another lane" if beside else "")
-        print(f"running {path.name} ({args.mode} mode, {model}{', beside the lane' if beside else ''}) ...",
+        print(f"running {path.name} ({args.mode} mode, {model}{', beside another lane' if beside else ''}) ...",
               flush=True)
         try:
             seconds = execute(path, executed)
@@ -218,12 +235,37 @@ def run_chapters(paths: list[Path], executed: Path, args: argparse.Namespace, mo
         print(f"  {path.name}: {seconds / 60:.1f} min", flush=True)
         row = {"chapter": path.stem, "mode": args.mode, "minutes": round(seconds / 60, 1),
                "date": dt.date.today().isoformat(), "machine": machine}
-        record_times(times_path, [row])
-        if args.record_times and not publish:
-            record_times(published_times, [row])
-    os.environ.clear()
-    os.environ.update(env)
+        with _TIMES_LOCK:
+            record_times(times_path, [row])
+            if args.record_times and not publish:
+                record_times(published_times, [row])
     return failures
+
+
+def run_beside_lane(lane, first: list[Path], second: list[Path], run) -> dict[str, list[str]]:
+    """``first`` in a thread from now, beside ``lane``; ``second`` in this thread once the lane has ended (beside
+    what is left of ``first``) or ``first`` has (beside the lane); when all three are done, the failures (a lane
+    that failed among them). ``run(paths)``
+    runs chapters (``run_chapters`` with ``beside=True``)."""
+    done: dict = {}
+
+    def first_part() -> None:
+        try:
+            done["failures"] = run(first)
+        except BaseException as error:  # noqa: BLE001 - raised again in the calling thread
+            done["error"] = error
+
+    worker = threading.Thread(target=first_part, name="chapters beside the lane")
+    worker.start()
+    while lane.poll() is None and worker.is_alive():   # the lane's place frees up (or the first part ended)
+        time.sleep(1)
+    failures = run(second)
+    if lane.wait():
+        failures["alongside"] = [f"the lane exited with status {lane.returncode}"]
+    worker.join()
+    if "error" in done:
+        raise done["error"]
+    return done["failures"] | failures
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -235,14 +277,16 @@ def main(argv: list[str] | None = None) -> None:
     folder = output_folder(args.mode, publish=publish, model=model)
     executed = ROOT / "build" / args.mode / ("prepare" if args.prepare else "executed") / (args.model or "default")
     paths = chapter_paths(args.chapters, prepare=args.prepare)
-    beside, after = run_order(paths, args.alongside is not None)
+    first, second, after = run_order(paths, args.alongside is not None)
     if args.list:
         readme = "regenerated" if (publish or args.record_times) and not args.no_readme else "kept"
         print(f"model {model}; results to {folder}; executed notebooks to {executed}; README results {readme}")
-        print("\n".join(f"would run {p.name} ({args.mode} mode, beside the lane at 1 thread)" for p in beside))
+        print("\n".join(f"would run {p.name} ({args.mode} mode, beside the lane at 1 thread)" for p in first))
+        print("\n".join(f"would run {p.name} ({args.mode} mode, after the lane, beside chapter "
+                        f"{', '.join(c.name[:2] for c in first)} at 1 thread)" for p in second))
         print("\n".join(f"would run {p.name} ({args.mode} mode)" for p in after))
         if args.alongside is not None:
-            print(f"alongside: tools/reproduce.py {' '.join(args.lane.words)} --threads 1 --no-readme")
+            print(f"alongside: tools/reproduce.py {' '.join(lane_words(args))}")
         return
     calling_environment = dict(os.environ)
     env = kernel_environment(args.mode, publish, n=args.n, threads=args.threads)
@@ -256,19 +300,24 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{len(paths)} chapter(s) in {args.mode} mode on {model}, {what}", flush=True)
     start = time.perf_counter()
     lane = start_lane(args, calling_environment)
-    failures = run_chapters(beside, executed, args, model, times_path, published_times, publish=publish, env=env,
-                            lane=lane)
-    if lane is not None and lane.wait():
-        failures["alongside"] = [f"tools/reproduce.py {args.alongside} exited with status {lane.returncode}"]
-    failures |= run_chapters(after, executed, args, model, times_path, published_times, publish=publish, env=env)
+    failures: dict[str, list[str]] = {}
+    if lane is not None:
+        os.environ.update(kernel_environment(args.mode, publish, env, threads=1))
+        failures = run_beside_lane(lane, first, second, lambda part: run_chapters(
+            part, executed, args, model, times_path, published_times, publish=publish, beside=True))
+        os.environ.clear()
+        os.environ.update(env)
+    failures |= run_chapters(after, executed, args, model, times_path, published_times, publish=publish,
+                             beside=False)
     minutes = (time.perf_counter() - start) / 60
     print(f"executed notebooks and HTML: {executed}; tables, figures and times: {folder}; "
           f"wall-clock {minutes:.1f} min", flush=True)
     if not args.chapters and not args.prepare and not failures:   # the whole run: its wall-clock
         how = "one chapter after another"
-        if beside:
-            how = (f"chapters {', '.join(p.name[:2] for p in beside)} at one thread beside tools/reproduce.py "
-                   f"{args.alongside}, then {', '.join(p.name[:2] for p in after)} alone")
+        if lane is not None:
+            how = (f"chapter {', '.join(p.name[:2] for p in first)} beside tools/reproduce.py {args.alongside}, "
+                   f"then {', '.join(p.name[:2] for p in second)} in its place, one thread each; then "
+                   f"{', '.join(p.name[:2] for p in after)} alone")
         row = {"mode": args.mode, "minutes": round(minutes, 1), "date": dt.date.today().isoformat(),
                "machine": f"{os.cpu_count()} cores, {platform.machine()}", "how": how}
         record_run(folder / RUNS_FILE, row)
