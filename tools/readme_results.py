@@ -126,13 +126,14 @@ def early_exit(results: Path) -> str:
 def chapter_times(results: Path) -> str:
     """Wall-clock minutes of every chapter per mode (``tools/reproduce.py``), per model: the one timing table,
     which chapter 00 shows too (``adainfer_lib.course.timing``)."""
-    from adainfer_lib.course.timing import read_times, timing_note, timing_table
+    from adainfer_lib.course.timing import RUNS_FILE, read_runs_file, read_times, timing_note, timing_table
 
     times = read_times(results)
+    note = timing_note(times, read_runs_file(results / RUNS_FILE))
     return ("**Chapter run times** (minutes per chapter, measured by `tools/reproduce.py`: full mode by `make "
             "reproduce`, class and quick mode by `tools/reproduce.py --mode class --record-times` (or `quick`); "
             "traces cached by earlier chapters; the first run of a chapter also traces its prompts; — where a mode "
-            f"has not been measured yet). Measured — {timing_note(times)}:\n\n" + markdown_table(timing_table(times)))
+            f"has not been measured yet). Measured — {note}:\n\n" + markdown_table(timing_table(times)))
 
 
 def guaranteed_exits(results: Path) -> str:

@@ -215,15 +215,21 @@ def start_lane(args: argparse.Namespace, environ: dict):
     return subprocess.Popen([sys.executable, str(Path(__file__).resolve()), *words], cwd=ROOT, env=environ)
 
 
+def machine_note(threads: int | None = None, beside: bool = False) -> str:
+    """The ``machine`` column of a timing row: cores and architecture, and the threads when set (and whether the
+    kernel shared the cores with another lane)."""
+    note = f"{os.cpu_count()} cores, {platform.machine()}"
+    if threads:
+        note += f", {threads} thread{'s' if threads > 1 else ''}" + (" beside another lane" if beside else "")
+    return note
+
+
 def run_chapters(paths: list[Path], executed: Path, args: argparse.Namespace, model: str, times_path: Path,
                  published_times: Path, *, publish: bool, beside: bool) -> dict[str, list[str]]:
     """Execute ``paths`` in order (in the current ``os.environ``), recording each chapter's minutes; the chapters
     that failed, with why. ``beside``: the kernels share the cores with another lane (their ``machine`` says so)."""
     failures: dict[str, list[str]] = {}
-    threads = 1 if beside else args.threads
-    machine = f"{os.cpu_count()} cores, {platform.machine()}"
-    if threads:
-        machine += f", {threads} thread{'s' if threads > 1 else ''}" + (" beside another lane" if beside else "")
+    machine = machine_note(1 if beside else args.threads, beside)
     for path in paths:
         print(f"running {path.name} ({args.mode} mode, {model}{', beside another lane' if beside else ''}) ...",
               flush=True)
@@ -245,8 +251,7 @@ def run_chapters(paths: list[Path], executed: Path, args: argparse.Namespace, mo
 def run_beside_lane(lane, first: list[Path], second: list[Path], run) -> dict[str, list[str]]:
     """``first`` in a thread from now, beside ``lane``; ``second`` in this thread once the lane has ended (beside
     what is left of ``first``) or ``first`` has (beside the lane); when all three are done, the failures (a lane
-    that failed among them). ``run(paths)``
-    runs chapters (``run_chapters`` with ``beside=True``)."""
+    that failed among them). ``run(paths)`` runs chapters (``run_chapters`` with ``beside=True``)."""
     done: dict = {}
 
     def first_part() -> None:
@@ -319,7 +324,7 @@ def main(argv: list[str] | None = None) -> None:
                    f"then {', '.join(p.name[:2] for p in second)} in its place, one thread each; then "
                    f"{', '.join(p.name[:2] for p in after)} alone")
         row = {"mode": args.mode, "minutes": round(minutes, 1), "date": dt.date.today().isoformat(),
-               "machine": f"{os.cpu_count()} cores, {platform.machine()}", "how": how}
+               "machine": machine_note(), "how": how}
         record_run(folder / RUNS_FILE, row)
         if args.record_times and not publish:
             record_run(published_times.parent / RUNS_FILE, row)

@@ -174,7 +174,8 @@ def trace(
     if cached is not None:
         return cached
     start = time.perf_counter()
-    parts = rows_from_cache(prompts, request, prefix_cache=prefix_cache, skip=path) if cache else []
+    keys = row_keys(prompts) if cache else []
+    parts = rows_from_cache(keys, request, prefix_cache=prefix_cache, skip=path) if cache else []
     covered = np.zeros(len(prompts), dtype=bool)
     for _, _, targets in parts:
         covered[targets] = True
@@ -188,13 +189,11 @@ def trace(
         result = parts[0][0]
     else:
         result = combine_rows(parts, len(prompts), full_vocab=full_vocab, meta={
-            "model_cache_id": model.cache_id, "prompts_key": content_key(list(prompts)), "top_k": top_k,
+            "model_cache_id": model.cache_id, "prompts_key": request["prompts_key"], "top_k": top_k,
             "full_vocab": full_vocab, "prefix_cache": bool(prefix_cache),
             "prefix_tokens": parts[-1][0].meta.get("prefix_tokens", 0),
             "seconds": round(time.perf_counter() - start, 3),
-            "weights": model.weights_note, "row_keys": row_keys(prompts), "reused_rows": int(covered.sum())})
-        log.info("trace of %d prompts: %d rows from cached traces, %d computed", len(prompts), covered.sum(),
-                 len(missing))
+            "weights": model.weights_note, "row_keys": keys, "reused_rows": int(covered.sum())})
     if path is not None and parallel.is_main(state):
         result.save(path)
         log.info("trace cache written: %s", path)

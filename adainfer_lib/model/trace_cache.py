@@ -117,16 +117,17 @@ def _serves(header: dict, request: dict, prefix_cache: bool) -> bool:
             and isinstance(meta.get("row_keys"), list))
 
 
-def rows_from_cache(prompts: Sequence[str], request: dict, *, prefix_cache: bool,
+def rows_from_cache(keys: Sequence[str], request: dict, *, prefix_cache: bool,
                     skip: Path | None = None) -> list[tuple[LayerTrace, np.ndarray, np.ndarray]]:
-    """Rows of ``prompts`` that cached traces already hold (see the module docstring): a list of
+    """Rows of the prompts whose ``row_keys`` are ``keys`` that cached traces already hold (see the module
+    docstring): a list of
     ``(donor trace, its rows, the prompts' indices)``, each prompt from one donor, donors with the requested
     vocabulary first. ``skip``: this request's own file (never a donor). Unreadable files are skipped."""
     folder = data_dir() / "traces"
     if not folder.is_dir():
         return []
     wanted: dict[str, list[int]] = {}
-    for i, key in enumerate(row_keys(prompts)):
+    for i, key in enumerate(keys):
         wanted.setdefault(key, []).append(i)
     headers = [(path, h) for path in sorted(folder.glob(f"{request['model_cache_id']}-*.npz")) if path != skip
                for h in [_header(path)] if h is not None and _serves(h, request, prefix_cache)]
@@ -153,6 +154,9 @@ def rows_from_cache(prompts: Sequence[str], request: dict, *, prefix_cache: bool
         parts.append((donor, rows, targets))
         if not wanted:
             break
+    if parts:
+        log.info("trace of %d prompts: %d rows from cached traces, %d to compute", len(keys),
+                 sum(len(t) for _, _, t in parts), sum(len(i) for i in wanted.values()))
     return parts
 
 
