@@ -3,11 +3,13 @@ is copied into another request's trace, never run again, and only under the same
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
 
 from adainfer_lib.model import lens
-from adainfer_lib.model.trace_cache import trace_cache_path
+from adainfer_lib.model.trace_cache import row_keys, trace_cache_path
 
 PROMPTS = [
     "The capital of France is",
@@ -64,12 +66,15 @@ def test_a_subset_of_a_cached_trace_runs_no_forward_pass(model, forwards):
     assert part.token_strings == {t: whole.token_strings[t] for t in np.unique(part.top_ids)}
 
 
-def test_only_the_prompts_no_cached_trace_holds_run(model, forwards):
+def test_only_the_prompts_no_cached_trace_holds_run(model, forwards, caplog):
     trace(model, PROMPTS[:2], cache=True)
     asked = [PROMPTS[4], PROMPTS[1], PROMPTS[2]]
     before = forwards["rows"]
-    mixed = trace(model, asked, cache=True)
+    with caplog.at_level(logging.INFO, logger="adainfer_lib"):
+        mixed = trace(model, asked, cache=True)
     assert forwards["rows"] - before == 2 and mixed.meta["reused_rows"] == 1
+    assert "trace of 3 prompts: 1 rows from cached traces, 2 to compute" in caplog.text   # the request's count
+    assert mixed.meta["row_keys"] == row_keys(asked) and mixed.meta["prefix_cache"] is True
     fresh = trace(model, asked, cache=False)
     for name in ARRAYS:
         np.testing.assert_allclose(getattr(mixed, name), getattr(fresh, name), rtol=1e-5, atol=1e-5, err_msg=name)

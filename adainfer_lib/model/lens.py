@@ -21,14 +21,21 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ..common.cache import content_key
 from ..common.checks import check_finite
 from . import parallel
 from .hooks import residual_states
 from .inputs import Batch, check_prompts, label_token_ids, prepare_prompts
 from .layer_trace import LayerTrace
 from .loading import LensModel
-from .trace_cache import cached_trace, combine_rows, row_keys, rows_from_cache, trace_cache_path, trace_request
+from .trace_cache import (
+    cached_trace,
+    combine_rows,
+    row_keys,
+    rows_from_cache,
+    trace_cache_path,
+    trace_meta,
+    trace_request,
+)
 
 log = logging.getLogger("adainfer_lib")
 
@@ -169,12 +176,12 @@ def trace(
     label_ids = label_token_ids(model.tokenizer, label_words, prompts[0], owner=model.name) if label_words else []
     path = trace_cache_path(model, prompts, label_words, top_k, full_vocab, prefix_cache) if cache else None
     state = parallel.process_state(distributed)
-    request = trace_request(model, prompts, label_words, label_ids, top_k, full_vocab) if cache else {}
+    request = trace_request(model, prompts, label_words, label_ids, top_k, full_vocab)
     cached = cached_trace(path, state, request)
     if cached is not None:
         return cached
     start = time.perf_counter()
-    keys = row_keys(prompts) if cache else []
+    keys = row_keys(prompts)
     parts = rows_from_cache(keys, request, prefix_cache=prefix_cache, skip=path) if cache else []
     covered = np.zeros(len(prompts), dtype=bool)
     for _, _, targets in parts:
@@ -185,15 +192,14 @@ def trace(
                             top_k=top_k, full_vocab=full_vocab, prefix_cache=prefix_cache, prefix=prefix,
                             progress=progress)
         parts.append((computed, np.arange(len(missing)), missing))
+    meta = trace_meta(model, request, keys, prefix_cache=prefix_cache,
+                      prefix_tokens=parts[-1][0].meta.get("prefix_tokens", 0), seconds=time.perf_counter() - start)
     if not covered.any():
         result = parts[0][0]
+        result.meta = meta
     else:
-        result = combine_rows(parts, len(prompts), full_vocab=full_vocab, meta={
-            "model_cache_id": model.cache_id, "prompts_key": request["prompts_key"], "top_k": top_k,
-            "full_vocab": full_vocab, "prefix_cache": bool(prefix_cache),
-            "prefix_tokens": parts[-1][0].meta.get("prefix_tokens", 0),
-            "seconds": round(time.perf_counter() - start, 3),
-            "weights": model.weights_note, "row_keys": keys, "reused_rows": int(covered.sum())})
+        result = combine_rows(parts, len(prompts), full_vocab=full_vocab,
+                              meta={**meta, "reused_rows": int(covered.sum())})
     if path is not None and parallel.is_main(state):
         result.save(path)
         log.info("trace cache written: %s", path)
@@ -204,8 +210,8 @@ def trace(
 def _compute(model: LensModel, prompts: list[str], label_words: list[str], label_ids: list[int], state, *,
              batch_size: int, top_k: int, full_vocab: bool, prefix_cache: bool, prefix: str | None,
              progress: bool) -> LayerTrace:
-    """The forward passes of ``trace``: ``prompts`` batched by length, their lens statistics in prompt order."""
-    start = time.perf_counter()
+    """The forward passes of ``trace``: ``prompts`` batched by length, their lens statistics in prompt order. Its
+    ``meta`` holds only ``prefix_tokens``: ``trace`` writes the request's (``trace_cache.trace_meta``)."""
     prepared = prepare_prompts(model, prompts, caller="trace", batch_size=batch_size, prefix_cache=prefix_cache,
                                prefix=prefix)
     ids_tensor = torch.tensor(label_ids, dtype=torch.long, device=model.lens_device)
@@ -215,12 +221,11 @@ def _compute(model: LensModel, prompts: list[str], label_words: list[str], label
         return _batch_stats(model, states, ids_tensor, top_k, full_vocab)
 
     done = parallel.run_batches(state, len(prepared.batches), work, desc=f"trace {model.name}", progress=progress)
-    return _assemble(model, prepared, [stats for _, stats in done], label_words, label_ids, top_k=top_k,
-                     full_vocab=full_vocab, prefix_cache=prefix_cache, seconds=time.perf_counter() - start)
+    return _assemble(model, prepared, [stats for _, stats in done], label_words, label_ids)
 
 
-def _assemble(model: LensModel, prepared, chunks: list[dict], label_words: list[str], label_ids: list[int], *,
-              top_k: int, full_vocab: bool, prefix_cache: bool, seconds: float) -> LayerTrace:
+def _assemble(model: LensModel, prepared, chunks: list[dict], label_words: list[str],
+              label_ids: list[int]) -> LayerTrace:
     """The ``LayerTrace`` from the per-batch statistics ``chunks`` (in batch order), rows back in prompt order."""
     inverse = np.argsort(np.concatenate(prepared.batches))
     arrays = {k: np.concatenate([c[k] for c in chunks])[inverse] for k in chunks[0]}
@@ -233,9 +238,6 @@ def _assemble(model: LensModel, prepared, chunks: list[dict], label_words: list[
         label_words=label_words,
         label_ids=label_ids,
         token_strings={int(t): model.tokenizer.decode([int(t)]) for t in unique_ids},
-        meta={"model_cache_id": model.cache_id, "prompts_key": content_key(list(prepared.texts)), "top_k": top_k,
-              "full_vocab": full_vocab, "prefix_cache": bool(prefix_cache), "row_keys": row_keys(prepared.texts),
-              "prefix_tokens": 0 if prepared.prefix is None else prepared.prefix.length,
-              "seconds": round(seconds, 3), "weights": model.weights_note},
+        meta={"prefix_tokens": 0 if prepared.prefix is None else prepared.prefix.length},
         **arrays,
     )

@@ -59,6 +59,16 @@ def trace_request(model: LensModel, prompts: Sequence[str], label_words: Sequenc
             "top_k": int(top_k), "full_vocab": bool(full_vocab)}
 
 
+def trace_meta(model: LensModel, request: dict, keys: Sequence[str], *, prefix_cache: bool, prefix_tokens: int,
+               seconds: float) -> dict:
+    """The ``meta`` of a trace made for ``request`` (``trace_request``) whose prompts' ``row_keys`` are ``keys``:
+    what ``cache_mismatch`` and ``rows_from_cache`` read back (weights, prompts, options, rows), and the shared
+    prefix's length in tokens, the seconds it took and the weights' note."""
+    return {"model_cache_id": model.cache_id, "prompts_key": request["prompts_key"], "top_k": request["top_k"],
+            "full_vocab": request["full_vocab"], "prefix_cache": bool(prefix_cache), "row_keys": list(keys),
+            "prefix_tokens": prefix_tokens, "seconds": round(seconds, 3), "weights": model.weights_note}
+
+
 def cache_mismatch(cached: LayerTrace, request: dict) -> str | None:
     """None when the trace ``cached`` is what ``request`` (``trace_request``) asks for, else what differs: the
     number of prompts, the prompts themselves (their content key), the label words or ids, the model (cache id,
@@ -134,9 +144,9 @@ def rows_from_cache(keys: Sequence[str], request: dict, *, prefix_cache: bool,
     headers.sort(key=lambda ph: ph[1]["meta"]["full_vocab"] != request["full_vocab"])   # same vocabulary first
     parts = []
     for path, header in headers:
-        keys = header["meta"]["row_keys"]
+        donor_keys = header["meta"]["row_keys"]
         first_rows = {}
-        for row, key in enumerate(keys):
+        for row, key in enumerate(donor_keys):
             if key in wanted:
                 first_rows.setdefault(key, row)
         if not first_rows:
@@ -146,7 +156,7 @@ def rows_from_cache(keys: Sequence[str], request: dict, *, prefix_cache: bool,
         except CorruptCacheError as err:
             log.debug("%s: not used for rows", err)
             continue
-        if donor.n_examples != len(keys):
+        if donor.n_examples != len(donor_keys):
             continue
         hits = [(row, wanted.pop(key)) for key, row in first_rows.items()]
         rows = np.array([row for row, indices in hits for _ in indices])
